@@ -1,0 +1,25 @@
+# WarpDrive developer commands. `make test` is the README's test command: on a fresh machine it
+# installs what it needs first (apt, npm, pip; idempotent), then lints and runs the whole suite.
+PYTHON ?= python3
+
+.PHONY: test deps lint pytest bench format
+
+test: deps lint pytest
+
+deps:
+	PYTHON=$(PYTHON) bash scripts/install-deps.sh
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
+
+pytest:
+	$(PYTHON) -m pytest -q
+
+bench: deps
+	$(PYTHON) bench/read_path.py
+
+format:
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
+# FUSE 3 (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip).
+# Idempotent: each step is skipped when what it installs is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+AZURITE_VERSION="${AZURITE_VERSION:-3.37.0}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null; then
+  echo "==> apt: fuse3 libfuse3-dev pkg-config"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 libfuse3-dev pkg-config >/dev/null
+fi
+
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  echo "==> npm: azurite@${AZURITE_VERSION}"
+  $SUDO npm install -g --no-fund --no-audit "azurite@${AZURITE_VERSION}" >/dev/null
+fi
+
+# torch first, pinned: a bare 'torch' requirement would pull a multi-GB CUDA build.
+if ! "$PYTHON" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" 2>/dev/null; then
+  echo "==> pip: torch==${TORCH_VERSION}"
+  "$PYTHON" -m pip install -q "torch==${TORCH_VERSION}"
+fi
+
+echo "==> pip: warpdrive[dev,fuse,torch] (editable)"
+"$PYTHON" -m pip install -q -e '.[dev,fuse,torch]'

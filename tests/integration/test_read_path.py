@@ -1,0 +1,266 @@
+"""The read path against each real store (local directory, Azurite, moto S3): byte-exactness,
+the cache's promises, and what happens when objects change underneath."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+from hashlib import sha256
+from pathlib import Path
+
+import fsspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Store
+from warpdrive import ObjectChangedError, WarpDrive
+from warpdrive.backends.base import ObjectClient
+from warpdrive.backends.wrappers import CountingClient
+from warpdrive.cache.store import CHUNK
+
+pytestmark = pytest.mark.integration
+KB = 1024
+BS = 256 * KB
+# Sizes around the block size (256 KB) and the checksum chunk (64 KB), and empty.
+SIZES = {
+    "empty": 0,
+    "tiny": 1,
+    "chunk": CHUNK,
+    "block": BS,
+    "block+1": BS + 1,
+    "multi": 5 * BS + 12345,
+}
+
+
+def _counting() -> tuple[list[CountingClient], object]:
+    made: list[CountingClient] = []
+
+    def wrap(client: ObjectClient) -> ObjectClient:
+        made.append(CountingClient(client))
+        return made[-1]
+
+    return made, wrap
+
+
+@pytest.fixture
+def objects(store: Store) -> dict[str, bytes]:
+    rnd = random.Random(7)
+    data = {name: rnd.randbytes(size) for name, size in SIZES.items()}
+    for name, payload in data.items():
+        store.put(f"data/{name}.bin", payload)
+    return data
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(choice=st.data())
+def test_random_reads_equal_slices_of_the_source(
+    store: Store, objects: dict[str, bytes], choice: st.DataObject
+) -> None:
+    name = choice.draw(st.sampled_from(sorted(objects)))
+    data = objects[name]
+    offset = choice.draw(st.integers(0, len(data) + 2 * BS))  # at, and past, EOF
+    size = choice.draw(st.one_of(st.just(0), st.integers(0, 3 * BS), st.just(-1)))
+    path = store.path(f"data/{name}.bin")
+    with WarpDrive(store.config()) as wd:
+        expected = data[offset:] if size < 0 else data[offset : offset + size]
+        assert wd.read(path, offset, size) == expected
+        with wd.open(path) as f:
+            f.seek(offset)
+            assert (f.read() if size < 0 else f.read(size)) == expected
+        fs = fsspec.filesystem("warpdrive", config=store.config(), skip_instance_cache=True)
+        with fs.open(f"warpdrive://{path.lstrip('/')}") as f:
+            f.seek(offset)
+            assert (f.read() if size < 0 else f.read(size)) == expected
+        fs.wd.close()
+
+
+def test_whole_objects_through_every_interface(store: Store, objects: dict[str, bytes]) -> None:
+    cfg = store.config()
+    with WarpDrive(cfg) as wd:
+        for name, data in objects.items():
+            path = store.path(f"data/{name}.bin")
+            assert wd.read(path) == data
+            with wd.open(path, buffering=0) as raw:
+                assert raw.readall() == data
+            with fsspec.open(f"warpdrive://{path.lstrip('/')}", config=cfg) as f:
+                assert f.read() == data
+            assert fsspec.filesystem("warpdrive", config=cfg).cat_file(path, 10, 20) == data[10:20]
+        info = wd.stat(store.path("data/multi.bin"))
+        assert (info.size, info.is_dir) == (len(objects["multi"]), False)
+        names = sorted(e.name for e in wd.listdir(store.path("data")))
+        assert names == sorted(f"{n}.bin" for n in objects)
+
+
+def test_a_warm_read_makes_no_backend_request(store: Store, objects: dict[str, bytes]) -> None:
+    made, wrap = _counting()
+    with WarpDrive(store.config(), wrap_client=wrap) as wd:
+        for name, data in objects.items():
+            assert wd.read(store.path(f"data/{name}.bin")) == data
+        cold_reads = made[0].calls["read"]
+        assert cold_reads > 0
+        for name, data in objects.items():
+            with wd.open(store.path(f"data/{name}.bin")) as f:
+                assert f.read() == data
+        assert made[0].calls["read"] == cold_reads
+        totals = wd.metrics.totals()
+        assert totals["hits"] > 0 and totals["bytes_served_cache"] >= sum(
+            map(len, objects.values())
+        )
+
+
+def test_restart_keeps_warm_blocks(store: Store, objects: dict[str, bytes]) -> None:
+    with WarpDrive(store.config()) as wd:
+        for name in objects:
+            wd.read(store.path(f"data/{name}.bin"))
+    made, wrap = _counting()
+    with WarpDrive(store.config(), wrap_client=wrap) as wd:
+        for name, data in objects.items():
+            assert wd.read(store.path(f"data/{name}.bin")) == data
+        assert made[0].calls["read"] == 0
+        assert wd._core.cache.reconciled  # alone at start: it checked the cache
+
+
+def test_eviction_keeps_the_cache_under_max_size(store: Store) -> None:
+    rnd = random.Random(3)
+    files = {f"e/{i}.bin": rnd.randbytes(3 * BS) for i in range(12)}  # 9 MB through a 4 MB cache
+    for key, data in files.items():
+        store.put(key, data)
+    with WarpDrive(store.config(max_size="4MB", readahead_blocks=2)) as wd:
+        cache = wd._core.cache
+        for _ in range(2):
+            for key, data in files.items():
+                assert wd.read(store.path(key)) == data
+                assert cache.usage().bytes <= 4 * 1024 * 1024
+        blocks_on_disk = sum(1 for f in Path(cache.store.dir).rglob("*") if f.is_file())
+        assert blocks_on_disk == cache.usage().blocks
+        assert wd.metrics.cache_evictions._value.get() > 0
+
+
+def test_a_corrupted_or_truncated_block_file_is_refetched(
+    store: Store, objects: dict[str, bytes]
+) -> None:
+    path = store.path("data/multi.bin")
+    with WarpDrive(store.config()) as wd:
+        wd.read(path)
+        files = sorted(f for f in Path(wd._core.cache.store.dir).rglob("*") if f.is_file())
+    victim, shorty = files[0], files[1]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x5A
+    victim.write_bytes(bytes(raw))
+    os.truncate(shorty, shorty.stat().st_size // 2)
+    made, wrap = _counting()
+    with WarpDrive(store.config(), wrap_client=wrap) as wd:
+        assert wd.read(path) == objects["multi"]
+        assert wd.read(path) == objects["multi"]  # and again, now from the repaired cache
+        assert 1 <= made[0].calls["read"] <= 2
+        assert wd.metrics.checksum_errors._value.get() >= 1
+
+
+def test_an_overwritten_object_never_yields_old_bytes(store: Store) -> None:
+    old, new = os.urandom(3 * BS), os.urandom(2 * BS + 5)
+    store.put("v/obj.bin", old)
+    path = store.path("v/obj.bin")
+    with WarpDrive(store.config(stale_ttl="0s")) as wd:
+        assert wd.read(path) == old
+        handle = wd.open(path, buffering=0)
+        assert handle.read(10) == old[:10]
+        store.put("v/obj.bin", new)
+        assert wd.read(path) == new  # metadata re-checked (stale_ttl 0): new version
+        assert wd.read(path, BS, 100) == new[BS : BS + 100]
+        # The open handle stays on its version. Caching the new one dropped the old one's
+        # blocks, so the handle cannot finish with old bytes: it fails cleanly (ESTALE).
+        handle.seek(0)
+        with pytest.raises(ObjectChangedError):
+            handle.read(3 * BS)
+        handle.close()
+        usage = wd._core.cache.index.usage()
+        assert usage.bytes <= len(new)  # the old version's blocks were dropped
+
+
+def test_a_handle_reading_uncached_blocks_after_a_change_gets_estale(store: Store) -> None:
+    store.put("w/obj.bin", os.urandom(4 * BS))
+    path = store.path("w/obj.bin")
+    with WarpDrive(store.config(readahead_blocks=0)) as wd:
+        handle = wd.open(path, buffering=0)
+        handle.read(100)
+        store.put("w/obj.bin", os.urandom(4 * BS))
+        handle.seek(3 * BS)
+        with pytest.raises(ObjectChangedError):
+            handle.read(100)
+        handle.close()
+
+
+def _read_all(config_path: str, paths: list[str], queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    from warpdrive import WarpDrive, load_config
+
+    made, wrap = _counting()
+    with WarpDrive(load_config(config_path), wrap_client=wrap) as wd:
+        digests = [wd.read(p) for p in paths]
+        queue.put(
+            (
+                [len(d) for d in digests],
+                [sha256(d).hexdigest() for d in digests],
+                made[0].calls["read"],
+            )
+        )
+
+
+def test_two_processes_reading_concurrently_get_exact_bytes(store: Store, tmp_path: Path) -> None:
+    rnd = random.Random(11)
+    files = {f"p/{i}.bin": rnd.randbytes(4 * BS + i) for i in range(6)}
+    for key, data in files.items():
+        store.put(key, data)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(_yaml(store))
+    paths = [store.path(k) for k in files]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_read_all, args=(str(config_path), paths, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    blocks_per_process = sum(-(-len(d) // BS) for d in files.values())
+    for lengths, hashes, reads in results:
+        assert lengths == [len(d) for d in files.values()]
+        assert hashes == [sha256(d).hexdigest() for d in files.values()]
+        assert reads <= blocks_per_process  # never the same block twice in one process
+    with WarpDrive(store.config()) as wd:
+        for key, data in files.items():
+            assert wd.read(store.path(key)) == data
+
+
+def _yaml(store: Store) -> str:
+    return (
+        f"cache: {{path: {store.cache_dir}, max_size: 256MB, block_size: 256KB}}\n"
+        f"backends:\n{store.backend_yaml}"
+    )
+
+
+def _child_read(wd: WarpDrive, path: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    queue.put(sha256(wd.read(path)).hexdigest())
+    wd.close()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_reader_used_before_fork_or_pickled_works_in_the_child(
+    store: Store, objects: dict[str, bytes], method: str
+) -> None:
+    path = store.path("data/multi.bin")
+    with WarpDrive(store.config()) as wd:
+        assert wd.read(path, 0, 10) == objects["multi"][:10]  # live threads, LMDB, clients
+        ctx = mp.get_context(method)
+        queue = ctx.Queue()
+        child = ctx.Process(target=_child_read, args=(wd, path, queue))
+        child.start()
+        digest = queue.get(timeout=60)
+        child.join(30)
+        assert child.exitcode == 0
+        assert digest == sha256(objects["multi"]).hexdigest()
+        assert wd.read(path) == objects["multi"]  # the parent's reader is unharmed

@@ -1,0 +1,194 @@
+"""Fetcher and prefetcher logic over a real local backend: singleflight, parallelism, coalescing,
+priorities, the readahead state machine and hints."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Store
+from warpdrive.backends.base import ObjectClient
+from warpdrive.backends.wrappers import CountingClient
+from warpdrive.cache.keys import ObjectVersion
+from warpdrive.prefetch import Readahead, ReadPattern
+
+KB = 1024
+
+
+class SlowClient(CountingClient):
+    """Counts calls, and holds each read for ``delay`` seconds (a far-away store)."""
+
+    def __init__(self, inner: ObjectClient, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+        self.active = 0
+        self.peak = 0
+        self._gauge = threading.Lock()
+
+    def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        with self._gauge:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            return super().read_range(key, start, end, etag)
+        finally:
+            with self._gauge:
+                self.active -= 1
+
+
+def _slow(delay: float) -> tuple[list[SlowClient], object]:
+    made: list[SlowClient] = []
+
+    def wrap(client: ObjectClient) -> ObjectClient:
+        made.append(SlowClient(client, delay))
+        return made[-1]
+
+    return made, wrap
+
+
+def test_concurrent_readers_of_a_missing_block_cause_one_request(local_store: Store) -> None:
+    data = os.urandom(256 * KB)
+    local_store.put("obj", data)
+    made, wrap = _slow(0.3)
+    wd = local_store.reader(readahead_blocks=0, wrap_client=wrap)
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(wd.read(local_store.path("obj"), 1000, 5000))
+        )
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [data[1000:6000]] * 8
+    assert made[0].calls["read"] == 1
+    wd.close()
+
+
+def test_a_large_read_fetches_its_blocks_in_parallel(local_store: Store) -> None:
+    data = os.urandom(16 * 256 * KB)
+    local_store.put("big", data)
+    made, wrap = _slow(0.2)
+    wd = local_store.reader(readahead_blocks=0, max_parallel_fetch=16, wrap_client=wrap)
+    started = time.monotonic()
+    assert wd.read(local_store.path("big")) == data
+    elapsed = time.monotonic() - started
+    assert made[0].peak >= 8, made[0].peak
+    assert elapsed < 16 * 0.2 / 2  # far from one block at a time
+    wd.close()
+
+
+def test_parallelism_is_bounded_by_max_parallel_fetch(local_store: Store) -> None:
+    local_store.put("big", os.urandom(32 * 256 * KB))
+    made, wrap = _slow(0.05)
+    wd = local_store.reader(readahead_blocks=0, max_parallel_fetch=4, wrap_client=wrap)
+    wd.read(local_store.path("big"))
+    assert made[0].peak <= 4
+    wd.close()
+
+
+def test_adjacent_missing_blocks_are_coalesced_up_to_coalesce_size(local_store: Store) -> None:
+    data = os.urandom(8 * 256 * KB)
+    local_store.put("obj", data)
+    made, wrap = _slow(0.0)
+    # One worker: eight requests would queue one behind the other, so one 2 MB request pays.
+    wd = local_store.reader(readahead_blocks=0, max_parallel_fetch=1, wrap_client=wrap)
+    assert wd.read(local_store.path("obj")) == data
+    assert made[0].calls["read"] == 1
+    assert made[0].ranges == [("obj", 0, len(data))]
+    wd.close()
+
+
+def test_sequential_reader_gets_readahead_and_counts_hits(local_store: Store) -> None:
+    data = os.urandom(20 * 256 * KB)
+    local_store.put("seq", data)
+    made, wrap = _slow(0.02)
+    wd = local_store.reader(readahead_blocks=4, wrap_client=wrap)
+    with wd.open(local_store.path("seq")) as f:
+        chunks = []
+        while chunk := f.read(64 * KB):
+            chunks.append(chunk)
+    assert b"".join(chunks) == data
+    totals = wd.metrics.totals()
+    assert totals["readahead_hits"] >= 15  # nearly every block after the first came from readahead
+    assert totals["readahead_wasted"] == 0
+    assert made[0].calls["read"] == 20
+    wd.close()
+
+
+def test_random_reader_gets_no_readahead(local_store: Store) -> None:
+    data = os.urandom(40 * 256 * KB)
+    local_store.put("rnd", data)
+    made, wrap = _slow(0.0)
+    wd = local_store.reader(readahead_blocks=8, wrap_client=wrap)
+    with wd.open(local_store.path("rnd"), buffering=0) as f:
+        for block in (30, 2, 17, 9, 25):
+            f.seek(block * 256 * KB + 100)
+            assert f.read(1000) == data[block * 256 * KB + 100 : block * 256 * KB + 1100]
+    assert made[0].calls["read"] <= 5 + 8  # the first read at 0 never happened: no window
+    wd.close()
+
+
+def test_readahead_state_machine() -> None:
+    obj = ObjectVersion("b", "k", "e", 100 * 1024, 0, 1024)
+    ra = Readahead(obj, window=4)
+    assert ra.state is ReadPattern.IDLE
+    assert list(ra.on_read(0, 512)) == [1, 2, 3, 4]
+    assert ra.state is ReadPattern.SEQUENTIAL
+    assert list(ra.on_read(512, 1024)) == []  # still inside block 0: window already out
+    assert list(ra.on_read(1024, 2048)) == [5]
+    assert list(ra.on_read(60 * 1024, 61 * 1024)) == []
+    assert ra.state is ReadPattern.RANDOM
+    assert list(ra.on_read(61 * 1024, 62 * 1024)) == [62, 63, 64, 65]  # sequential again
+    assert ra.state is ReadPattern.SEQUENTIAL
+    assert list(ra.on_read(99 * 1024, 100 * 1024)) == []  # end of object: nothing past it
+
+
+def test_prefetch_hints_fill_the_cache_in_the_background(local_store: Store) -> None:
+    files = {f"shard-{i}.tar": os.urandom(600 * KB) for i in range(4)}
+    for key, data in files.items():
+        local_store.put(key, data)
+    made, wrap = _slow(0.0)
+    wd = local_store.reader(wrap_client=wrap)
+    wd.prefetch([local_store.path(k) for k in files] + [(local_store.path("shard-0.tar"), 0, 10)])
+    deadline = time.monotonic() + 10
+    while made[0].calls["read"] < 4 * 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = made[0].calls["read"]
+    for key, data in files.items():
+        assert wd.read(local_store.path(key)) == data
+    assert made[0].calls["read"] == before  # every block was there already
+    assert wd.metrics.totals()["readahead_hits"] > 0
+    wd.close()
+
+
+def test_hints_for_missing_paths_are_ignored(local_store: Store, tmp_path: Path) -> None:
+    local_store.put("real", b"x" * 1000)
+    wd = local_store.reader()
+    wd.prefetch(["/src/nope", "/elsewhere/x", local_store.path("real")])
+    time.sleep(0.3)
+    assert wd.read(local_store.path("real")) == b"x" * 1000
+    wd.close()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_demand_reads_overtake_queued_prefetch(local_store: Store, workers: int) -> None:
+    for i in range(6):
+        local_store.put(f"h{i}", os.urandom(1024 * KB))
+    local_store.put("urgent", b"u" * 1000)
+    _, wrap = _slow(0.1)
+    wd = local_store.reader(max_parallel_fetch=workers, readahead_blocks=0, wrap_client=wrap)
+    wd.prefetch([local_store.path(f"h{i}") for i in range(6)])  # 6 MB queued as hints
+    time.sleep(0.15)
+    started = time.monotonic()
+    assert wd.read(local_store.path("urgent")) == b"u" * 1000
+    waited = time.monotonic() - started
+    assert waited < 0.1 * 4, waited  # not behind all 6+ queued hint requests
+    wd.close()

@@ -1,0 +1,135 @@
+"""Retries with exponential backoff and jitter around one store's :class:`ObjectClient`.
+
+Only TransientBackendError is retried (timeouts, resets, 5xx, 429/503 throttling, short bodies);
+the server's Retry-After is honoured up to ``max_backoff``. When attempts run out the caller gets
+BackendUnavailableError, naming backend, operation, key and the last cause. Every attempt is timed
+into ``warpdrive_backend_request_duration_seconds``; each failure is counted by type.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta
+from warpdrive.config import FetchConfig
+from warpdrive.errors import (
+    BackendUnavailableError,
+    NotFoundError,
+    ObjectChangedError,
+    PermissionDeniedError,
+    TransientBackendError,
+    WarpDriveError,
+)
+from warpdrive.metrics import BackendMetrics
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_backoff: float = 0.2
+    max_backoff: float = 10.0
+    timeout: float = 60.0
+
+    @classmethod
+    def from_config(cls, fetch: FetchConfig) -> RetryPolicy:
+        return cls(
+            fetch.max_attempts, fetch.initial_backoff, fetch.max_backoff, fetch.request_timeout
+        )
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): "equal jitter"
+        exponential backoff, so retrying clients spread out but never retry at once."""
+        ceiling = min(self.max_backoff, self.initial_backoff * (2 ** (attempt - 1)))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_backoff))
+        return delay
+
+
+def error_type(exc: BaseException) -> str:
+    """The bounded ``error_type`` label for a failed attempt."""
+    if isinstance(exc, TransientBackendError):
+        return exc.kind if exc.kind in ("timeout", "connection", "throttled", "server") else "other"
+    if isinstance(exc, NotFoundError):
+        return "not_found"
+    if isinstance(exc, PermissionDeniedError):
+        return "permission"
+    if isinstance(exc, ObjectChangedError):
+        return "changed"
+    return "other"
+
+
+class RetryingBackend:
+    """A :class:`warpdrive.backends.base.Backend` over one client: retries, timing, byte counts."""
+
+    def __init__(
+        self,
+        client: ObjectClient,
+        policy: RetryPolicy,
+        metrics: BackendMetrics,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.name = client.name
+        self.type = client.type
+        self.policy = policy
+        self._metrics = metrics
+        self._sleep = sleep
+
+    def stat(self, key: str) -> ObjectMeta:
+        return self._call("stat", key, lambda: self.client.stat(key))
+
+    def list_pages(self, prefix: str) -> Iterator[list[Entry]]:
+        token: str | None = None
+        while True:
+            page, token = self._call("list", prefix, partial(self.client.list_page, prefix, token))
+            yield page
+            if token is None:
+                return
+
+    def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        def attempt() -> bytes:
+            data = self.client.read_range(key, start, end, etag)
+            if len(data) != end - start:
+                raise TransientBackendError(
+                    f"short read: got {len(data)} of {end - start} bytes", kind="connection"
+                )
+            return data
+
+        data = self._call("read", key, attempt)
+        self._metrics.bytes_read.inc(len(data))
+        return data
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, op: str, subject: str, attempt: Callable[[], T]) -> T:
+        duration = self._metrics.duration[op]
+        for n in range(1, self.policy.max_attempts + 1):
+            started = time.monotonic()
+            try:
+                result = attempt()
+            except TransientBackendError as exc:
+                duration.observe(time.monotonic() - started)
+                self._metrics.errors[error_type(exc)].inc()
+                if n == self.policy.max_attempts:
+                    raise BackendUnavailableError(
+                        f"{self.name}: {op} {subject!r} failed after {n} attempts: {exc}"
+                    ) from exc
+                self._metrics.retries[op].inc()
+                self._sleep(self.policy.backoff(n, exc.retry_after))
+            except WarpDriveError as exc:
+                duration.observe(time.monotonic() - started)
+                self._metrics.errors[error_type(exc)].inc()
+                raise
+            else:
+                duration.observe(time.monotonic() - started)
+                return result
+        raise AssertionError("unreachable: max_attempts >= 1")

@@ -1,0 +1,274 @@
+"""Block fetching: singleflight per block, bounded parallelism, priorities, coalescing.
+
+Every missing block has at most one fetch in flight per process: a second reader (or the
+prefetcher) gets the same future. ``max_parallel_fetch`` worker threads take jobs from a priority
+queue: demand reads first, then readahead, then hints; background work may occupy at most three
+quarters of the workers, so a demand read always finds one soon. A demand read for a block that
+is queued as prefetch raises the job's priority. Adjacent missing blocks of one object are
+fetched with one ranged request (up to ``fetch.coalesce_size``) when they outnumber
+the workers.
+
+A job stores each block (``BlockCache.put``) before it leaves the in-flight table and before its
+waiters wake, so a reader that finds neither an in-flight fetch nor a cached block knows it must
+fetch. Lock order: ``Fetcher._lock`` only; no I/O is done while holding it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from enum import IntEnum
+
+from warpdrive.backends import Backend
+from warpdrive.cache import BlockCache, ObjectVersion
+from warpdrive.errors import BackendError
+from warpdrive.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BlockData = bytes | memoryview | None  # None: the block is now in the cache, read it there
+
+
+class Priority(IntEnum):
+    DEMAND = 0
+    READAHEAD = 1
+    HINT = 2
+
+
+class _Job:
+    __slots__ = ("count", "first", "futures", "obj", "priority", "started")
+
+    def __init__(self, obj: ObjectVersion, first: int, count: int, priority: Priority) -> None:
+        self.obj = obj
+        self.first = first
+        self.count = count
+        self.priority = priority
+        self.started = False
+        self.futures: list[Future[BlockData]] = [Future() for _ in range(count)]
+
+
+class Fetcher:
+    """Fetches blocks into the cache for every reader of one process."""
+
+    def __init__(
+        self,
+        cache: BlockCache,
+        backends: Mapping[str, Backend],
+        metrics: Metrics,
+        max_parallel: int,
+        coalesce_size: int,
+    ) -> None:
+        self.cache = cache
+        self.backends = backends
+        self.metrics = metrics
+        self.max_parallel = max_parallel
+        self.coalesce_size = coalesce_size
+        self.bg_limit = max(1, max_parallel - max(1, max_parallel // 4))
+        self.max_queued_bg = 4 * max_parallel
+        # Guarded by _lock: _inflight, _jobs, _heap, _running_bg, _queued_bg, _threads, _closed.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inflight: dict[bytes, Future[BlockData]] = {}
+        self._jobs: dict[bytes, _Job] = {}
+        self._heap: list[tuple[int, int, _Job]] = []
+        self._seq = itertools.count()
+        self._running_bg = 0
+        self._queued_bg = 0
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    # -- requests --------------------------------------------------------------------------
+
+    def fetch(self, obj: ObjectVersion, index: int) -> BlockData:
+        """The block's bytes, fetching it now if needed (None: it is cached, read it there)."""
+        return self.request(obj, (index,), Priority.DEMAND)[0].result()
+
+    def request(
+        self, obj: ObjectVersion, indices: Sequence[int], priority: Priority
+    ) -> list[Future[BlockData]]:
+        """Futures for ``indices`` (ascending): joined to fetches in flight, else started.
+
+        Background requests beyond the queue bound are dropped (fewer futures come back)."""
+        futures: list[Future[BlockData]] = []
+        with self._lock:
+            if self._closed:
+                raise BackendError("the fetcher is closed")
+            missing: list[int] = []
+            for index in indices:
+                bkey = obj.block_key(index)
+                fut = self._inflight.get(bkey)
+                if fut is not None:
+                    self._promote_locked(bkey, priority)
+                    futures.append(fut)
+                elif priority == Priority.DEMAND and self.cache.contains(obj, index):
+                    done: Future[BlockData] = Future()
+                    done.set_result(None)
+                    futures.append(done)
+                else:
+                    missing.append(index)
+            for first, count in self._runs(obj, missing):
+                if priority != Priority.DEMAND and self._queued_bg >= self.max_queued_bg:
+                    break
+                job = _Job(obj, first, count, priority)
+                for i, fut in enumerate(job.futures):
+                    bkey = obj.block_key(first + i)
+                    self._inflight[bkey] = fut
+                    self._jobs[bkey] = job
+                futures.extend(job.futures)
+                self._push_locked(job, priority)
+            self._start_workers_locked()
+        if priority != Priority.DEMAND and missing:
+            self.metrics.prefetch_scheduled.labels(priority.name.lower()).inc(len(missing))
+        return futures
+
+    def in_flight(self, obj: ObjectVersion, index: int) -> bool:
+        return obj.block_key(index) in self._inflight
+
+    def background_room(self) -> int:
+        """How many more background jobs the queue takes now."""
+        return max(0, self.max_queued_bg - self._queued_bg)
+
+    def wait_for_room(self, timeout: float) -> bool:
+        with self._wake:
+            return self._wake.wait_for(
+                lambda: self._closed or self._queued_bg < self.max_queued_bg, timeout
+            )
+
+    def close(self) -> None:
+        """Stop the workers; queued fetches fail with BackendError. Idempotent."""
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            queued = [job for _, _, job in self._heap if not job.started]
+            self._heap.clear()
+            self._wake.notify_all()
+            threads = list(self._threads)
+        for job in queued:
+            self._finish(job, error=BackendError("the fetcher was closed"))
+        for thread in threads:
+            thread.join(timeout=30)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            with self._wake:
+                job = self._next_job_locked()
+                if job is None:
+                    return
+            try:
+                self._run(job)
+            finally:
+                if job.priority != Priority.DEMAND:
+                    with self._wake:
+                        self._running_bg -= 1
+                        self._wake.notify_all()
+
+    def _next_job_locked(self) -> _Job | None:
+        while True:
+            if self._closed:
+                return None
+            while self._heap and self._heap[0][2].started:
+                heapq.heappop(self._heap)  # a stale entry of a promoted job
+            if self._heap:
+                priority = self._heap[0][0]
+                if priority == Priority.DEMAND or self._running_bg < self.bg_limit:
+                    job = heapq.heappop(self._heap)[2]
+                    job.started = True
+                    if job.priority != Priority.DEMAND:
+                        self._queued_bg -= 1
+                        self._running_bg += 1
+                    self._wake.notify_all()
+                    return job
+            self._wake.wait()
+
+    def _run(self, job: _Job) -> None:
+        obj, bs = job.obj, job.obj.block_size
+        start = job.first * bs
+        end = min(obj.size, (job.first + job.count) * bs)
+        try:
+            data = self.backends[obj.backend].read_range(obj.key, start, end, obj.etag)
+        except Exception as exc:
+            self._finish(job, error=exc)
+            return
+        blocks: list[BlockData] = []
+        view = memoryview(data)
+        for i in range(job.count):
+            block = data if job.count == 1 else view[i * bs : min(len(view), (i + 1) * bs)]
+            try:
+                self.cache.put(obj, job.first + i, block)
+            except Exception:
+                log.exception(
+                    "storing block %d of %s:%s failed", job.first + i, obj.backend, obj.key
+                )
+            blocks.append(block)
+        self._finish(job, blocks=blocks)
+
+    def _finish(
+        self, job: _Job, blocks: list[BlockData] | None = None, error: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            for i in range(job.count):
+                bkey = job.obj.block_key(job.first + i)
+                if self._jobs.get(bkey) is job:
+                    del self._jobs[bkey]
+                    del self._inflight[bkey]
+            if not job.started and job.priority != Priority.DEMAND:
+                self._queued_bg -= 1
+        for i, fut in enumerate(job.futures):
+            if error is not None:
+                fut.set_exception(error)
+            elif blocks is not None:
+                fut.set_result(blocks[i])
+
+    # -- helpers (caller holds _lock) ------------------------------------------------------
+
+    def _runs(self, obj: ObjectVersion, indices: list[int]) -> list[tuple[int, int]]:
+        """Adjacent indices grouped into requests. A run is split into as many requests as
+        there are workers (parallel streams beat one long one on a far link), but never into
+        requests smaller than ``len(run) / coalesce`` blocks: when blocks outnumber workers,
+        fewer, larger requests save per-request latency."""
+        coalesce = max(1, self.coalesce_size // obj.block_size)
+        runs: list[tuple[int, int]] = []
+        for index in indices:
+            if runs and runs[-1][0] + runs[-1][1] == index:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((index, 1))
+        requests: list[tuple[int, int]] = []
+        for first, length in runs:
+            pieces = max(-(-length // coalesce), min(length, self.max_parallel))
+            size = -(-length // pieces)
+            requests.extend(
+                (i, min(size, first + length - i)) for i in range(first, first + length, size)
+            )
+        return requests
+
+    def _push_locked(self, job: _Job, priority: Priority) -> None:
+        heapq.heappush(self._heap, (int(priority), next(self._seq), job))
+        if priority != Priority.DEMAND:
+            self._queued_bg += 1
+        self._wake.notify()
+
+    def _promote_locked(self, bkey: bytes, priority: Priority) -> None:
+        job = self._jobs.get(bkey)
+        if job is None or job.started or priority >= job.priority:
+            return
+        if job.priority != Priority.DEMAND and priority == Priority.DEMAND:
+            self._queued_bg -= 1
+        job.priority = priority
+        heapq.heappush(self._heap, (int(priority), next(self._seq), job))
+        self._wake.notify()
+
+    def _start_workers_locked(self) -> None:
+        if self._threads:
+            return
+        for n in range(self.max_parallel):
+            thread = threading.Thread(target=self._worker, name=f"warpdrive-fetch-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)

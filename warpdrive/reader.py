@@ -1,0 +1,327 @@
+"""The one read path: ``WarpDrive(config).open(path)``, ``.read(path, offset, size)``, ``.stat``,
+``.listdir``, ``.prefetch``. The FUSE mount, ``warpdrive-ctl``, the torch adapters and the
+``warpdrive://`` fsspec filesystem all read through it.
+
+A read splits into blocks; each block comes from the cache (verified on read) or from the
+fetcher (one backend request per missing block per process, shared by every reader). An open
+handle is pinned to the object version it saw at open: it never mixes two versions, and reads
+fail with ObjectChangedError (ESTALE) once the backend holds another.
+
+A ``WarpDrive`` holds only its configuration until first used; the live parts (backend
+clients, LMDB, threads) are created per process, so an instance may be pickled or inherited
+across ``fork()`` (DataLoader workers) and each process opens its own.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from warpdrive.backends import Backend, ClientWrapper, make_backend
+from warpdrive.cache import BlockCache, BlockView, ObjectVersion
+from warpdrive.config import Config, load_config
+from warpdrive.errors import BackendError, InvalidPathError
+from warpdrive.fetch import Fetcher, Priority
+from warpdrive.metrics import Metrics
+from warpdrive.namespace import FileInfo, Namespace
+from warpdrive.prefetch import HintItem, Prefetcher, Readahead
+
+DEFAULT_BUFFER = 1 << 20
+_MAX_VERIFY_RETRIES = 3
+
+
+class _Core:
+    """The live parts of a WarpDrive in one process."""
+
+    def __init__(self, config: Config, metrics: Metrics, wrap: ClientWrapper | None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.backends: dict[str, Backend] = {}
+        try:
+            for b in config.backends:
+                self.backends[b.name] = make_backend(b, config, metrics, wrap)
+            self.cache = BlockCache(config.cache, metrics)
+        except BaseException:
+            for backend in self.backends.values():
+                backend.close()
+            raise
+        self.namespace = Namespace(config, self.backends)
+        self.fetcher = Fetcher(
+            self.cache,
+            self.backends,
+            metrics,
+            config.cache.max_parallel_fetch,
+            max(config.fetch.coalesce_size, config.cache.block_size),
+        )
+        self.prefetcher = Prefetcher(
+            self.cache, self.fetcher, metrics, config.cache.readahead_blocks
+        )
+
+    def version(self, path: str) -> ObjectVersion:
+        backend, meta = self.namespace.object_meta(path)
+        return ObjectVersion(
+            backend.name, meta.key, meta.etag, meta.size, meta.mtime, self.config.cache.block_size
+        )
+
+    def read_into(
+        self,
+        obj: ObjectVersion,
+        offset: int,
+        dst: memoryview,
+        ra: Readahead | None = None,
+        cursor: _Cursor | None = None,
+    ) -> None:
+        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps)."""
+        end = offset + len(dst)
+        if ra is not None:
+            self.prefetcher.readahead(ra, offset, end)
+        bs = obj.block_size
+        first, last = offset // bs, (end - 1) // bs
+        if last > first:  # start every missing block now, so they arrive in parallel
+            missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
+            if missing:
+                self.fetcher.request(obj, missing, Priority.DEMAND)
+        pos = offset
+        while pos < end:
+            index = pos // bs
+            lo = pos - index * bs
+            hi = min(end - index * bs, obj.block_len(index))
+            self._read_block(obj, index, lo, dst[pos - offset : pos - offset + hi - lo], ra, cursor)
+            pos += hi - lo
+
+    def _read_block(
+        self,
+        obj: ObjectVersion,
+        index: int,
+        lo: int,
+        dst: memoryview,
+        ra: Readahead | None,
+        cursor: _Cursor | None,
+    ) -> None:
+        metrics = self.metrics
+        for _ in range(_MAX_VERIFY_RETRIES):
+            view = cursor.get(index) if cursor is not None else None
+            if view is None:
+                view = self.cache.open_block(obj, index)
+                if view is not None and cursor is not None:
+                    cursor.put(index, view)
+            if view is not None:
+                ok = view.read_into(lo, dst)
+                if cursor is None:
+                    view.close()
+                if ok:
+                    metrics.cache_hits.inc()
+                    metrics.served_from_cache.inc(len(dst))
+                    self.prefetcher.note_read(ra, obj.block_key(index), index)
+                    return
+                if cursor is not None:
+                    cursor.drop()
+                self.cache.discard(obj, index, view.nonce)
+            metrics.cache_misses.inc()
+            if ra is not None and index in ra.pending:
+                self.prefetcher.late(ra)  # prefetched, but not early enough
+            data = self.fetcher.fetch(obj, index)
+            if data is None:
+                continue  # cached meanwhile by someone else: read it from the cache
+            dst[:] = memoryview(data)[lo : lo + len(dst)]
+            metrics.served_from_backend.inc(len(dst))
+            self.prefetcher.note_read(ra, obj.block_key(index), index)
+            return
+        raise BackendError(
+            f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
+        )
+
+    def close(self) -> None:
+        self.prefetcher.close()
+        self.fetcher.close()
+        self.cache.close()
+        for backend in self.backends.values():
+            backend.close()
+
+
+class _Cursor:
+    """The one block file a handle keeps open, so sequential reads open each block once."""
+
+    __slots__ = ("index", "view")
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.view: BlockView | None = None
+
+    def get(self, index: int) -> BlockView | None:
+        return self.view if index == self.index else None
+
+    def put(self, index: int, view: BlockView) -> None:
+        self.drop()
+        self.index, self.view = index, view
+
+    def drop(self) -> None:
+        if self.view is not None:
+            self.view.close()
+        self.index, self.view = -1, None
+
+
+class Handle(io.RawIOBase):
+    """An open object: readinto/seek/tell over one pinned version, with readahead."""
+
+    def __init__(self, core: _Core, path: str, obj: ObjectVersion) -> None:
+        super().__init__()
+        self._core = core
+        self.name = path
+        self.obj = obj
+        self.size = obj.size
+        self._pos = 0
+        self._ra = core.prefetcher.open(obj)
+        self._cursor = _Cursor()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        dst = memoryview(buffer).cast("B")
+        n = min(len(dst), self.size - self._pos)
+        if n <= 0:
+            return 0
+        self._core.read_into(self.obj, self._pos, dst[:n], self._ra, self._cursor)
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        buf = bytearray(max(0, self.size - self._pos))
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise OSError(22, f"negative seek position {pos} in {self.name!r}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cursor.drop()
+            self._core.prefetcher.release(self._ra)
+        super().close()
+
+
+class WarpDrive:
+    """Reads objects of every configured backend through the shared block cache."""
+
+    def __init__(
+        self,
+        config: Config | str | os.PathLike[str] | None = None,
+        *,
+        metrics: Metrics | None = None,
+        wrap_client: ClientWrapper | None = None,
+    ) -> None:
+        """``config``: a Config, a YAML path, or None for ``$WARPDRIVE_CONFIG``.
+        ``wrap_client`` wraps each backend's client (request counting, fault injection)."""
+        self._setup(
+            config if isinstance(config, Config) else load_config(config), metrics, wrap_client
+        )
+
+    def _setup(self, config: Config, metrics: Metrics | None, wrap: ClientWrapper | None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._wrap = wrap
+        self._core_pid = -1
+        self._core_obj: _Core | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only the configuration travels (to DataLoader workers, say): they open their own."""
+        return {"config": self.config, "wrap": self._wrap}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._setup(state["config"], None, state["wrap"])
+
+    @property
+    def _core(self) -> _Core:
+        core = self._core_obj
+        if core is not None and self._core_pid == os.getpid():
+            return core
+        with self._lock:
+            if self._core_obj is None or self._core_pid != os.getpid():
+                # A core inherited from our parent is abandoned, never closed or used here.
+                self._core_obj = _Core(self.config, self.metrics, self._wrap)
+                self._core_pid = os.getpid()
+            return self._core_obj
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def open(
+        self, path: str, mode: str = "rb", buffering: int = -1
+    ) -> io.RawIOBase | io.BufferedReader:
+        """A binary file-like over ``path`` (``buffering=0``: unbuffered, raw handle)."""
+        if mode not in ("rb", "r"):
+            raise ValueError(f"WarpDrive is read-only: mode {mode!r} not supported (use 'rb')")
+        core = self._core
+        handle = Handle(core, core.namespace.normalize(path), core.version(path))
+        if buffering == 0:
+            return handle
+        return io.BufferedReader(handle, buffering if buffering > 1 else DEFAULT_BUFFER)
+
+    def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
+        """Bytes ``[offset, offset+size)`` of ``path`` (to the end when ``size`` < 0)."""
+        if offset < 0:
+            raise InvalidPathError(f"{path!r}: negative offset {offset}")
+        core = self._core
+        obj = core.version(path)
+        end = obj.size if size < 0 else min(obj.size, offset + size)
+        if end <= offset:
+            return b""
+        buf = bytearray(end - offset)
+        core.read_into(obj, offset, memoryview(buf))
+        return bytes(buf)
+
+    def stat(self, path: str) -> FileInfo:
+        return self._core.namespace.stat(path)
+
+    def listdir(self, path: str = "/") -> list[FileInfo]:
+        return self._core.namespace.listdir(path)
+
+    def iterdir(self, path: str = "/") -> Iterator[list[FileInfo]]:
+        """Children of ``path`` a page at a time, for directories too large to list at once."""
+        return self._core.namespace.list_pages(path)
+
+    def prefetch(self, items: Iterable[HintItem]) -> None:
+        """Fetch these objects (paths) or ``(path, start, end)`` ranges into the cache in the
+        background, behind demand reads; returns immediately."""
+        core = self._core
+        core.prefetcher.hint(list(items), core.version)
+
+    def flush(self) -> None:
+        """Write batched access times and counters to the shared index now."""
+        self._core.cache.flush()
+
+    def close(self) -> None:
+        """Stop background work and release the cache; idempotent."""
+        with self._lock:
+            core, self._core_obj = self._core_obj, None
+        if core is not None and self._core_pid == os.getpid():
+            core.close()
+
+    def __enter__(self) -> WarpDrive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

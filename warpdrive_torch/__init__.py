@@ -1,0 +1,1 @@
+"""PyTorch datasets over the WarpDrive cache — tracked in issue #5."""
