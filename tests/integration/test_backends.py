@@ -21,13 +21,13 @@ def _backend(store: Store, page_size: int = 1000) -> tuple[WarpDrive, Backend]:
     return wd, wd._core.backends[store.name]
 
 
-def test_stat_reports_size_and_a_version_that_changes_on_overwrite(store: Store) -> None:
-    store.put("a/x.bin", b"12345")
-    wd, backend = _backend(store)
+def test_stat_reports_size_and_a_version_that_changes_on_overwrite(any_store: Store) -> None:
+    any_store.put("a/x.bin", b"12345")
+    wd, backend = _backend(any_store)
     first = backend.stat("a/x.bin")
     assert (first.key, first.size) == ("a/x.bin", 5)
     assert first.etag and first.mtime > 0
-    store.put("a/x.bin", b"123456789")
+    any_store.put("a/x.bin", b"123456789")
     second = backend.stat("a/x.bin")
     assert second.size == 9 and second.etag != first.etag
     with pytest.raises(NotFoundError):
@@ -37,37 +37,41 @@ def test_stat_reports_size_and_a_version_that_changes_on_overwrite(store: Store)
     wd.close()
 
 
-def test_read_range_is_exact_and_refuses_another_version(store: Store) -> None:
+def test_read_range_is_exact_and_refuses_another_version(any_store: Store) -> None:
     payload = bytes(range(256)) * 40
-    store.put("r.bin", payload)
-    wd, backend = _backend(store)
+    any_store.put("r.bin", payload)
+    wd, backend = _backend(any_store)
     meta = backend.stat("r.bin")
     assert backend.read_range("r.bin", 0, len(payload), meta.etag) == payload
     assert backend.read_range("r.bin", 1000, 1001, meta.etag) == payload[1000:1001]
-    store.put("r.bin", b"other" * 3000)
+    if any_store.type == "gcs":
+        wd.close()
+        pytest.skip("gcp-storage-emulator ignores generation= on downloads (real GCS: 404)")
+    any_store.put("r.bin", b"other" * 3000)
     with pytest.raises(ObjectChangedError):
         backend.read_range("r.bin", 0, 100, meta.etag)
     wd.close()
 
 
-def test_listing_is_one_level_and_paginated(store: Store) -> None:
+def test_listing_is_one_level_and_paginated(any_store: Store) -> None:
     for i in range(23):
-        store.put(f"many/f{i:03d}.bin", b"x" * i)
-    store.put("many/sub/deep.bin", b"d")
-    store.put("many/sub2/deeper/x.bin", b"d")
-    wd, backend = _backend(store, page_size=5)
+        any_store.put(f"many/f{i:03d}.bin", b"x" * (i + 1))
+    any_store.put("many/sub/deep.bin", b"d")
+    any_store.put("many/sub2/deeper/x.bin", b"d")
+    wd, backend = _backend(any_store, page_size=5)
     pages = list(backend.list_pages("many/"))
-    assert len(pages) >= 5
+    if any_store.paged_listings:
+        assert len(pages) >= 5
     entries = [e for page in pages for e in page]
     files = sorted(e.name for e in entries if not e.is_dir)
     dirs = sorted(e.name for e in entries if e.is_dir)
     assert files == [f"f{i:03d}.bin" for i in range(23)]
     assert dirs == ["sub", "sub2"]
     sizes = {e.name: e.size for e in entries if not e.is_dir}
-    assert sizes["f007.bin"] == 7
-    paged = list(wd.iterdir(store.path("many")))
+    assert sizes["f007.bin"] == 8
+    paged = list(wd.iterdir(any_store.path("many")))
     assert sum(len(p) for p in paged) == 25
-    assert [e.name for e in wd.listdir(store.path("many"))][:3] == [
+    assert [e.name for e in wd.listdir(any_store.path("many"))][:3] == [
         "f000.bin",
         "f001.bin",
         "f002.bin",
@@ -75,10 +79,10 @@ def test_listing_is_one_level_and_paginated(store: Store) -> None:
     wd.close()
 
 
-def test_root_listing_shows_top_level(store: Store) -> None:
-    store.put("top.bin", b"t")
-    store.put("dir/inner.bin", b"i")
-    wd, backend = _backend(store)
+def test_root_listing_shows_top_level(any_store: Store) -> None:
+    any_store.put("top.bin", b"t")
+    any_store.put("dir/inner.bin", b"i")
+    wd, backend = _backend(any_store)
     names = {(e.name, e.is_dir) for page in backend.list_pages("") for e in page}
     assert names == {("top.bin", False), ("dir", True)}
     wd.close()

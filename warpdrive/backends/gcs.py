@@ -132,7 +132,10 @@ class GcsClient(ObjectClient):
         async def call() -> bytes:
             path = f"/download/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(full, safe='')}"
             params = {"alt": "media", "generation": etag}
-            _, body = await self._get(path, params, {"Range": f"bytes={start}-{end - 1}"})
+            headers, body = await self._get(path, params, {"Range": f"bytes={start}-{end - 1}"})
+            served = headers.get("x-goog-generation")
+            if served is not None and served != etag:  # a server that ignored generation=
+                raise ObjectChangedError(f"{self.name}: {key!r} is now generation {served}")
             return body
 
         try:

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -90,59 +91,59 @@ class Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _launch(
+    name: str, argv: list[str], port: int, workdir: str | None = None, **popen: Any
+) -> Server:
+    """Start ``argv`` and wait until it listens on ``port``; stopped again if it never does."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    server = Server(name, proc, port, workdir)
+    try:
+        wait_for_port(port, proc, name)
+    except ServerError:
+        server.stop()
+        raise
+    return server
+
+
+def _executable(name: str, install: str) -> str:
+    exe = shutil.which(name)
+    if exe is None:
+        raise ServerError(f"{name} not found on PATH: {install}")
+    return exe
+
+
 def start_azurite(accounts: Mapping[str, str] | None = None, port: int | None = None) -> Server:
     """Azurite's blob service, in memory, on a free port."""
-    exe = shutil.which("azurite-blob")
-    if exe is None:
-        raise ServerError("azurite-blob not found on PATH: npm install -g azurite")
+    exe = _executable("azurite-blob", "npm install -g azurite")
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="wd-azurite-")
     env = dict(os.environ)
     all_accounts = {AZURITE_ACCOUNT: AZURITE_KEY, **(accounts or {})}
     if accounts:
         env["AZURITE_ACCOUNTS"] = ";".join(f"{a}:{k}" for a, k in all_accounts.items())
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--inMemoryPersistence",
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-            "--disableTelemetry",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        cwd=workdir,
-    )
-    server = Server("azurite", proc, port, workdir, all_accounts)
-    try:
-        wait_for_port(port, proc, "azurite-blob")
-    except ServerError:
-        server.stop()
-        raise
+    argv = [exe, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence"]
+    argv += ["--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"]
+    server = _launch("azurite-blob", argv, port, workdir, env=env, cwd=workdir)
+    server.accounts = all_accounts
     return server
 
 
 def start_moto(port: int | None = None) -> Server:
     """moto's server (S3 and the rest of AWS, in memory) on a free port."""
     port = port or free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = Server("moto", proc, port)
-    try:
-        wait_for_port(port, proc, "moto server")
-    except ServerError:
-        server.stop()
-        raise
-    return server
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    return _launch("moto server", argv, port)
+
+
+def start_gcs_emulator(port: int | None = None) -> Server:
+    """gcp-storage-emulator (the GCS JSON API, in memory, from PyPI) on a free port.
+
+    It serves ranged media downloads but ignores ``generation=`` on them: it cannot show that a
+    read of a replaced object is refused (real GCS answers 404)."""
+    exe = _executable("gcp-storage-emulator", "pip install gcp-storage-emulator")
+    port = port or free_port()
+    argv = [exe, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    return _launch("gcp-storage-emulator", argv, port)
 
 
 def start_wan_proxy(
