@@ -23,7 +23,7 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
     root_marker = ""
 
     def __init__(
-        self, config: Config | str | os.PathLike[str] | None = None, **kwargs: Any
+        self, config: WarpDrive | Config | str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.wd = config if isinstance(config, WarpDrive) else WarpDrive(config)
@@ -53,13 +53,14 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
+        """Bytes ``[start, end)``; negative positions count from the end, as in fsspec."""
         path = self._strip_protocol(path)
-        size = None
-        if (start is not None and start < 0) or (end is not None and end < 0):
+        start, end = start or 0, end
+        if start < 0 or (end is not None and end < 0):
             size = self.wd.stat(path).size
-        begin = 0 if start is None else (start if start >= 0 else max(0, size + start))  # type: ignore[operator]
-        stop = None if end is None else (end if end >= 0 else max(0, size + end))  # type: ignore[operator]
-        return self.wd.read(path, begin, -1 if stop is None else max(0, stop - begin))
+            start = max(0, size + start) if start < 0 else start
+            end = max(0, size + end) if end is not None and end < 0 else end
+        return self.wd.read(path, start, -1 if end is None else max(0, end - start))
 
     def _open(
         self, path: str, mode: str = "rb", block_size: Any = None, **kwargs: Any
