@@ -19,6 +19,7 @@ pytest:
 
 bench: deps
 	$(PYTHON) bench/read_path.py
+	$(PYTHON) bench/fuse_read.py
 
 format:
 	$(PYTHON) -m ruff format .

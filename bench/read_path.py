@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import print_table, row, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive.testing.servers import AZURITE_KEY, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
@@ -212,30 +212,15 @@ def main() -> int:
     rows = []
     for key in [k for k in results if k.endswith("local MB/s")]:
         label = key.removesuffix(" local MB/s")
-        ours, base = results[f"{label} warpdrive MB/s"], results[key]
-        rows.append((label, f"{ours:,.0f}", f"{base:,.0f} (local file)", f"{ours / base:.2f}x"))
-    link = results.get("cold link MB/s")
+        rows.append(row(label, results[f"{label} warpdrive MB/s"], results[key], "local file"))
+    link = results.get("cold link MB/s", 0.0)
     for key in [k for k in results if k.startswith("cold") and k.endswith("warpdrive MB/s")]:
         label = key.removesuffix(" warpdrive MB/s")
-        ours = results[key]
         plain = results[label.split(" + ")[0] + " plain fsspec MB/s"]
-        rows.append(
-            (
-                f"{label} ({args.rtt}, {args.bandwidth})",
-                f"{ours:,.1f}",
-                f"{link:,.1f} (link)",
-                f"{ours / link:.2f}x",
-            )
-        )  # type: ignore[operator]
-        rows.append(("", "", f"{plain:,.1f} (plain fsspec)", f"{ours / plain:.2f}x"))
-    widths = [
-        max(len(r[i]) for r in [("case", "MB/s", "baseline MB/s", "ratio"), *rows])
-        for i in range(4)
-    ]
-    for row in [("case", "MB/s", "baseline MB/s", "ratio"), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        rows.append(row(f"{label} ({args.rtt}, {args.bandwidth})", results[key], link, "link", 1))
+        rows.append(row("", results[key], plain, "plain fsspec", 1))
+    print_table(rows)
+    write_json(args.json, args, results)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ os.environ.setdefault("WD_TEST_S3_SECRET", MOTO_SECRET)
 _counter = itertools.count()
 
 BACKEND_TYPES = ["local", "azureblob", "s3"]
+
+
+def run_threads(target: Callable[[int], None], count: int) -> None:
+    """Run ``target(i)`` for i in range(count), each in its own thread, and wait for all."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 @pytest.fixture(scope="session")

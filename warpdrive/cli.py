@@ -1,23 +1,16 @@
-"""Console entry points. The mount (issue #3) and the ctl tool (issue #4) are not built yet;
-their commands say so instead of pretending to work."""
+"""Console entry points. ``warpdrive-ctl`` (issue #4) is not built yet and says so."""
 
 from __future__ import annotations
 
 import sys
 
 
-def _not_yet(tool: str, issue: int) -> int:
-    print(
-        f"{tool}: not available in this release yet (tracked in issue #{issue}); "
-        "the in-process reader is: warpdrive.WarpDrive",
-        file=sys.stderr,
-    )
-    return 2
-
-
 def mount_main() -> int:
-    return _not_yet("warpdrive-mount", 3)
+    from warpdrive.fuse.mount import main
+
+    return main()
 
 
 def ctl_main() -> int:
-    return _not_yet("warpdrive-ctl", 4)
+    print("warpdrive-ctl: not available in this release yet (tracked in issue #4)", file=sys.stderr)
+    return 2

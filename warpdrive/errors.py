@@ -57,6 +57,12 @@ class PermissionDeniedError(WarpDriveError, PermissionError):
     errno = errno.EACCES
 
 
+class ReadOnlyError(WarpDriveError):
+    """Something tried to change the read-only mount."""
+
+    errno = errno.EROFS
+
+
 class ObjectChangedError(WarpDriveError):
     """The object's version (etag) changed under an open handle; reopen to read the new one."""
 

@@ -8,6 +8,11 @@ is queued as prefetch raises the job's priority. Adjacent missing blocks of one 
 fetched with one ranged request (up to ``fetch.coalesce_size``) when they outnumber
 the workers.
 
+Background work is also shared out per backend: each gets an equal part of the background
+workers, and prefetch hints only ``hint_slots`` requests in flight (2, more for a link whose
+readers needed a deep readahead window), so that prefetching one region's next files neither
+starves another region nor queues so much on its own link that the file being read waits.
+
 A job stores each block (``BlockCache.put``) before it leaves the in-flight table and before its
 waiters wake, so a reader that finds neither an in-flight fetch nor a cached block knows it must
 fetch. Lock order: ``Fetcher._lock`` only; no I/O is done while holding it.
@@ -69,12 +74,18 @@ class Fetcher:
         self.coalesce_size = coalesce_size
         self.bg_limit = max(1, max_parallel - max(1, max_parallel // 4))
         self.max_queued_bg = 4 * max_parallel
-        # Guarded by _lock: _inflight, _jobs, _heap, _running_bg, _queued_bg, _threads, _closed.
+        # Guarded by _lock: _inflight, _jobs, _heap, _queued_by_backend, _running_by_backend,
+        # _running_bg, _queued_bg, _threads, _closed.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inflight: dict[bytes, Future[BlockData]] = {}
         self._jobs: dict[bytes, _Job] = {}
-        self._heap: list[tuple[int, int, _Job]] = []
+        self._heap: list[tuple[int, int, int, _Job]] = []
+        self._queued_by_backend: dict[str, int] = {}
+        self._running_by_backend: dict[str, int] = {}
+        self._running_hints: dict[str, int] = {}
+        # HINT jobs in flight allowed per backend (the prefetcher raises it for deep links).
+        self.hint_slots: dict[str, int] = {}
         self._seq = itertools.count()
         self._running_bg = 0
         self._queued_bg = 0
@@ -144,7 +155,7 @@ class Fetcher:
             if self._closed:
                 return
             self._closed = True
-            queued = [job for _, _, job in self._heap if not job.started]
+            queued = list({id(e[-1]): e[-1] for e in self._heap if not e[-1].started}.values())
             self._heap.clear()
             self._wake.notify_all()
             threads = list(self._threads)
@@ -167,25 +178,61 @@ class Fetcher:
                 if job.priority != Priority.DEMAND:
                     with self._wake:
                         self._running_bg -= 1
+                        backend = job.obj.backend
+                        _decrement(self._running_by_backend, backend)
+                        if job.priority == Priority.HINT:
+                            _decrement(self._running_hints, backend)
                         self._wake.notify_all()
 
     def _next_job_locked(self) -> _Job | None:
         while True:
             if self._closed:
                 return None
-            while self._heap and self._heap[0][2].started:
+            while self._heap and self._heap[0][-1].started:
                 heapq.heappop(self._heap)  # a stale entry of a promoted job
-            if self._heap:
-                priority = self._heap[0][0]
-                if priority == Priority.DEMAND or self._running_bg < self.bg_limit:
-                    job = heapq.heappop(self._heap)[2]
-                    job.started = True
-                    if job.priority != Priority.DEMAND:
-                        self._queued_bg -= 1
-                        self._running_bg += 1
-                    self._wake.notify_all()
-                    return job
+            job = None
+            if self._heap and self._heap[0][0] == Priority.DEMAND:
+                job = heapq.heappop(self._heap)[-1]
+            elif self._heap and self._running_bg < self.bg_limit:
+                job = self._pop_background_locked()
+            if job is not None:
+                job.started = True
+                self._dequeued_locked(job)
+                if job.priority != Priority.DEMAND:
+                    self._queued_bg -= 1
+                    self._running_bg += 1
+                    backend = job.obj.backend
+                    self._running_by_backend[backend] = self._running_by_backend.get(backend, 0) + 1
+                    if job.priority == Priority.HINT:
+                        self._running_hints[backend] = self._running_hints.get(backend, 0) + 1
+                self._wake.notify_all()
+                return job
             self._wake.wait()
+
+    def _pop_background_locked(self) -> _Job | None:
+        """The first queued background job whose backend is under its share of the background
+        workers. Without shares one slow region's prefetch would take every worker, and its
+        queue on the wire would delay that region's demand reads."""
+        active = self._queued_by_backend.keys() | self._running_by_backend.keys()
+        share = max(2, -(-self.bg_limit // max(1, len(active))))
+        skipped = []
+        job = None
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            candidate = entry[-1]
+            if candidate.started:
+                continue
+            backend = candidate.obj.backend
+            if self._running_by_backend.get(backend, 0) < share and (
+                candidate.priority != Priority.HINT
+                or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
+            ):
+                job = candidate
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return job
 
     def _run(self, job: _Job) -> None:
         obj, bs = job.obj, job.obj.block_size
@@ -218,8 +265,10 @@ class Fetcher:
                 if self._jobs.get(bkey) is job:
                     del self._jobs[bkey]
                     del self._inflight[bkey]
-            if not job.started and job.priority != Priority.DEMAND:
-                self._queued_bg -= 1
+            if not job.started:
+                self._dequeued_locked(job)
+                if job.priority != Priority.DEMAND:
+                    self._queued_bg -= 1
         for i, fut in enumerate(job.futures):
             if error is not None:
                 fut.set_exception(error)
@@ -250,10 +299,21 @@ class Fetcher:
         return requests
 
     def _push_locked(self, job: _Job, priority: Priority) -> None:
-        heapq.heappush(self._heap, (int(priority), next(self._seq), job))
+        backend = job.obj.backend
+        self._queued_by_backend[backend] = self._queued_by_backend.get(backend, 0) + 1
+        heapq.heappush(self._heap, self._key_locked(job, priority))
         if priority != Priority.DEMAND:
             self._queued_bg += 1
         self._wake.notify()
+
+    def _key_locked(self, job: _Job, priority: Priority) -> tuple[int, int, int, _Job]:
+        """Heap order: priority, then round robin across backends (a job ranks by how many of
+        its backend's jobs are queued), then arrival; so two regions share the workers."""
+        rank = self._queued_by_backend.get(job.obj.backend, 0)
+        return (int(priority), rank, next(self._seq), job)
+
+    def _dequeued_locked(self, job: _Job) -> None:
+        _decrement(self._queued_by_backend, job.obj.backend)
 
     def _promote_locked(self, bkey: bytes, priority: Priority) -> None:
         job = self._jobs.get(bkey)
@@ -262,7 +322,7 @@ class Fetcher:
         if job.priority != Priority.DEMAND and priority == Priority.DEMAND:
             self._queued_bg -= 1
         job.priority = priority
-        heapq.heappush(self._heap, (int(priority), next(self._seq), job))
+        heapq.heappush(self._heap, self._key_locked(job, priority))
         self._wake.notify()
 
     def _start_workers_locked(self) -> None:
@@ -272,3 +332,11 @@ class Fetcher:
             thread = threading.Thread(target=self._worker, name=f"warpdrive-fetch-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

@@ -26,6 +26,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 BACKEND_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30)
+FUSE_DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
 BACKEND_OPERATIONS = ("stat", "list", "read")
 ERROR_TYPES = (
     "timeout",
@@ -111,6 +112,25 @@ class Metrics:
             "warpdrive_auth_refresh",
             "Credential fetches and refreshes",
             ["provider", "status"],
+            registry=reg,
+        )
+        self.fuse_operations = Counter(
+            "warpdrive_fuse_operations",
+            "FUSE requests answered, by operation",
+            ["operation"],
+            registry=reg,
+        )
+        self.fuse_duration = Histogram(
+            "warpdrive_fuse_operation_duration_seconds",
+            "FUSE request duration, by operation",
+            ["operation"],
+            buckets=FUSE_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self.fuse_errors = Counter(
+            "warpdrive_fuse_errors",
+            "FUSE requests answered with an error, by operation and errno",
+            ["operation", "errno"],
             registry=reg,
         )
         self.served_from_cache = self.bytes_served.labels("cache")

@@ -98,6 +98,17 @@ class Namespace:
             return Location(None, "", norm)
         raise NotFoundError(f"{norm!r}: no backend is mounted there")
 
+    def mirrors(self, path: str) -> list[str]:
+        """The same relative directory under every other backend's mount path: where a dataset
+        split across regions keeps its other shards (``/datasets-cac/train`` →
+        ``/datasets-wus3/train``)."""
+        parts = tuple(p for p in self.normalize(path).split("/") if p)
+        for mount in self._mounts:
+            if parts[: len(mount)] == mount:
+                rel = parts[len(mount) :]
+                return ["/" + "/".join(other + rel) for other in self._mounts if other != mount]
+        return []
+
     def _under_mount(self, parts: list[str]) -> bool:
         return any(tuple(parts[: len(m)]) == m for m in self._mounts)
 

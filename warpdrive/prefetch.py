@@ -7,13 +7,20 @@ Readahead lifecycle of one handle (:class:`ReadPattern`)::
       ▲                                                        ▲                    │
       └────────────────────────────────────────────────────────┴── expected offset ─┘
 
-In SEQUENTIAL, each read keeps a window of blocks past it requested at READAHEAD priority
-(blocks already cached are only announced to the kernel, which reads their files ahead). The
+In SEQUENTIAL, each read keeps a window of blocks past it requested at READAHEAD priority, and
+the files of the next two cached blocks are announced to the kernel (``WILLNEED``, from a
+background thread) so that a warm read does not wait on the disk one request at a time. The
 window starts at ``readahead_blocks`` and doubles, up to 4×, each time the reader still has to
 wait for a block it prefetched, so a far region gets more requests in flight than a near one; new
 handles on that backend start at the grown window. A jump away from the expected offset switches
 to RANDOM and stops scheduling; reading at the expected offset again resumes. Blocks a handle
 prefetched and then read count as readahead hits; those unread when it closes count as wasted.
+
+Across files (:meth:`Prefetcher.on_open`), as the original WarpDrive did: when the files of one
+directory are opened in name order, the next files start fetching, within a byte budget, each
+directory on its own (so two regions read alternately are both kept busy); and when such a scan
+begins, the same directory under the other backends' mount paths starts too, so that
+``cat /wd/*/train/shard-*`` over two regions keeps both links busy.
 
 Hints (:meth:`Prefetcher.hint`) name whole objects or byte ranges; a background thread resolves
 them and queues their blocks at HINT priority, waiting while the fetch queue is full, so a loader
@@ -22,23 +29,42 @@ can hint far ahead without flooding the backend or the cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from enum import Enum
+from functools import partial
+from typing import Protocol
 
 from warpdrive.cache import BlockCache, ObjectVersion
+from warpdrive.errors import WarpDriveError
 from warpdrive.fetch import Fetcher, Priority
 from warpdrive.metrics import Metrics
+from warpdrive.namespace import FileInfo
 
 log = logging.getLogger(__name__)
 
 HintItem = str | tuple[str, int, int]
 Resolver = Callable[[str], ObjectVersion]
+
+
+class Directories(Protocol):
+    """What cross-file prefetch needs to know about directories (the namespace)."""
+
+    def listdir(self, path: str) -> list[FileInfo]: ...  # sorted by name
+
+    def mirrors(self, path: str) -> list[str]: ...
+
+
+MAX_TRACKED_DIRS = 1024
 MAX_TRACKED_HINTS = 1 << 16
 GROWTH_LIMIT = 4  # a late readahead window grows to at most this many times readahead_blocks
+HINT_SLOTS = 2  # prefetches (hints, next files) in flight per backend, until a deeper window
+DISK_AHEAD = 4  # cached blocks whose files are read ahead from disk for a sequential reader
+MAX_PENDING_ADVICE = 256
 
 
 class ReadPattern(Enum):
@@ -48,9 +74,20 @@ class ReadPattern(Enum):
 
 
 class Readahead:
-    """The sequential detector of one open handle. Not thread-safe (one handle, one reader)."""
+    """The sequential detector of one open handle. ``lock`` guards every field: the kernel may
+    send several reads of one handle at once."""
 
-    __slots__ = ("_ahead", "_next", "max_window", "obj", "pending", "state", "window")
+    __slots__ = (
+        "_advised",
+        "_ahead",
+        "_next",
+        "lock",
+        "max_window",
+        "obj",
+        "pending",
+        "state",
+        "window",
+    )
 
     def __init__(self, obj: ObjectVersion, window: int, start: int | None = None) -> None:
         self.obj = obj
@@ -59,7 +96,9 @@ class Readahead:
         self.state = ReadPattern.IDLE
         self._next = 0  # offset a sequential reader reads next
         self._ahead = -1  # highest block index already scheduled or read
+        self._advised = -1  # highest block index whose file the kernel was asked to read ahead
         self.pending: set[int] = set()  # blocks this handle prefetched and has not read yet
+        self.lock = threading.Lock()
 
     def on_read(self, offset: int, end: int) -> range:
         """Note a read of ``[offset, end)``; the blocks to prefetch now."""
@@ -78,6 +117,17 @@ class Readahead:
         target = min(self.obj.nblocks - 1, last_needed + self.window)
         first = max(self._ahead + 1, last_needed + 1)
         self._ahead = max(self._ahead, target)
+        return range(first, target + 1)
+
+    def disk_ahead(self, end: int) -> range:
+        """Cached blocks a sequential reader at ``end`` needs from disk soon (the next
+        ``DISK_AHEAD`` blocks, each announced once). Local disks need no deep window."""
+        if self.state is not ReadPattern.SEQUENTIAL:
+            return range(0)
+        last_needed = (end - 1) // self.obj.block_size
+        target = min(self.obj.nblocks - 1, last_needed + DISK_AHEAD)
+        first = max(self._advised + 1, last_needed + 1)
+        self._advised = max(self._advised, target)
         return range(first, target + 1)
 
     def late(self) -> int:
@@ -100,8 +150,13 @@ class Prefetcher:
         self._hinted_lock = threading.Lock()
         # Window each backend's sequential readers grew to: new handles start there.
         self._learned: dict[str, int] = {}
-        self._queue: queue.SimpleQueue[tuple[HintItem, Resolver] | None] = queue.SimpleQueue()
+        # Files opened lately per directory, to see a reader walking it in sorted order.
+        self._opened: OrderedDict[str, deque[str]] = OrderedDict()
+        self._scanned: set[str] = set()  # directories whose scan (or a mirror's) began
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._advice: queue.Queue[tuple[ObjectVersion, int] | None] = queue.Queue()
+        self._advisor: threading.Thread | None = None
         self._closed = False
 
     # -- readahead -------------------------------------------------------------------------
@@ -111,31 +166,47 @@ class Prefetcher:
         return Readahead(obj, self.window, self._learned.get(obj.backend))
 
     def late(self, ra: Readahead) -> None:
-        window = ra.late()
-        if window > self._learned.get(ra.obj.backend, 0):
-            self._learned[ra.obj.backend] = window
+        with ra.lock:
+            window = ra.late()
+        backend = ra.obj.backend
+        if window > self._learned.get(backend, 0):
+            self._learned[backend] = window
+            # A link that needs a deep readahead window also takes more parallel prefetches.
+            self.fetcher.hint_slots[backend] = max(HINT_SLOTS, window // 4)
 
     def readahead(self, ra: Readahead, offset: int, end: int) -> None:
-        blocks = ra.on_read(offset, end)
-        if not blocks:
-            return
+        with ra.lock:
+            blocks = ra.on_read(offset, end)
+            disk = ra.disk_ahead(end)
         obj = ra.obj
-        wanted = []
-        for b in blocks:
-            if self.fetcher.in_flight(obj, b):
-                continue
-            if not self.cache.advise(obj, b):  # cached: the kernel reads its file ahead instead
-                wanted.append(b)
+        for b in disk:  # asked from another thread: WILLNEED can block on a busy disk queue
+            if self._advice.qsize() < MAX_PENDING_ADVICE:
+                self._advice.put((obj, b))
+                self._start_advisor()
+        wanted = [
+            b
+            for b in blocks
+            if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
+        ]
         if wanted:
             scheduled = self.fetcher.request(obj, wanted, Priority.READAHEAD)
-            ra.pending.update(wanted[: len(scheduled)])
+            with ra.lock:
+                ra.pending.update(wanted[: len(scheduled)])
+
+    def prefetched(self, ra: Readahead, bkey: bytes, index: int) -> bool:
+        """Whether the block was asked for ahead of time (by the handle, a hint or a scan)."""
+        return index in ra.pending or bkey in self._hinted
 
     def note_read(self, ra: Readahead | None, bkey: bytes, index: int) -> None:
         """A read used block ``index``: count it as a prefetch hit if it was prefetched."""
-        if ra is not None and index in ra.pending:
-            ra.pending.discard(index)
-            self.metrics.readahead_hits.inc()
-        elif self._hinted and bkey in self._hinted:
+        if ra is not None and ra.pending:
+            with ra.lock:
+                hit = index in ra.pending
+                ra.pending.discard(index)
+            if hit:
+                self.metrics.readahead_hits.inc()
+                return
+        if self._hinted and bkey in self._hinted:
             with self._hinted_lock:
                 found = self._hinted.pop(bkey, False) is None
             if found:
@@ -143,18 +214,82 @@ class Prefetcher:
 
     def release(self, ra: Readahead) -> None:
         """The handle closed: blocks it prefetched and never read were wasted."""
-        if ra.pending:
-            self.metrics.readahead_wasted.inc(len(ra.pending))
+        with ra.lock:
+            wasted = len(ra.pending)
             ra.pending.clear()
+        if wasted:
+            self.metrics.readahead_wasted.inc(wasted)
+
+    # -- across files ----------------------------------------------------------------------
+
+    def on_open(self, path: str, obj: ObjectVersion, dirs: Directories, resolve: Resolver) -> None:
+        """A file was opened. A directory is being scanned when its first file (in name order)
+        is opened, or two of its files were opened in name order; then the files after this one
+        are prefetched in the background, up to the bytes a grown readahead window holds (the
+        file itself is left to its handle's readahead). Directories are tracked separately, so
+        a reader alternating between two regions keeps both links busy."""
+        parent, _, name = path.rpartition("/")
+        order = self._opened.get(parent)
+        if order is None:
+            order = self._opened[parent] = deque(maxlen=3)
+            if len(self._opened) > MAX_TRACKED_DIRS:
+                self._opened.popitem(last=False)
+        if order and order[-1] == name:
+            return
+        order.append(name)
+        pairs = zip(order, list(order)[1:], strict=False)
+        in_order = len(order) >= 2 and all(a < b for a, b in pairs)
+        if in_order or len(order) == 1:
+            budget = self.window * GROWTH_LIMIT * obj.block_size
+            task = partial(self._prefetch_scan, parent, name, in_order, budget, dirs, resolve)
+            self._submit(task)
+
+    def _prefetch_scan(
+        self,
+        parent: str,
+        name: str,
+        in_order: bool,
+        budget: int,
+        dirs: Directories,
+        resolve: Resolver,
+    ) -> None:
+        files = [info for info in dirs.listdir(parent) if not info.is_dir]
+        if not in_order and (not files or files[0].name != name):
+            return  # one file opened, and not the first: no sign of a scan yet
+        if parent not in self._scanned:
+            # A scan begins: the same directory in the other regions is likely next (a dataset
+            # split across regions), so their first files start fetching too, on their links.
+            self._scanned.add(parent)
+            for mirror in dirs.mirrors(parent):
+                if mirror not in self._scanned:
+                    self._scanned.add(mirror)
+                    with contextlib.suppress(WarpDriveError):
+                        self._prefetch_files(dirs.listdir(mirror), "", budget, resolve)
+        self._prefetch_files(files, name, budget, resolve)
+
+    def _prefetch_files(
+        self, entries: list[FileInfo], after: str, budget: int, resolve: Resolver
+    ) -> None:
+        """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes."""
+        files = [info for info in entries if not info.is_dir and info.name > after]
+        ahead = 0
+        for info in files:
+            if ahead and ahead + info.size > budget:
+                return
+            ahead += info.size
+            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve)
 
     # -- hints -----------------------------------------------------------------------------
 
     def hint(self, items: Iterable[HintItem], resolve: Resolver) -> None:
         """Queue objects (paths) or ``(path, start, end)`` ranges to prefetch; returns at once."""
+        for item in items:
+            self._submit(partial(self._prefetch_item, item, resolve))
+
+    def _submit(self, task: Callable[[], None]) -> None:
         if self._closed:
             return
-        for item in items:
-            self._queue.put((item, resolve))
+        self._queue.put(task)
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._hint_loop, name="warpdrive-hints", daemon=True
@@ -164,19 +299,34 @@ class Prefetcher:
     def close(self) -> None:
         self._closed = True
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._advice.put(None)
+        for thread in (self._thread, self._advisor):
+            if thread is not None:
+                thread.join(timeout=10)
+
+    def _start_advisor(self) -> None:
+        if self._advisor is None and not self._closed:
+            self._advisor = threading.Thread(
+                target=self._advise_loop, name="warpdrive-disk-readahead", daemon=True
+            )
+            self._advisor.start()
+
+    def _advise_loop(self) -> None:
+        while (item := self._advice.get()) is not None and not self._closed:
+            try:
+                self.cache.advise(*item)
+            except OSError as exc:
+                log.debug("disk readahead skipped: %s", exc)
 
     def _hint_loop(self) -> None:
         while True:
-            entry = self._queue.get()
-            if entry is None or self._closed:
+            task = self._queue.get()
+            if task is None or self._closed:
                 return
-            item, resolve = entry
             try:
-                self._prefetch_item(item, resolve)
+                task()
             except Exception as exc:  # a hint is advice: failing it must not break reads
-                log.debug("hint %r not prefetched: %s", item, exc)
+                log.debug("prefetch hint dropped: %s", exc)
 
     def _prefetch_item(self, item: HintItem, resolve: Resolver) -> None:
         path, start, end = (item, 0, None) if isinstance(item, str) else item

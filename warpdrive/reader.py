@@ -17,11 +17,11 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from warpdrive.backends import Backend, ClientWrapper, make_backend
-from warpdrive.cache import BlockCache, BlockView, ObjectVersion
+from warpdrive.cache import BlockCache, BlockView, ObjectVersion, Usage
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.fetch import Fetcher, Priority
@@ -30,6 +30,7 @@ from warpdrive.namespace import FileInfo, Namespace
 from warpdrive.prefetch import HintItem, Prefetcher, Readahead
 
 DEFAULT_BUFFER = 1 << 20
+_IDLE_CURSORS = 4
 _MAX_VERIFY_RETRIES = 3
 
 
@@ -60,6 +61,13 @@ class _Core:
             self.cache, self.fetcher, metrics, config.cache.readahead_blocks
         )
 
+    def open_handle(self, path: str) -> Handle:
+        """A handle on the current version of ``path``; tells the prefetcher a file opened."""
+        norm = self.namespace.normalize(path)
+        obj = self.version(norm)
+        self.prefetcher.on_open(norm, obj, self.namespace, self.version)
+        return Handle(self, norm, obj)
+
     def version(self, path: str) -> ObjectVersion:
         backend, meta = self.namespace.object_meta(path)
         return ObjectVersion(
@@ -89,18 +97,54 @@ class _Core:
             index = pos // bs
             lo = pos - index * bs
             hi = min(end - index * bs, obj.block_len(index))
-            self._read_block(obj, index, lo, dst[pos - offset : pos - offset + hi - lo], ra, cursor)
+            chunk = dst[pos - offset : pos - offset + hi - lo]
+            self._block(obj, index, lo, hi - lo, ra, cursor, chunk)
             pos += hi - lo
 
-    def _read_block(
+    def read(
+        self,
+        obj: ObjectVersion,
+        offset: int,
+        n: int,
+        ra: Readahead | None = None,
+        cursor: _Cursor | None = None,
+        nowait: bool = False,
+    ) -> bytes | bytearray | memoryview | None:
+        """``n`` bytes at ``offset`` of ``obj`` (caller clamps), as any bytes-like object.
+
+        A read inside one block (the usual FUSE request) allocates no zeroed buffer: a cached
+        block is read with ``pread`` into a fresh bytes object and verified there, a fetched one
+        is returned as a view of the fetched bytes. With ``nowait`` the read is done only if it
+        cannot block (one block, cached, in memory, verified); otherwise None and no effect, so
+        the caller can retry from a thread."""
+        bs = obj.block_size
+        index = offset // bs
+        if (offset + n - 1) // bs != index:
+            if nowait:
+                return None
+            buf = bytearray(n)
+            self.read_into(obj, offset, memoryview(buf), ra, cursor)
+            return buf
+        if ra is not None and not nowait:
+            self.prefetcher.readahead(ra, offset, offset + n)
+        data = self._block(obj, index, offset - index * bs, n, ra, cursor, None, nowait)
+        if nowait and data is not None and ra is not None:
+            self.prefetcher.readahead(ra, offset, offset + n)
+        return data
+
+    def _block(
         self,
         obj: ObjectVersion,
         index: int,
         lo: int,
-        dst: memoryview,
+        n: int,
         ra: Readahead | None,
         cursor: _Cursor | None,
-    ) -> None:
+        dst: memoryview | None,
+        nowait: bool = False,
+    ) -> bytes | memoryview | None:
+        """Bytes ``[lo, lo+n)`` of block ``index``: into ``dst`` (returns None), or returned.
+        With ``nowait`` (and no ``dst``): None unless it is cached and in memory."""
         metrics = self.metrics
         for _ in range(_MAX_VERIFY_RETRIES):
             view = cursor.get(index) if cursor is not None else None
@@ -108,28 +152,44 @@ class _Core:
                 view = self.cache.open_block(obj, index)
                 if view is not None and cursor is not None:
                     cursor.put(index, view)
+            if nowait:
+                got = view.read_bytes(lo, n, nowait=True) if view is not None else None
+                if view is not None and cursor is None:
+                    view.close()
+                if got is not None:
+                    metrics.cache_hits.inc()
+                    metrics.served_from_cache.inc(n)
+                    self.prefetcher.note_read(ra, obj.block_key(index), index)
+                return got
             if view is not None:
-                ok = view.read_into(lo, dst)
+                got = None
+                ok = (
+                    view.read_into(lo, dst)
+                    if dst is not None
+                    else (got := view.read_bytes(lo, n)) is not None
+                )
                 if cursor is None:
                     view.close()
                 if ok:
                     metrics.cache_hits.inc()
-                    metrics.served_from_cache.inc(len(dst))
+                    metrics.served_from_cache.inc(n)
                     self.prefetcher.note_read(ra, obj.block_key(index), index)
-                    return
+                    return got
                 if cursor is not None:
                     cursor.drop()
                 self.cache.discard(obj, index, view.nonce)
             metrics.cache_misses.inc()
-            if ra is not None and index in ra.pending:
+            if ra is not None and self.prefetcher.prefetched(ra, obj.block_key(index), index):
                 self.prefetcher.late(ra)  # prefetched, but not early enough
             data = self.fetcher.fetch(obj, index)
             if data is None:
                 continue  # cached meanwhile by someone else: read it from the cache
-            dst[:] = memoryview(data)[lo : lo + len(dst)]
-            metrics.served_from_backend.inc(len(dst))
+            metrics.served_from_backend.inc(n)
             self.prefetcher.note_read(ra, obj.block_key(index), index)
-            return
+            if dst is None:
+                return memoryview(data)[lo : lo + n]
+            dst[:] = memoryview(data)[lo : lo + n]
+            return None
         raise BackendError(
             f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
         )
@@ -175,7 +235,7 @@ class Handle(io.RawIOBase):
         self.size = obj.size
         self._pos = 0
         self._ra = core.prefetcher.open(obj)
-        self._cursor = _Cursor()
+        self._cursors: list[_Cursor] = []  # idle cursors; concurrent reads each take their own
 
     def readable(self) -> bool:
         return True
@@ -184,14 +244,49 @@ class Handle(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        n = self.pread_into(self._pos, buffer)
+        self._pos += n
+        return n
+
+    def pread(
+        self, offset: int, size: int, nowait: bool = False
+    ) -> bytes | bytearray | memoryview | None:
+        """Up to ``size`` bytes at ``offset``, as a bytes-like object, without moving the
+        position (what the mount replies with). Thread-safe, as :meth:`pread_into`. With
+        ``nowait``: None, having done nothing, if the read would block (see ``_Core.read``)."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = min(size, self.size - offset)
+        if n <= 0:
+            return b""
+        cursors = self._cursors
+        cursor = cursors.pop() if cursors else _Cursor()
+        try:
+            return self._core.read(self.obj, offset, n, self._ra, cursor, nowait)
+        finally:
+            if len(cursors) < _IDLE_CURSORS:
+                cursors.append(cursor)
+            else:
+                cursor.drop()
+
+    def pread_into(self, offset: int, buffer: Any) -> int:
+        """Read at ``offset`` into ``buffer`` without moving the position; bytes read.
+        Thread-safe: the kernel may send several reads of one open file at once."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
         dst = memoryview(buffer).cast("B")
-        n = min(len(dst), self.size - self._pos)
+        n = min(len(dst), self.size - offset)
         if n <= 0:
             return 0
-        self._core.read_into(self.obj, self._pos, dst[:n], self._ra, self._cursor)
-        self._pos += n
+        cursors = self._cursors
+        cursor = cursors.pop() if cursors else _Cursor()  # list.pop/append are atomic
+        try:
+            self._core.read_into(self.obj, offset, dst[:n], self._ra, cursor)
+        finally:
+            if len(cursors) < _IDLE_CURSORS:
+                cursors.append(cursor)
+            else:
+                cursor.drop()
         return n
 
     def readall(self) -> bytes:
@@ -218,7 +313,8 @@ class Handle(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._cursor.drop()
+            while self._cursors:
+                self._cursors.pop().drop()
             self._core.prefetcher.release(self._ra)
         super().close()
 
@@ -274,11 +370,23 @@ class WarpDrive:
         """A binary file-like over ``path`` (``buffering=0``: unbuffered, raw handle)."""
         if mode not in ("rb", "r"):
             raise ValueError(f"WarpDrive is read-only: mode {mode!r} not supported (use 'rb')")
-        core = self._core
-        handle = Handle(core, core.namespace.normalize(path), core.version(path))
+        handle = self._core.open_handle(path)
         if buffering == 0:
             return handle
         return io.BufferedReader(handle, buffering if buffering > 1 else DEFAULT_BUFFER)
+
+    def open_handle(self, path: str) -> Handle:
+        """The unbuffered handle of :meth:`open`, typed: ``pread_into`` reads at an offset."""
+        return self._core.open_handle(path)
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        """The backends by name (for health checks and tools)."""
+        return self._core.backends
+
+    def usage(self) -> Usage:
+        """Bytes and blocks in the shared cache (all processes)."""
+        return self._core.cache.usage()
 
     def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         """Bytes ``[offset, offset+size)`` of ``path`` (to the end when ``size`` < 0)."""

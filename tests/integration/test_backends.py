@@ -79,6 +79,15 @@ def test_listing_is_one_level_and_paginated(any_store: Store) -> None:
     wd.close()
 
 
+def test_listings_and_stat_agree_on_the_version(any_store: Store) -> None:
+    any_store.put("v/a.bin", b"abc")
+    wd, backend = _backend(any_store)
+    listed = {e.name: e for page in backend.list_pages("v/") for e in page}
+    assert listed["a.bin"].etag == backend.stat("v/a.bin").etag
+    assert listed["a.bin"].size == 3
+    wd.close()
+
+
 def test_root_listing_shows_top_level(any_store: Store) -> None:
     any_store.put("top.bin", b"t")
     any_store.put("dir/inner.bin", b"i")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Store
+from tests.conftest import Store, run_threads
 from warpdrive import ObjectChangedError, WarpDrive
 from warpdrive.backends.base import ObjectClient
 from warpdrive.backends.wrappers import CountingClient
@@ -321,7 +321,6 @@ def test_tarfile_and_webdataset_read_shards_through_the_cache(store: Store) -> N
 
 
 def test_concurrent_random_readers_under_eviction_stay_exact(store: Store) -> None:
-    import threading
 
     rnd = random.Random(5)
     files = {f"c/{i}.bin": rnd.randbytes(4 * BS + rnd.randrange(BS)) for i in range(8)}
@@ -347,11 +346,7 @@ def test_concurrent_random_readers_under_eviction_stay_exact(store: Store) -> No
                 if got != data[off : off + size]:
                     errors.append(f"{key} [{off}, +{size})")
 
-        threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(worker, 8)
         assert errors == []
         assert wd._core.cache.usage().bytes <= 3 * 1024 * 1024
         assert wd.metrics.cache_evictions._value.get() > 0

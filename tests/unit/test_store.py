@@ -122,3 +122,33 @@ def test_scan_reports_strays(tmp_path: Path) -> None:
     Path(stray).write_bytes(b"partial")
     found = list(store.scan())
     assert stray in found
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_read_bytes_equals_read_into(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    size = data.draw(st.integers(1, 5 * CHUNK + 123))
+    payload = os.urandom(size)
+    store, bkey, nonce = _block(tmp_path_factory.mktemp("b"), payload)
+    view = store.open(bkey, nonce, size, chunk_sums(payload))
+    assert view is not None
+    a = data.draw(st.integers(0, size))
+    b = data.draw(st.integers(a, size))
+    assert view.read_bytes(a, b - a) == payload[a:b]
+    assert view.read_bytes(a, b - a, nowait=True) in (payload[a:b], None)  # resident: same bytes
+    view.close()
+
+
+def test_read_bytes_refuses_corrupt_chunks_and_reads_past_the_end(tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK)
+    store, bkey, nonce = _block(tmp_path, data)
+    with open(store.path(bkey, nonce), "r+b") as f:
+        f.seek(CHUNK + 1)
+        f.write(bytes([data[CHUNK + 1] ^ 1]))
+    view = store.open(bkey, nonce, len(data), chunk_sums(data))
+    assert view is not None
+    assert view.read_bytes(0, CHUNK) == data[:CHUNK]
+    assert view.read_bytes(CHUNK, 10) is None
+    assert view.read_bytes(3 * CHUNK - 5, 10) is None

@@ -71,7 +71,7 @@ class AzureBlobClient(ObjectClient):
             return ObjectMeta(
                 key=key,
                 size=int(props.size),
-                etag=str(props.etag),
+                etag=_etag(props.etag),
                 mtime=props.last_modified.timestamp() if props.last_modified else 0.0,
             )
 
@@ -107,7 +107,7 @@ class AzureBlobClient(ObjectClient):
                     entries.append(Entry(name=name, is_dir=True))
                 else:
                     mtime = item.last_modified.timestamp() if item.last_modified else 0.0
-                    entries.append(Entry(name, False, int(item.size), mtime, str(item.etag)))
+                    entries.append(Entry(name, False, int(item.size), mtime, _etag(item.etag)))
             return entries, pages.continuation_token or None
 
         return self._run(call, prefix)
@@ -121,7 +121,7 @@ class AzureBlobClient(ObjectClient):
             stream = await self._container_client.get_blob_client(blob).download_blob(
                 offset=start,
                 length=end - start,
-                etag=etag,
+                etag=f'"{etag}"',  # If-Match wants the quoted form
                 match_condition=MatchConditions.IfNotModified,
                 max_concurrency=1,
                 **_NO_SDK_RETRY,
@@ -178,6 +178,11 @@ class AzureBlobClient(ObjectClient):
         if isinstance(status, int) and 400 <= status < 500:
             return BackendError(f"{where}: HTTP {status} ({_reason(exc)})")
         return _aio.fallback(exc, where)
+
+
+def _etag(value: object) -> str:
+    """ETags as the read path keys on them: listings give them bare, properties quoted."""
+    return str(value).strip('"')
 
 
 def _reason(exc: BaseException) -> str:

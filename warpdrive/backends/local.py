@@ -34,6 +34,7 @@ class LocalClient(ObjectClient):
         super().__init__(name, "local")
         self.root = os.path.realpath(options.root)
         self.page_size = options.list_page_size
+        self._names: tuple[str, int, list[str]] | None = None
 
     def _path(self, key: str) -> str:
         path = os.path.join(self.root, key) if key else self.root
@@ -51,11 +52,22 @@ class LocalClient(ObjectClient):
             raise IsDirectoryError(f"{self.name}: {key!r} is a directory")
         return ObjectMeta(key=key, size=st.st_size, etag=version_of(st), mtime=st.st_mtime)
 
+    def _sorted_names(self, path: str) -> list[str]:
+        """The directory's names, sorted; reused across the pages of one listing while the
+        directory is unchanged, so paging a huge directory does not rescan it for every page."""
+        mtime = os.stat(path).st_mtime_ns
+        cached = self._names
+        if cached is not None and cached[0] == path and cached[1] == mtime:
+            return cached[2]
+        with os.scandir(path) as it:
+            names = sorted(entry.name for entry in it)
+        self._names = (path, mtime, names)
+        return names
+
     def list_page(self, prefix: str, token: str | None) -> tuple[list[Entry], str | None]:
         start = int(token) if token else 0
         try:
-            with os.scandir(self._path(prefix.rstrip("/"))) as it:
-                names = sorted(entry.name for entry in it)
+            names = self._sorted_names(self._path(prefix.rstrip("/")))
         except NotADirectoryError:
             raise NotDirectoryError(
                 f"{self.name}: {prefix!r} is an object, not a directory"

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warpdrive.cache.index import CacheIndex, Usage, now_ms
 from warpdrive.cache.keys import ObjectVersion
-from warpdrive.cache.store import BlockFile, BlockStore, BlockView, chunk_sums
+from warpdrive.cache.store import BlockFile, BlockStore, BlockView, _in_memory, chunk_sums
 from warpdrive.config import CacheConfig
 from warpdrive.metrics import Metrics
 
@@ -93,7 +93,7 @@ class BlockCache:
         except OSError:
             return False
         try:
-            if not _resident(fd, rec.size):
+            if not _in_memory(fd, rec.size - 1):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)
@@ -235,16 +235,3 @@ class BlockCache:
         if time.monotonic() - self._warned.get(reason, -1e9) > 60:
             self._warned[reason] = time.monotonic()
             log.warning(message)
-
-
-_NOWAIT = getattr(os, "RWF_NOWAIT", None)
-
-
-def _resident(fd: int, size: int) -> bool:
-    """Whether the last byte of the file is in the page cache (False when unknown)."""
-    if _NOWAIT is None or size <= 0:
-        return False
-    try:
-        return os.preadv(fd, [bytearray(1)], size - 1, _NOWAIT) == 1
-    except OSError:  # EAGAIN: not resident; EOPNOTSUPP: cannot tell
-        return False

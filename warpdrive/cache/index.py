@@ -47,7 +47,9 @@ _ALL = b"\0all"  # usage of the whole cache (backend names cannot contain NUL)
 # _fork_lock, which fork() takes first: no transaction is ever open at the moment of a fork, and
 # the child can then close the inherited handles safely (closing touches only its own copies)
 # and open its own.
+_DB_NAMES = (b"blocks", b"lru", b"objects", b"names", b"usage", b"counters", b"meta")
 _envs: dict[str, tuple[lmdb.Environment, int]] = {}
+_dbs: dict[str, dict[bytes, Any]] = {}  # sub-database handles of each open environment
 _envs_lock = threading.Lock()
 _fork_lock = threading.RLock()
 
@@ -67,6 +69,10 @@ def _acquire_env(path: str) -> lmdb.Environment:
                 readahead=False,
                 meminit=False,
             )
+            # Opened once, inside our own write transaction: open_db() alone would wait for
+            # LMDB's writer lock while holding the GIL, which another thread's writer needs.
+            with _txn(env, write=True) as txn:
+                _dbs[real] = {name: env.open_db(name, txn=txn) for name in _DB_NAMES}
         _envs[real] = (env, users + 1)
         return env
 
@@ -80,6 +86,7 @@ def _release_env(real: str) -> None:
             _envs[real] = (env, users - 1)
         else:
             del _envs[real]
+            _dbs.pop(real, None)
             with _fork_lock:
                 env.close()
 
@@ -95,8 +102,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _envs, _envs_lock, _fork_lock
-    inherited, _envs = _envs, {}
+    global _envs, _envs_lock, _fork_lock, _dbs
+    inherited, _envs, _dbs = _envs, {}, {}
     _envs_lock, _fork_lock = threading.Lock(), threading.RLock()
     for env, _ in inherited.values():
         env.close()  # no transaction was open at fork time (see above)
@@ -167,14 +174,14 @@ class CacheIndex:
         self.high_bytes = int(max_size * high_water)
         self.low_bytes = int(max_size * low_water)
         self.max_size = max_size
-        db = self.env.open_db
-        self.blocks = db(b"blocks")
-        self.lru = db(b"lru")
-        self.objects = db(b"objects")
-        self.names = db(b"names")
-        self.usage_db = db(b"usage")
-        self.counters_db = db(b"counters")
-        meta = db(b"meta")
+        db = _dbs[self._path]
+        self.blocks = db[b"blocks"]
+        self.lru = db[b"lru"]
+        self.objects = db[b"objects"]
+        self.names = db[b"names"]
+        self.usage_db = db[b"usage"]
+        self.counters_db = db[b"counters"]
+        meta = db[b"meta"]
         with _txn(self.env, write=True) as txn:
             schema = txn.get(b"schema", db=meta)
             if schema is None:

@@ -108,6 +108,34 @@ class BlockView:
             dst[last_lo - offset :] = memoryview(tail)[: end - last_lo]
         return True
 
+    def read_bytes(self, offset: int, n: int, nowait: bool = False) -> bytes | None:
+        """Bytes ``[offset, offset+n)`` of the block, verified, or None (as :meth:`read_into`).
+
+        One ``pread`` of the whole chunks covering the range, into a new bytes object: no
+        zeroed buffer, and no copy at all when the range is chunk-aligned. With ``nowait``,
+        None also when the range's first or last page is not in memory (the read would wait
+        for the disk)."""
+        end = offset + n
+        if end > self.size or n <= 0:
+            return b"" if n == 0 and end <= self.size else None
+        first = offset // CHUNK
+        span_lo, span_hi = first * CHUNK, min(-(-end // CHUNK) * CHUNK, self.size)
+        if nowait and not (_in_memory(self._fd, span_lo) and _in_memory(self._fd, span_hi - 1)):
+            return None
+        try:
+            data = os.pread(self._fd, span_hi - span_lo, span_lo)
+        except OSError:
+            return None
+        if len(data) != span_hi - span_lo:
+            return None
+        view, sums = memoryview(data), self._sums
+        for i in range(0, len(data), CHUNK):
+            if _hash(view[i : i + CHUNK]) != sums[first + i // CHUNK]:
+                return None
+        if span_lo == offset and span_hi == end:
+            return data
+        return data[offset - span_lo : end - span_lo]
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -206,3 +234,16 @@ def _unlink(path: str) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
+
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def _in_memory(fd: int, offset: int) -> bool:
+    """Whether the page holding ``offset`` is in the page cache (False when unknown)."""
+    if _NOWAIT is None:
+        return False
+    try:
+        return os.preadv(fd, [bytearray(1)], offset, _NOWAIT) == 1
+    except OSError:  # EAGAIN: on disk only; EOPNOTSUPP: cannot tell
+        return False

@@ -1,0 +1,222 @@
+"""The mount's file system, without FUSE: inodes, directory handles, file handles, attributes.
+
+``warpdrive/fuse/ops.py`` is a thin adapter that decodes each kernel request, calls one method
+here (in a worker thread: every method may block on the backend or the disk) and replies.
+Everything the mount does can be exercised through this class without ``/dev/fuse``.
+
+Inodes: a path gets a number the first time the kernel sees it (lookup or readdir) and keeps it
+while the kernel holds references (its lookup count); ``forget`` releases them. Attributes come
+from the reader's metadata cache (``cache.stale_ttl``), which is also the kernel's attribute
+timeout. An open file keeps the kernel's page cache when the object's etag is the one the
+previous open of that inode saw, and drops it when the etag changed.
+
+Locks: ``_lock`` guards the inode maps and the handle tables; no I/O runs under it. Reads run in
+parallel, several at once even on one handle (the kernel's readahead sends them so), since the
+reader's handles are thread-safe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from warpdrive.errors import InvalidPathError, NotFoundError, ReadOnlyError
+from warpdrive.namespace import FileInfo
+from warpdrive.reader import Handle, WarpDrive
+
+ROOT_INODE = 1
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    is_dir: bool
+    size: int = 0
+    mtime: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FsStats:
+    block_size: int
+    blocks: int
+    free_blocks: int
+    files: int
+
+
+class _DirHandle:
+    """An open directory: its listing, fetched a backend page at a time as the kernel reads."""
+
+    __slots__ = ("entries", "lock", "pages", "path")
+
+    def __init__(self, path: str, pages: Iterator[list[FileInfo]]) -> None:
+        self.path = path
+        self.pages: Iterator[list[FileInfo]] | None = pages
+        self.entries: list[tuple[str, Attr]] = []
+        self.lock = threading.Lock()
+
+
+class _OpenFile:
+    __slots__ = ("handle", "ino")
+
+    def __init__(self, ino: int, handle: Handle) -> None:
+        self.ino = ino
+        self.handle = handle
+
+
+class WarpDriveFS:
+    def __init__(self, wd: WarpDrive, readdir_batch: int = 512) -> None:
+        self.wd = wd
+        self.readdir_batch = readdir_batch
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._paths: dict[int, str] = {ROOT_INODE: "/"}
+        self._inodes: dict[str, int] = {"/": ROOT_INODE}
+        self._refs: dict[int, int] = {ROOT_INODE: 1}
+        self._next_ino = itertools.count(ROOT_INODE + 1)
+        self._dirs: dict[int, _DirHandle] = {}
+        self._files: dict[int, _OpenFile] = {}
+        self._next_fh = itertools.count(1)
+        self._served_etag: dict[int, str] = {}
+
+    # -- inodes ----------------------------------------------------------------------------
+
+    def path_of(self, ino: int) -> str:
+        try:
+            return self._paths[ino]
+        except KeyError:
+            raise NotFoundError(f"inode {ino} is not known (forgotten)") from None
+
+    def _inode_locked(self, path: str) -> int:
+        ino = self._inodes.get(path)
+        if ino is None:
+            ino = next(self._next_ino)
+            self._inodes[path] = ino
+            self._paths[ino] = path
+            self._refs[ino] = 0
+        return ino
+
+    def _attr(self, info: FileInfo, ino: int) -> Attr:
+        if info.is_dir:
+            return Attr(ino, True, 0, info.mtime or self.started)
+        return Attr(ino, False, info.size, info.mtime)
+
+    def ref(self, ino: int, n: int = 1) -> None:
+        """The kernel took ``n`` more references to ``ino`` (a lookup or a readdirplus entry)."""
+        with self._lock:
+            if ino in self._refs:
+                self._refs[ino] += n
+
+    def forget(self, items: Iterable[tuple[int, int]]) -> None:
+        """The kernel dropped references; inodes nobody holds are released."""
+        with self._lock:
+            for ino, n in items:
+                left = self._refs.get(ino, 0) - n
+                if left > 0 or ino == ROOT_INODE:
+                    self._refs[ino] = max(left, 0) if ino != ROOT_INODE else 1
+                    continue
+                self._refs.pop(ino, None)
+                path = self._paths.pop(ino, None)
+                if path is not None and self._inodes.get(path) == ino:
+                    del self._inodes[path]
+                self._served_etag.pop(ino, None)
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: str) -> Attr:
+        """Attributes of ``name`` in directory ``parent``; counts one kernel reference."""
+        if not name or "/" in name or name in (".", ".."):
+            raise InvalidPathError(f"invalid name {name!r}")
+        path = self.path_of(parent).rstrip("/") + "/" + name
+        info = self.wd.stat(path)
+        with self._lock:
+            ino = self._inode_locked(info.path)
+            self._refs[ino] += 1
+        return self._attr(info, ino)
+
+    def getattr(self, ino: int) -> Attr:
+        return self._attr(self.wd.stat(self.path_of(ino)), ino)
+
+    def statfs(self) -> FsStats:
+        cfg = self.wd.config.cache
+        usage = self.wd.usage()
+        bs = cfg.block_size
+        return FsStats(
+            bs, cfg.max_size // bs, max(0, cfg.max_size - usage.bytes) // bs, usage.blocks
+        )
+
+    # -- directories -----------------------------------------------------------------------
+
+    def opendir(self, ino: int) -> int:
+        path = self.path_of(ino)
+        pages = self.wd.iterdir(path)
+        handle = _DirHandle(path, pages)
+        with self._lock:
+            dh = next(self._next_fh)
+            self._dirs[dh] = handle
+        return dh
+
+    def readdir(self, dh: int, start: int) -> list[tuple[str, Attr, int]]:
+        """Entries from index ``start`` on (``(name, attr, next index)``), fetching listing
+        pages only as far as the kernel reads: a huge prefix is never listed whole at once."""
+        handle = self._dirs.get(dh)
+        if handle is None:
+            raise NotFoundError(f"directory handle {dh} is not open")
+        with handle.lock:
+            while len(handle.entries) < start + self.readdir_batch and handle.pages is not None:
+                page = next(handle.pages, None)
+                if page is None:
+                    handle.pages = None
+                    break
+                with self._lock:
+                    handle.entries.extend(
+                        (info.name, self._attr(info, self._inode_locked(info.path)))
+                        for info in page
+                    )
+            batch = handle.entries[start : start + self.readdir_batch]
+        return [(name, attr, start + i + 1) for i, (name, attr) in enumerate(batch)]
+
+    def releasedir(self, dh: int) -> None:
+        with self._lock:
+            self._dirs.pop(dh, None)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """A file handle, and whether the kernel may keep the pages it cached for this inode
+        (yes while the object's etag is the one the previous open saw)."""
+        if flags & _WRITE_FLAGS:
+            raise ReadOnlyError("the WarpDrive mount is read-only")
+        handle = self.wd.open_handle(self.path_of(ino))
+        with self._lock:
+            keep_cache = self._served_etag.get(ino) == handle.obj.etag
+            self._served_etag[ino] = handle.obj.etag
+            fh = next(self._next_fh)
+            self._files[fh] = _OpenFile(ino, handle)
+        return fh, keep_cache
+
+    def read(
+        self, fh: int, offset: int, size: int, nowait: bool = False
+    ) -> bytes | bytearray | memoryview | None:
+        """The bytes; with ``nowait``, None (nothing done) if reading them would block."""
+        f = self._files.get(fh)
+        if f is None:
+            raise NotFoundError(f"file handle {fh} is not open")
+        return f.handle.pread(offset, size, nowait)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            f = self._files.pop(fh, None)
+        if f is not None:
+            f.handle.close()
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = list(self._files.values()), {}
+            self._dirs.clear()
+        for f in files:
+            f.handle.close()

@@ -1,0 +1,105 @@
+"""A warpdrive-mount process for tests and benchmarks: started in the foreground, waited for
+until it answers, queried over its metrics port, and always cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from warpdrive.fuse.mount import find_mount
+
+
+class MountStartError(RuntimeError):
+    """The mount process exited or never answered; the message holds its log's tail."""
+
+
+@dataclass
+class Mount:
+    """A running warpdrive-mount process (foreground) and where to find it."""
+
+    proc: subprocess.Popen[bytes]
+    point: Path
+    config: Path
+    metrics_port: int
+    log: Path
+
+    def path(self, *parts: str) -> Path:
+        return self.point.joinpath(*parts)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` (matching ``labels``) on ``/metrics``."""
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics").read().decode()
+        )
+        total = 0.0
+        for line in text.splitlines():
+            wanted = all(f'{k}="{v}"' in line for k, v in labels.items())
+            if line.startswith(name) and line[len(name)] in " {" and wanted:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        try:
+            reply = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz")
+            return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if find_mount(str(self.point)) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.point)], check=False)
+
+
+def start_mount(config: Path, point: Path, port: int, *extra: str, wait: float = 30) -> Mount:
+    log = config.with_suffix(".log")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "warpdrive.fuse.mount",
+                "-c",
+                str(config),
+                "--foreground",
+                *extra,
+            ],
+            stdout=out,
+            stderr=out,
+        )
+    mount = Mount(proc, point, config, port, log)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise MountStartError(f"mount exited {proc.returncode}: {log.read_text()[-2000:]}")
+        entry = find_mount(str(point))
+        if entry is not None and entry.fstype == "fuse.warpdrive" and _answers(point):
+            return mount
+        time.sleep(0.05)
+    mount.cleanup()
+    raise MountStartError(f"not mounted after {wait}s: {log.read_text()[-2000:]}")
+
+
+def _answers(point: Path) -> bool:
+    try:
+        os.listdir(point)  # a stale mount left by a killed process fails here
+    except OSError:
+        return False
+    return True
