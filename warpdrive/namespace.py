@@ -130,13 +130,6 @@ class Namespace:
         self._remember(backend.name, meta, now)
         return meta
 
-    def refresh(self, path: str) -> tuple[Backend, ObjectMeta]:
-        """Like :meth:`object_meta`, but always asks the backend."""
-        loc = self.locate(path)
-        if loc.backend is None or not loc.key:
-            raise IsDirectoryError(f"{loc.path!r} is a directory")
-        return loc.backend, self._meta_for(loc.backend, loc.key, refresh=True)
-
     def _remember(self, backend: str, meta: ObjectMeta, now: float) -> None:
         if len(self._meta) >= MAX_META_ENTRIES:
             self._meta.clear()  # crude but bounded; entries are cheap to fetch again

@@ -135,3 +135,16 @@ def test_two_instances_in_one_process_share_the_environment(tmp_path: Path) -> N
     one.close()
     assert two.usage().blocks == 1  # still open for the other user
     two.close()
+
+
+def test_iterating_objects_and_blocks_reads_in_batches(tmp_path: Path) -> None:
+    index = _index(tmp_path, 1 << 40)
+    objs = [_obj(f"k{i}", size=3 * BS) for i in range(5)]
+    for obj in objs:
+        for b in range(3):
+            index.insert(obj, b, b, BS, b"")
+    assert sorted(o.key for o in index.iter_objects()) == [f"k{i}" for i in range(5)]
+    everything = list(index._scan(index.blocks, b"", batch=4))  # several transactions
+    assert len(everything) == 15
+    assert [int.from_bytes(k[-4:], "big") for k, _ in index.iter_blocks(objs[2].oid)] == [0, 1, 2]
+    index.close()

@@ -148,6 +148,7 @@ class BlockCache:
         self._flusher.join(timeout=10)
         try:
             self.flush()
+            self.index.sync()  # commits skip fsync; a clean close makes them durable
         finally:
             self.index.close()
             os.close(self._users)
