@@ -96,15 +96,15 @@ class Fetcher:
 
     def fetch(self, obj: ObjectVersion, index: int) -> BlockData:
         """The block's bytes, fetching it now if needed (None: it is cached, read it there)."""
-        return self.request(obj, (index,), Priority.DEMAND)[0].result()
+        return self.request(obj, (index,), Priority.DEMAND)[index].result()
 
     def request(
         self, obj: ObjectVersion, indices: Sequence[int], priority: Priority
-    ) -> list[Future[BlockData]]:
-        """Futures for ``indices`` (ascending): joined to fetches in flight, else started.
-
-        Background requests beyond the queue bound are dropped (fewer futures come back)."""
-        futures: list[Future[BlockData]] = []
+    ) -> dict[int, Future[BlockData]]:
+        """Futures by block index (``indices`` ascending): joined to fetches in flight, else
+        started. Blocks already cached get a future holding None (demand) or none at all
+        (background); background requests beyond the queue bound are dropped."""
+        futures: dict[int, Future[BlockData]] = {}
         with self._lock:
             if self._closed:
                 raise BackendError("the fetcher is closed")
@@ -114,11 +114,12 @@ class Fetcher:
                 fut = self._inflight.get(bkey)
                 if fut is not None:
                     self._promote_locked(bkey, priority)
-                    futures.append(fut)
-                elif priority == Priority.DEMAND and self.cache.contains(obj, index):
-                    done: Future[BlockData] = Future()
-                    done.set_result(None)
-                    futures.append(done)
+                    futures[index] = fut
+                elif self.cache.contains(obj, index):  # cached since the caller looked
+                    if priority == Priority.DEMAND:
+                        done: Future[BlockData] = Future()
+                        done.set_result(None)
+                        futures[index] = done
                 else:
                     missing.append(index)
             for first, count in self._runs(obj, missing):
@@ -129,7 +130,7 @@ class Fetcher:
                     bkey = obj.block_key(first + i)
                     self._inflight[bkey] = fut
                     self._jobs[bkey] = job
-                futures.extend(job.futures)
+                futures.update(zip(range(first, first + count), job.futures, strict=True))
                 self._push_locked(job, priority)
             self._start_workers_locked()
         if priority != Priority.DEMAND and missing:

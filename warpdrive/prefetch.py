@@ -191,7 +191,7 @@ class Prefetcher:
         if wanted:
             scheduled = self.fetcher.request(obj, wanted, Priority.READAHEAD)
             with ra.lock:
-                ra.pending.update(wanted[: len(scheduled)])
+                ra.pending.update(scheduled)
 
     def prefetched(self, ra: Readahead, bkey: bytes, index: int) -> bool:
         """Whether the block was asked for ahead of time (by the handle, a hint or a scan)."""
@@ -347,7 +347,7 @@ class Prefetcher:
                 continue
             batch, blocks = blocks[:room], blocks[room:]
             scheduled = self.fetcher.request(obj, batch, Priority.HINT)
-            self._track(obj.block_key(b) for b in batch[: len(scheduled)])
+            self._track(obj.block_key(b) for b in scheduled)
 
     def _track(self, bkeys: Iterable[bytes]) -> None:
         with self._hinted_lock:

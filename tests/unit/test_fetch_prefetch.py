@@ -77,11 +77,8 @@ def test_a_large_read_fetches_its_blocks_in_parallel(local_store: Store) -> None
     local_store.put("big", data)
     made, wrap = _slow(0.2)
     wd = local_store.reader(readahead_blocks=0, max_parallel_fetch=16, wrap_client=wrap)
-    started = time.monotonic()
     assert wd.read(local_store.path("big")) == data
-    elapsed = time.monotonic() - started
-    assert made[0].peak >= 8, made[0].peak
-    assert elapsed < 16 * 0.2 / 2  # far from one block at a time
+    assert made[0].peak >= 8, made[0].peak  # many of its 16 requests were in flight at once
     wd.close()
 
 
@@ -183,14 +180,16 @@ def test_demand_reads_overtake_queued_prefetch(local_store: Store, workers: int)
     for i in range(6):
         local_store.put(f"h{i}", os.urandom(1024 * KB))
     local_store.put("urgent", b"u" * 1000)
-    _, wrap = _slow(0.1)
+    made, wrap = _slow(0.05)
     wd = local_store.reader(max_parallel_fetch=workers, readahead_blocks=0, wrap_client=wrap)
-    wd.prefetch([local_store.path(f"h{i}") for i in range(6)])  # 6 MB queued as hints
-    time.sleep(0.15)
-    started = time.monotonic()
+    wd.prefetch([local_store.path(f"h{i}") for i in range(6)])  # 24 hint requests queued
+    while made[0].calls["read"] == 0:
+        time.sleep(0.01)
     assert wd.read(local_store.path("urgent")) == b"u" * 1000
-    waited = time.monotonic() - started
-    assert waited < 0.1 * 4, waited  # not behind all 6+ queued hint requests
+    order = [key for key, _, _ in made[0].ranges]
+    served_before = order.index("urgent")
+    # Of the 24 hint requests queued before it, only those already running went first.
+    assert served_before <= workers + 2, order
     wd.close()
 
 
