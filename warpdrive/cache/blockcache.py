@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warpdrive.cache.index import CacheIndex, Usage, now_ms
 from warpdrive.cache.keys import ObjectVersion
-from warpdrive.cache.store import BlockFile, BlockStore, BlockView, _in_memory, chunk_sums
+from warpdrive.cache.store import BlockFile, BlockStore, BlockView, chunk_sums, in_memory
 from warpdrive.config import CacheConfig
 from warpdrive.metrics import Metrics
 
@@ -93,7 +93,7 @@ class BlockCache:
         except OSError:
             return False
         try:
-            if not _in_memory(fd, rec.size - 1):
+            if not in_memory(fd, rec.size - 1):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
         finally:
             os.close(fd)

@@ -120,7 +120,7 @@ class BlockView:
             return b"" if n == 0 and end <= self.size else None
         first = offset // CHUNK
         span_lo, span_hi = first * CHUNK, min(-(-end // CHUNK) * CHUNK, self.size)
-        if nowait and not (_in_memory(self._fd, span_lo) and _in_memory(self._fd, span_hi - 1)):
+        if nowait and not (in_memory(self._fd, span_lo) and in_memory(self._fd, span_hi - 1)):
             return None
         try:
             data = os.pread(self._fd, span_hi - span_lo, span_lo)
@@ -239,7 +239,7 @@ def _unlink(path: str) -> None:
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
-def _in_memory(fd: int, offset: int) -> bool:
+def in_memory(fd: int, offset: int) -> bool:
     """Whether the page holding ``offset`` is in the page cache (False when unknown)."""
     if _NOWAIT is None:
         return False

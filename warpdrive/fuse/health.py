@@ -51,7 +51,9 @@ class Health:
             checks = {"mount": with_deadline(self._mount, self.timeout)}
             checks["cache"] = with_deadline(self._cache, self.timeout)
             for name, backend in self.wd.backends.items():
-                checks[f"backend:{name}"] = with_deadline(partial(_backend, backend), self.timeout)
+                checks[f"backend:{name}"] = with_deadline(
+                    partial(probe_backend, backend), self.timeout
+                )
             backends_ok = any(v == "ok" for k, v in checks.items() if k.startswith("backend:"))
             ok = checks["mount"] == "ok" and checks["cache"] == "ok" and backends_ok
             self._last = (time.monotonic(), ok, checks)
@@ -71,7 +73,7 @@ class Health:
         return "ok"
 
 
-def _backend(backend: Backend) -> str:
+def probe_backend(backend: Backend) -> str:
     """One listing request, without retries: is the store reachable with our credentials?"""
     if isinstance(backend, RetryingBackend):
         backend.client.list_page("", None)

@@ -27,7 +27,7 @@ from functools import partial
 
 from warpdrive.config import Config, load_config
 from warpdrive.errors import WarpDriveError
-from warpdrive.fuse.health import PROBE_NAME, Health, _backend, with_deadline
+from warpdrive.fuse.health import PROBE_NAME, Health, probe_backend, with_deadline
 from warpdrive.metrics_server import MetricsServer
 
 log = logging.getLogger("warpdrive.mount")
@@ -123,7 +123,7 @@ def check_backends(config: Config, wd: object, timeout: float, degraded_ok: bool
     assert isinstance(wd, WarpDrive)
     failed = []
     for name, backend in wd.backends.items():
-        verdict = with_deadline(partial(_backend, backend), timeout)
+        verdict = with_deadline(partial(probe_backend, backend), timeout)
         if verdict != "ok":
             failed.append(f"{name}: {verdict}")
     if failed and not degraded_ok:
