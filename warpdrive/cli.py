@@ -1,8 +1,6 @@
-"""Console entry points. ``warpdrive-ctl`` (issue #4) is not built yet and says so."""
+"""Console entry points, imported lazily so ``--help`` stays fast."""
 
 from __future__ import annotations
-
-import sys
 
 
 def mount_main() -> int:
@@ -12,5 +10,6 @@ def mount_main() -> int:
 
 
 def ctl_main() -> int:
-    print("warpdrive-ctl: not available in this release yet (tracked in issue #4)", file=sys.stderr)
-    return 2
+    from warpdrive.ctl.main import main
+
+    return main()

@@ -45,10 +45,13 @@ class Priority(IntEnum):
 
 
 class _Job:
-    __slots__ = ("count", "first", "futures", "obj", "priority", "started")
+    __slots__ = ("count", "first", "futures", "obj", "priority", "started", "team")
 
-    def __init__(self, obj: ObjectVersion, first: int, count: int, priority: Priority) -> None:
+    def __init__(
+        self, obj: ObjectVersion, first: int, count: int, priority: Priority, team: str | None
+    ) -> None:
         self.obj = obj
+        self.team = team  # whose quota the blocks count against (the first requester's)
         self.first = first
         self.count = count
         self.priority = priority
@@ -94,12 +97,16 @@ class Fetcher:
 
     # -- requests --------------------------------------------------------------------------
 
-    def fetch(self, obj: ObjectVersion, index: int) -> BlockData:
+    def fetch(self, obj: ObjectVersion, index: int, team: str | None = None) -> BlockData:
         """The block's bytes, fetching it now if needed (None: it is cached, read it there)."""
-        return self.request(obj, (index,), Priority.DEMAND)[index].result()
+        return self.request(obj, (index,), Priority.DEMAND, team)[index].result()
 
     def request(
-        self, obj: ObjectVersion, indices: Sequence[int], priority: Priority
+        self,
+        obj: ObjectVersion,
+        indices: Sequence[int],
+        priority: Priority,
+        team: str | None = None,
     ) -> dict[int, Future[BlockData]]:
         """Futures by block index (``indices`` ascending): joined to fetches in flight, else
         started. Blocks already cached get a future holding None (demand) or none at all
@@ -125,7 +132,7 @@ class Fetcher:
             for first, count in self._runs(obj, missing):
                 if priority != Priority.DEMAND and self._queued_bg >= self.max_queued_bg:
                     break
-                job = _Job(obj, first, count, priority)
+                job = _Job(obj, first, count, priority, team)
                 for i, fut in enumerate(job.futures):
                     bkey = obj.block_key(first + i)
                     self._inflight[bkey] = fut
@@ -249,7 +256,7 @@ class Fetcher:
         for i in range(job.count):
             block = data if job.count == 1 else view[i * bs : min(len(view), (i + 1) * bs)]
             try:
-                self.cache.put(obj, job.first + i, block)
+                self.cache.put(obj, job.first + i, block, job.team)
             except Exception:
                 log.exception(
                     "storing block %d of %s:%s failed", job.first + i, obj.backend, obj.key

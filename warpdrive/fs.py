@@ -186,12 +186,14 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """A file handle, and whether the kernel may keep the pages it cached for this inode
-        (yes while the object's etag is the one the previous open saw)."""
+    def open(self, ino: int, flags: int, uid: int | None = None) -> tuple[int, bool]:
+        """A file handle for the user ``uid`` (whose team its fetches count against), and
+        whether the kernel may keep the pages it cached for this inode (yes while the object's
+        etag is the one the previous open saw)."""
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
-        handle = self.wd.open_handle(self.path_of(ino))
+        user, team = self.wd.user_and_team(uid)
+        handle = self.wd.open_handle(self.path_of(ino), team, user)
         with self._lock:
             keep_cache = self._served_etag.get(ino) == handle.obj.etag
             self._served_etag[ino] = handle.obj.etag
@@ -212,7 +214,7 @@ class WarpDriveFS:
         with self._lock:
             f = self._files.pop(fh, None)
         if f is not None:
-            f.handle.close()
+            f.handle.close()  # adds the read to the access records
 
     def close(self) -> None:
         with self._lock:

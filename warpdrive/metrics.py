@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 BACKEND_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30)
 FUSE_DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
-BACKEND_OPERATIONS = ("stat", "list", "read")
+BACKEND_OPERATIONS = ("stat", "list", "read", "delete")
 ERROR_TYPES = (
     "timeout",
     "connection",

@@ -161,10 +161,17 @@ class Namespace:
         backend, prefix = loc.backend, f"{loc.key}/" if loc.key else ""
         now = time.monotonic()
         empty = True
+        seen: list[FileInfo] | None = []  # kept for listdir() while the directory is small
         for page in backend.list_pages(prefix):
             infos = [self._info(base, backend.name, prefix, e, now) for e in page]
             empty = empty and not infos
+            if seen is not None:
+                seen.extend(infos)
+                if len(seen) > MAX_CACHED_LISTING:
+                    seen = None
             yield infos
+        if seen is not None and not empty:  # listed to the end: `ls` then open lists once
+            self._keep_listing(loc.path, now, sorted(seen, key=lambda e: e.name))
         if empty and loc.key:
             try:
                 backend.stat(loc.key)
@@ -182,12 +189,15 @@ class Namespace:
         if cached is not None and cached[0] > now:
             return cached[1]
         entries = sorted((e for page in self.list_pages(norm) for e in page), key=lambda e: e.name)
+        self._keep_listing(norm, now, entries)
+        return entries
+
+    def _keep_listing(self, norm: str, now: float, entries: list[FileInfo]) -> None:
         if len(entries) <= MAX_CACHED_LISTING:
             with self._lock:
                 if len(self._listings) > 1024:
                     self._listings.clear()
                 self._listings[norm] = (now + self.list_ttl, entries)
-        return entries
 
     def _info(self, base: str, backend: str, prefix: str, entry: Entry, now: float) -> FileInfo:
         path = f"{base}/{entry.name}"

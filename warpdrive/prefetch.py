@@ -85,12 +85,18 @@ class Readahead:
         "max_window",
         "obj",
         "pending",
+        "served_cache",
         "state",
+        "team",
         "window",
     )
 
-    def __init__(self, obj: ObjectVersion, window: int, start: int | None = None) -> None:
+    def __init__(
+        self, obj: ObjectVersion, window: int, start: int | None = None, team: str | None = None
+    ) -> None:
         self.obj = obj
+        self.team = team  # the reader's team: what this handle fetches counts against its quota
+        self.served_cache = 0  # bytes this handle read from the cache
         self.max_window = window * GROWTH_LIMIT
         self.window = min(self.max_window, start or window)
         self.state = ReadPattern.IDLE
@@ -161,9 +167,9 @@ class Prefetcher:
 
     # -- readahead -------------------------------------------------------------------------
 
-    def open(self, obj: ObjectVersion) -> Readahead:
+    def open(self, obj: ObjectVersion, team: str | None = None) -> Readahead:
         """The readahead state of a new handle, starting at the window its backend needed."""
-        return Readahead(obj, self.window, self._learned.get(obj.backend))
+        return Readahead(obj, self.window, self._learned.get(obj.backend), team)
 
     def late(self, ra: Readahead) -> None:
         with ra.lock:
@@ -189,7 +195,7 @@ class Prefetcher:
             if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
         ]
         if wanted:
-            scheduled = self.fetcher.request(obj, wanted, Priority.READAHEAD)
+            scheduled = self.fetcher.request(obj, wanted, Priority.READAHEAD, ra.team)
             with ra.lock:
                 ra.pending.update(scheduled)
 
@@ -222,7 +228,14 @@ class Prefetcher:
 
     # -- across files ----------------------------------------------------------------------
 
-    def on_open(self, path: str, obj: ObjectVersion, dirs: Directories, resolve: Resolver) -> None:
+    def on_open(
+        self,
+        path: str,
+        obj: ObjectVersion,
+        dirs: Directories,
+        resolve: Resolver,
+        team: str | None = None,
+    ) -> None:
         """A file was opened. A directory is being scanned when its first file (in name order)
         is opened, or two of its files were opened in name order; then the files after this one
         are prefetched in the background, up to the bytes a grown readahead window holds (the
@@ -241,7 +254,7 @@ class Prefetcher:
         in_order = len(order) >= 2 and all(a < b for a, b in pairs)
         if in_order or len(order) == 1:
             budget = self.window * GROWTH_LIMIT * obj.block_size
-            task = partial(self._prefetch_scan, parent, name, in_order, budget, dirs, resolve)
+            task = partial(self._prefetch_scan, parent, name, in_order, budget, dirs, resolve, team)
             self._submit(task)
 
     def _prefetch_scan(
@@ -252,6 +265,7 @@ class Prefetcher:
         budget: int,
         dirs: Directories,
         resolve: Resolver,
+        team: str | None,
     ) -> None:
         files = [info for info in dirs.listdir(parent) if not info.is_dir]
         if not in_order and (not files or files[0].name != name):
@@ -264,11 +278,16 @@ class Prefetcher:
                 if mirror not in self._scanned:
                     self._scanned.add(mirror)
                     with contextlib.suppress(WarpDriveError):
-                        self._prefetch_files(dirs.listdir(mirror), "", budget, resolve)
-        self._prefetch_files(files, name, budget, resolve)
+                        self._prefetch_files(dirs.listdir(mirror), "", budget, resolve, team)
+        self._prefetch_files(files, name, budget, resolve, team)
 
     def _prefetch_files(
-        self, entries: list[FileInfo], after: str, budget: int, resolve: Resolver
+        self,
+        entries: list[FileInfo],
+        after: str,
+        budget: int,
+        resolve: Resolver,
+        team: str | None,
     ) -> None:
         """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes."""
         files = [info for info in entries if not info.is_dir and info.name > after]
@@ -277,14 +296,14 @@ class Prefetcher:
             if ahead and ahead + info.size > budget:
                 return
             ahead += info.size
-            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve)
+            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team)
 
     # -- hints -----------------------------------------------------------------------------
 
-    def hint(self, items: Iterable[HintItem], resolve: Resolver) -> None:
+    def hint(self, items: Iterable[HintItem], resolve: Resolver, team: str | None = None) -> None:
         """Queue objects (paths) or ``(path, start, end)`` ranges to prefetch; returns at once."""
         for item in items:
-            self._submit(partial(self._prefetch_item, item, resolve))
+            self._submit(partial(self._prefetch_item, item, resolve, team))
 
     def _submit(self, task: Callable[[], None]) -> None:
         if self._closed:
@@ -328,7 +347,7 @@ class Prefetcher:
             except Exception as exc:  # a hint is advice: failing it must not break reads
                 log.debug("prefetch hint dropped: %s", exc)
 
-    def _prefetch_item(self, item: HintItem, resolve: Resolver) -> None:
+    def _prefetch_item(self, item: HintItem, resolve: Resolver, team: str | None = None) -> None:
         path, start, end = (item, 0, None) if isinstance(item, str) else item
         obj = resolve(path)
         end = obj.size if end is None else min(end, obj.size)
@@ -346,7 +365,7 @@ class Prefetcher:
                 self.fetcher.wait_for_room(timeout=1.0)
                 continue
             batch, blocks = blocks[:room], blocks[room:]
-            scheduled = self.fetcher.request(obj, batch, Priority.HINT)
+            scheduled = self.fetcher.request(obj, batch, Priority.HINT, team)
             self._track(obj.block_key(b) for b in scheduled)
 
     def _track(self, bkeys: Iterable[bytes]) -> None:

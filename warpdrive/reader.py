@@ -17,14 +17,17 @@ from __future__ import annotations
 import io
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from warpdrive.backends import Backend, ClientWrapper, make_backend
-from warpdrive.cache import BlockCache, BlockView, ObjectVersion, Usage
+from warpdrive.cache import BlockCache, BlockView, CacheIndex, ObjectVersion, Quota, Usage
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
-from warpdrive.fetch import Fetcher, Priority
+from warpdrive.fetch import BlockData, Fetcher, Priority
+from warpdrive.governance.access import AccessLog
+from warpdrive.governance.teams import TeamResolver
 from warpdrive.metrics import Metrics
 from warpdrive.namespace import FileInfo, Namespace
 from warpdrive.prefetch import HintItem, Prefetcher, Readahead
@@ -57,16 +60,37 @@ class _Core:
             config.cache.max_parallel_fetch,
             max(config.fetch.coalesce_size, config.cache.block_size),
         )
+        self.teams = TeamResolver(config.governance.teams, self.cache.index.user_team)
+        self.user, self.team = self.teams.user_and_team()  # this process's reader
         self.prefetcher = Prefetcher(
             self.cache, self.fetcher, metrics, config.cache.readahead_blocks
         )
+        self._access: AccessLog | None = None  # started by the first file read
+        self._access_lock = threading.Lock()
 
-    def open_handle(self, path: str) -> Handle:
-        """A handle on the current version of ``path``; tells the prefetcher a file opened."""
+    def open_handle(self, path: str, team: str | None = None, user: str | None = None) -> Handle:
+        """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
+        process's user and team); tells the prefetcher a file opened."""
         norm = self.namespace.normalize(path)
         obj = self.version(norm)
-        self.prefetcher.on_open(norm, obj, self.namespace, self.version)
-        return Handle(self, norm, obj)
+        if user is None:
+            user, team = self.user, self.team
+        self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
+        return Handle(self, norm, obj, team, user)
+
+    def record_access(self, handle: Handle) -> None:
+        """A handle that read something closed: add it to the access records."""
+        access = self._access
+        if access is None:
+            with self._access_lock:
+                if self._access is None:
+                    interval = self.config.governance.access_flush_interval
+                    self._access = AccessLog(self.cache.root, interval)
+                access = self._access
+        obj = handle.obj
+        access.record(
+            obj.backend, obj.key, handle.user, handle.team, handle.bytes_read, handle.cache_bytes
+        )
 
     def version(self, path: str) -> ObjectVersion:
         backend, meta = self.namespace.object_meta(path)
@@ -91,7 +115,8 @@ class _Core:
         if last > first:  # start every missing block now, so they arrive in parallel
             missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
             if missing:
-                self.fetcher.request(obj, missing, Priority.DEMAND)
+                team = ra.team if ra is not None else self.team
+                self.fetcher.request(obj, missing, Priority.DEMAND, team)
         pos = offset
         while pos < end:
             index = pos // bs
@@ -157,9 +182,7 @@ class _Core:
                 if view is not None and cursor is None:
                     view.close()
                 if got is not None:
-                    metrics.cache_hits.inc()
-                    metrics.served_from_cache.inc(n)
-                    self.prefetcher.note_read(ra, obj.block_key(index), index)
+                    self._hit(obj, index, n, ra)
                 return got
             if view is not None:
                 got = None
@@ -171,9 +194,7 @@ class _Core:
                 if cursor is None:
                     view.close()
                 if ok:
-                    metrics.cache_hits.inc()
-                    metrics.served_from_cache.inc(n)
-                    self.prefetcher.note_read(ra, obj.block_key(index), index)
+                    self._hit(obj, index, n, ra)
                     return got
                 if cursor is not None:
                     cursor.drop()
@@ -181,7 +202,7 @@ class _Core:
             metrics.cache_misses.inc()
             if ra is not None and self.prefetcher.prefetched(ra, obj.block_key(index), index):
                 self.prefetcher.late(ra)  # prefetched, but not early enough
-            data = self.fetcher.fetch(obj, index)
+            data = self.fetcher.fetch(obj, index, ra.team if ra is not None else self.team)
             if data is None:
                 continue  # cached meanwhile by someone else: read it from the cache
             metrics.served_from_backend.inc(n)
@@ -194,7 +215,18 @@ class _Core:
             f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
         )
 
+    def _hit(self, obj: ObjectVersion, index: int, n: int, ra: Readahead | None) -> None:
+        self.metrics.cache_hits.inc()
+        self.metrics.served_from_cache.inc(n)
+        if ra is not None:
+            ra.served_cache += n  # approximate under concurrent reads of one handle: a statistic
+        self.prefetcher.note_read(ra, obj.block_key(index), index)
+
     def close(self) -> None:
+        with self._access_lock:
+            access, self._access = self._access, None
+        if access is not None:
+            access.close()  # writes what is pending
         self.prefetcher.close()
         self.fetcher.close()
         self.cache.close()
@@ -227,14 +259,18 @@ class _Cursor:
 class Handle(io.RawIOBase):
     """An open object: readinto/seek/tell over one pinned version, with readahead."""
 
-    def __init__(self, core: _Core, path: str, obj: ObjectVersion) -> None:
+    def __init__(
+        self, core: _Core, path: str, obj: ObjectVersion, team: str | None, user: str
+    ) -> None:
         super().__init__()
         self._core = core
+        self.user = user
         self.name = path
         self.obj = obj
         self.size = obj.size
+        self.bytes_read = 0  # what this handle returned, for access records
         self._pos = 0
-        self._ra = core.prefetcher.open(obj)
+        self._ra = core.prefetcher.open(obj, team)
         self._cursors: list[_Cursor] = []  # idle cursors; concurrent reads each take their own
 
     def readable(self) -> bool:
@@ -262,7 +298,10 @@ class Handle(io.RawIOBase):
         cursors = self._cursors
         cursor = cursors.pop() if cursors else _Cursor()
         try:
-            return self._core.read(self.obj, offset, n, self._ra, cursor, nowait)
+            data = self._core.read(self.obj, offset, n, self._ra, cursor, nowait)
+            if data is not None:
+                self.bytes_read += n
+            return data
         finally:
             if len(cursors) < _IDLE_CURSORS:
                 cursors.append(cursor)
@@ -282,12 +321,22 @@ class Handle(io.RawIOBase):
         cursor = cursors.pop() if cursors else _Cursor()  # list.pop/append are atomic
         try:
             self._core.read_into(self.obj, offset, dst[:n], self._ra, cursor)
+            self.bytes_read += n
         finally:
             if len(cursors) < _IDLE_CURSORS:
                 cursors.append(cursor)
             else:
                 cursor.drop()
         return n
+
+    @property
+    def cache_bytes(self) -> int:
+        """Of :attr:`bytes_read`, how many came from the cache (the rest from a backend)."""
+        return self._ra.served_cache
+
+    @property
+    def team(self) -> str | None:
+        return self._ra.team
 
     def readall(self) -> bytes:
         buf = bytearray(max(0, self.size - self._pos))
@@ -316,6 +365,8 @@ class Handle(io.RawIOBase):
             while self._cursors:
                 self._cursors.pop().drop()
             self._core.prefetcher.release(self._ra)
+            if self.bytes_read:
+                self._core.record_access(self)
         super().close()
 
 
@@ -375,9 +426,33 @@ class WarpDrive:
             return handle
         return io.BufferedReader(handle, buffering if buffering > 1 else DEFAULT_BUFFER)
 
-    def open_handle(self, path: str) -> Handle:
-        """The unbuffered handle of :meth:`open`, typed: ``pread_into`` reads at an offset."""
-        return self._core.open_handle(path)
+    def open_handle(self, path: str, team: str | None = None, user: str | None = None) -> Handle:
+        """The unbuffered handle of :meth:`open`, typed (``pread``, ``pread_into``), reading on
+        behalf of ``user`` of ``team`` (default: this process's user and team). Closing a handle
+        that read something adds to the node's access records (see ``warpdrive-ctl usage``)."""
+        return self._core.open_handle(path, team, user)
+
+    @property
+    def cache_root(self) -> str:
+        """The versioned cache directory (``<cache.path>/v1``): block files, index, records."""
+        return self._core.cache.root
+
+    @property
+    def index(self) -> CacheIndex:
+        """The shared cache index (for tools: usage, teams, quotas, eviction by path)."""
+        return self._core.cache.index
+
+    def set_quota(self, quota: Quota) -> int:
+        """Store a team's quota; how many blocks were evicted at once to honour it."""
+        return self._core.cache.set_quota(quota)
+
+    def evict(self, oids: list[bytes]) -> int:
+        """Drop every cached block of these objects; how many blocks went."""
+        return self._core.cache.evict_objects(oids)
+
+    def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
+        """The user name of ``uid`` (default: this process's) and their team."""
+        return self._core.teams.user_and_team(uid)
 
     @property
     def backends(self) -> Mapping[str, Backend]:
@@ -401,6 +476,32 @@ class WarpDrive:
         core.read_into(obj, offset, memoryview(buf))
         return bytes(buf)
 
+    def version(self, path: str) -> ObjectVersion:
+        """The current version of the object at ``path`` (what a handle opened now would pin)."""
+        return self._core.version(path)
+
+    def fetch_blocks(
+        self,
+        obj: ObjectVersion,
+        indices: Sequence[int],
+        priority: Priority = Priority.DEMAND,
+        team: str | None = None,
+    ) -> dict[int, Future[BlockData]]:
+        """Start fetching these blocks into the cache (tools such as ``warm``); futures by
+        block index, for blocks not cached already."""
+        return self._core.fetcher.request(obj, indices, priority, team)
+
+    def locate(self, path: str) -> tuple[str | None, str, str]:
+        """(backend name, key, normalised path) of ``path``; backend None for the virtual
+        directories above the mount paths."""
+        loc = self._core.namespace.locate(path)
+        return (loc.backend.name if loc.backend else None), loc.key, loc.path
+
+    def path_of(self, backend: str, key: str) -> str:
+        """The mount-relative path of ``key`` in ``backend``."""
+        mount = self.config.backend(backend).mount_path
+        return f"{mount}/{key}" if key else mount
+
     def stat(self, path: str) -> FileInfo:
         return self._core.namespace.stat(path)
 
@@ -415,7 +516,7 @@ class WarpDrive:
         """Fetch these objects (paths) or ``(path, start, end)`` ranges into the cache in the
         background, behind demand reads; returns immediately."""
         core = self._core
-        core.prefetcher.hint(list(items), core.version)
+        core.prefetcher.hint(list(items), core.version, core.team)
 
     def flush(self) -> None:
         """Write batched access times and counters to the shared index now."""

@@ -10,7 +10,8 @@ The SDK's own retries are switched off per call (``retry_total=0``): ours are th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -129,6 +130,20 @@ class AzureBlobClient(ObjectClient):
             return bytes(await stream.readall())
 
         return self._run(call, key)
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Staged blocks, committed at the end: nothing is visible until every chunk is in."""
+        blob = self._container_client.get_blob_client(join_key(self.prefix, key))
+        ids = []
+        for n, chunk in enumerate(chunks):
+            block_id = f"{n:08d}".encode().hex()
+            self._run(partial(blob.stage_block, block_id, chunk, **_NO_SDK_RETRY), key)
+            ids.append(block_id)
+        self._run(partial(blob.commit_block_list, ids, **_NO_SDK_RETRY), key)
+
+    def delete(self, key: str) -> None:
+        blob = self._container_client.get_blob_client(join_key(self.prefix, key))
+        self._run(partial(blob.delete_blob, **_NO_SDK_RETRY), key)
 
     def close(self) -> None:
         client = getattr(self.fs, "service_client", None)

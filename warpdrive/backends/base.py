@@ -13,9 +13,11 @@ turns a client into a :class:`Backend` with timeouts, retries and metrics.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from warpdrive.errors import BackendError
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,14 @@ class ObjectClient(ABC):
 
     @abstractmethod
     def read_range(self, key: str, start: int, end: int, etag: str) -> bytes: ...
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Store the object ``key`` from ``chunks``, streamed (``warpdrive-ctl move``). Not part
+        of the read path; stores that cannot be written raise BackendError."""
+        raise BackendError(f"{self.name}: writing to a {self.type} backend is not supported")
+
+    def delete(self, key: str) -> None:
+        raise BackendError(f"{self.name}: deleting from a {self.type} backend is not supported")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; idempotent."""

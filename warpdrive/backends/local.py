@@ -7,9 +7,11 @@ inside it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat as stat_mod
+from collections.abc import Iterable
 
 from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta
 from warpdrive.config import LocalOptions
@@ -110,6 +112,28 @@ class LocalClient(ObjectClient):
             raise self._translate(exc, key) from None
         finally:
             os.close(fd)
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        path = os.path.join(self.root, key)
+        if not os.path.realpath(os.path.dirname(path)).startswith(self.root):
+            raise NotFoundError(f"{self.name}: {key!r} points outside the backend root")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.warpdrive-tmp-{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise self._translate(exc, key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except OSError as exc:
+            raise self._translate(exc, key) from None
 
     def _translate(self, exc: OSError, key: str) -> WarpDriveError:
         where = f"{self.name}: {key!r}"

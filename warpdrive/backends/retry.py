@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -106,6 +106,13 @@ class RetryingBackend:
         data = self._call("read", key, attempt)
         self._metrics.bytes_read.inc(len(data))
         return data
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Not retried: a stream cannot be replayed; the caller retries the whole object."""
+        self.client.write(key, chunks)
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, partial(self.client.delete, key))
 
     def close(self) -> None:
         self.client.close()

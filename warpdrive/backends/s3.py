@@ -9,7 +9,8 @@ ETag; listings are single ``ListObjectsV2`` pages.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 from warpdrive.backends import _aio
@@ -29,6 +30,7 @@ from warpdrive.metrics import BackendMetrics
 
 T = TypeVar("T")
 
+_PART = 8 << 20  # multipart upload part size (S3 wants at least 5 MiB but for the last)
 # botocore error code -> what it means here.
 _NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _DENIED = {
@@ -152,6 +154,68 @@ class S3Client(ObjectClient):
                 body.close()
 
         return self._run(call, key)
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        """One PUT for a small object, a multipart upload (parts of 8 MiB and more) otherwise;
+        nothing is visible until it completes, and a failed upload is aborted."""
+        full = join_key(self.prefix, key)
+        parts: list[dict[str, Any]] = []
+        pending = bytearray()
+        upload_id: str | None = None
+
+        async def put_all(body: bytes) -> None:
+            await self._s3.put_object(Bucket=self.bucket, Key=full, Body=body)
+
+        async def start() -> str:
+            out = await self._s3.create_multipart_upload(Bucket=self.bucket, Key=full)
+            return str(out["UploadId"])
+
+        async def part(number: int, body: bytes, upload: str) -> None:
+            out = await self._s3.upload_part(
+                Bucket=self.bucket, Key=full, PartNumber=number, UploadId=upload, Body=body
+            )
+            parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
+        try:
+            for chunk in chunks:
+                pending += chunk
+                if len(pending) >= _PART:
+                    upload_id = upload_id or self._run(start, key)
+                    body, pending = bytes(pending), bytearray()
+                    self._run(partial(part, len(parts) + 1, body, upload_id), key)
+            if upload_id is None:
+                self._run(partial(put_all, bytes(pending)), key)
+                return
+            if pending:
+                self._run(partial(part, len(parts) + 1, bytes(pending), upload_id), key)
+            layout = {"Parts": parts}
+            self._run(
+                partial(
+                    self._s3.complete_multipart_upload,
+                    Bucket=self.bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload=layout,
+                ),
+                key,
+            )
+        except BaseException:
+            if upload_id is not None:
+                with contextlib.suppress(WarpDriveError):
+                    self._run(
+                        partial(
+                            self._s3.abort_multipart_upload,
+                            Bucket=self.bucket,
+                            Key=full,
+                            UploadId=upload_id,
+                        ),
+                        key,
+                    )
+            raise
+
+    def delete(self, key: str) -> None:
+        full = join_key(self.prefix, key)
+        self._run(partial(self._s3.delete_object, Bucket=self.bucket, Key=full), key)
 
     def close(self) -> None:
         creator = getattr(self.fs, "_s3creator", None)

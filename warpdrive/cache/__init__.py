@@ -1,7 +1,8 @@
 """The persistent block cache: block files (store), the LMDB index, and the facade over both."""
 
+from warpdrive.cache.accounts import Quota, Usage
 from warpdrive.cache.blockcache import BlockCache
-from warpdrive.cache.index import BlockRecord, CacheIndex, ObjectRecord, Usage
+from warpdrive.cache.index import BlockRecord, CacheIndex, ObjectRecord
 from warpdrive.cache.keys import ObjectVersion
 from warpdrive.cache.store import BlockStore, BlockView
 
@@ -13,5 +14,6 @@ __all__ = [
     "CacheIndex",
     "ObjectRecord",
     "ObjectVersion",
+    "Quota",
     "Usage",
 ]

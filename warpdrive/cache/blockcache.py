@@ -21,14 +21,17 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from warpdrive.cache.index import CacheIndex, Usage, now_ms
+from warpdrive.cache.accounts import Quota, Usage, quota_status
+from warpdrive.cache.index import CacheIndex, now_ms
 from warpdrive.cache.keys import ObjectVersion
 from warpdrive.cache.store import BlockFile, BlockStore, BlockView, chunk_sums, in_memory
 from warpdrive.config import CacheConfig
 from warpdrive.metrics import Metrics
+from warpdrive.units import format_size
 
 log = logging.getLogger(__name__)
 LAYOUT_VERSION = "v1"
+QUOTA_CHECK_ROUNDS = 15  # flush rounds between soft-quota checks (30 s at the default 2 s)
 
 
 class BlockCache:
@@ -49,6 +52,7 @@ class BlockCache:
         self._pending: dict[bytes, int] = {}
         self._reported: dict[str, float] = metrics.totals()  # counted before us: not ours
         self._warned: dict[str, float] = {}
+        self._quota_states: dict[tuple[str, str], str] = {}
         self._stop = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_loop,
@@ -107,8 +111,10 @@ class BlockCache:
         self.metrics.checksum_errors.inc()
         self._unlink(self.index.remove(obj.block_key(index), nonce))
 
-    def put(self, obj: ObjectVersion, index: int, data: bytes | memoryview) -> bool:
-        """Store a fetched block; False (and counted) if the disk would not take it."""
+    def put(
+        self, obj: ObjectVersion, index: int, data: bytes | memoryview, team: str | None = None
+    ) -> bool:
+        """Store a block fetched for ``team``; False (and counted) if the disk would not take it."""
         bkey = obj.block_key(index)
         sums = chunk_sums(data)
         for attempt in (1, 2):
@@ -124,13 +130,27 @@ class BlockCache:
                 dead, evicted = self.index.evict(4 * len(data))
                 self.metrics.cache_evictions.inc(evicted)
                 self._unlink(dead)
-        dead, evicted = self.index.insert(obj, index, nonce, len(data), sums)
+        dead, evicted = self.index.insert(obj, index, nonce, len(data), sums, team)
         self.metrics.cache_evictions.inc(evicted)
         self._unlink(dead)
         return True
 
     def usage(self) -> Usage:
         return self.index.usage()
+
+    def evict_objects(self, oids: list[bytes]) -> int:
+        """Drop every cached block of these objects (and their files); how many blocks went."""
+        dead, evicted = self.index.evict_objects(oids)
+        self.metrics.cache_evictions.inc(evicted)
+        self._unlink(dead)
+        return evicted
+
+    def set_quota(self, quota: Quota) -> int:
+        """Store a quota; blocks evicted at once because the team was already over it."""
+        dead, evicted = self.index.set_quota(quota)
+        self.metrics.cache_evictions.inc(evicted)
+        self._unlink(dead)
+        return evicted
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -207,9 +227,13 @@ class BlockCache:
                 log.warning("cannot remove evicted block file: %s", exc.strerror)
 
     def _flush_loop(self, interval: float) -> None:
+        rounds = 0
         while not self._stop.wait(interval):
+            rounds += 1
             try:
                 self.flush()
+                if rounds % QUOTA_CHECK_ROUNDS == 0:
+                    self.check_quotas()
             except Exception:  # keep flushing; a failed batch only costs LRU precision
                 log.exception("cache index flush failed")
 
@@ -219,6 +243,25 @@ class BlockCache:
         for name, delta in deltas.items():
             self._reported[name] = self._reported.get(name, 0.0) + delta
         return deltas
+
+    def check_quotas(self) -> None:
+        """Log once when a team's cached bytes cross a soft or hard limit (hard limits are
+        enforced at every insert; this only tells)."""
+        for quota, usage in self.index.quotas():
+            state = quota_status(quota, usage)
+            key = (quota.team, quota.backend)
+            if state != "OK" and self._quota_states.get(key) != state:
+                scope = f" on {quota.backend}" if quota.backend else ""
+                limit = quota.hard if state == "EXCEEDED" else quota.soft
+                log.warning(
+                    "team %s caches %s%s, over its %s limit of %s",
+                    quota.team,
+                    format_size(usage.bytes),
+                    scope,
+                    "hard" if state == "EXCEEDED" else "soft",
+                    format_size(limit),
+                )
+            self._quota_states[key] = state
 
     def _collect(self) -> Iterator[Metric]:
         usage = self.index.usage()
@@ -231,6 +274,21 @@ class BlockCache:
             "Cache size as a fraction of max_size",
             value=usage.bytes / self.cfg.max_size,
         )
+        teams = GaugeMetricFamily(
+            "warpdrive_team_cache_bytes", "Bytes cached on behalf of each team", labels=["team"]
+        )
+        for team, team_usage in self.index.team_usage().items():
+            teams.add_metric([team], team_usage.bytes)
+        yield teams
+        states = GaugeMetricFamily(
+            "warpdrive_quota_status",
+            "Quota state per team and backend (all: every backend): 0 OK, 1 over soft, 2 over hard",
+            labels=["team", "backend"],
+        )
+        for quota, quota_usage in self.index.quotas():
+            level = ("OK", "WARNING", "EXCEEDED").index(quota_status(quota, quota_usage))
+            states.add_metric([quota.team, quota.backend or "all"], level)
+        yield states
 
     def _warn_once(self, reason: str, message: str) -> None:
         if time.monotonic() - self._warned.get(reason, -1e9) > 60:

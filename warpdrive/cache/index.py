@@ -1,21 +1,23 @@
 """The cache index in LMDB, shared by every process that uses one cache directory.
 
-Sub-databases (schema v1):
+Sub-databases (schema 2):
 
-``blocks``   block key (oid + index) → nonce u64, size u32, last access ms u64, chunk checksums
+``blocks``   block key (oid + index) → nonce u64, size u32, last access ms u64, team id u32,
+             chunk checksums
 ``lru``      last access ms (8 bytes, big-endian) + block key → ``b""``, oldest first
 ``objects``  oid → JSON {backend, key, etag, size, mtime, block_size, cached_at}
 ``names``    backend NUL key → oid of the newest version cached
-``usage``    ``b"\\0all"`` or a backend name → bytes u64, blocks u64
 ``counters`` name → u64 (hits, misses, evictions, … summed over every process)
+``usage``, ``teams``, ``quotas``: see :mod:`warpdrive.cache.accounts`
 
 Rules: a block is indexed only after its file is complete and renamed into place, so the index
-never names a partial block. Inserting a block and evicting down to the low watermark happen in
-one write transaction, so the indexed total never stays above the high watermark; the files of
-evicted blocks are unlinked after commit. Inserting a block of a new version of a name drops
-every block of the old version. LMDB serialises writers across processes; readers never block.
-Commits skip fsync (``sync=False``): a crash of the process loses nothing, a crash of the machine
-may lose the last commits, which reconciliation at the next start turns into orphan files.
+never names a partial block. Inserting a block and evicting happen in one write transaction: a
+team over its hard quota first loses its own least recently used blocks, then the cache as a whole
+is brought down to the low watermark once past the high one, so neither limit stays exceeded. The
+files of evicted blocks are unlinked after commit. Inserting a block of a new version of a name
+drops every block of the old version. LMDB serialises writers across processes; readers never
+block. Commits skip fsync (``sync=False``): a crash of the process loses nothing, a crash of the
+machine may lose the last commits, which reconciliation at the next start turns into orphan files.
 """
 
 from __future__ import annotations
@@ -23,101 +25,33 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import lmdb
 
-from warpdrive.cache.keys import OID_LEN, ObjectVersion
-
-SCHEMA = b"1"
-MAP_SIZE = 1 << 36  # address space, not disk: LMDB's file grows only as it is used
-_REC = struct.Struct("<QIQ")  # nonce, size, atime_ms
-_PAIR = struct.Struct("<QQ")
-_U64 = struct.Struct("<Q")
-_ALL = b"\0all"  # usage of the whole cache (backend names cannot contain NUL)
-# LMDB allows one Environment per file per process: instances share it, counted.
-#
-# fork() (DataLoader workers) needs care: the child may not use the parent's handles, and it
-# cannot open the files again while they are registered as open. So every transaction runs under
-# _fork_lock, which fork() takes first: no transaction is ever open at the moment of a fork, and
-# the child can then close the inherited handles safely (closing touches only its own copies)
-# and open its own.
-_DB_NAMES = (b"blocks", b"lru", b"objects", b"names", b"usage", b"counters", b"meta")
-_envs: dict[str, tuple[lmdb.Environment, int]] = {}
-_dbs: dict[str, dict[bytes, Any]] = {}  # sub-database handles of each open environment
-_envs_lock = threading.Lock()
-_fork_lock = threading.RLock()
-
-
-def _acquire_env(path: str) -> lmdb.Environment:
-    real = os.path.realpath(path)
-    with _envs_lock:
-        env, users = _envs.get(real, (None, 0))
-        if env is None:
-            env = lmdb.open(
-                real,
-                map_size=MAP_SIZE,
-                max_dbs=8,
-                max_readers=4096,
-                sync=False,
-                metasync=False,
-                readahead=False,
-                meminit=False,
-            )
-            # Opened once, inside our own write transaction: open_db() alone would wait for
-            # LMDB's writer lock while holding the GIL, which another thread's writer needs.
-            with _txn(env, write=True) as txn:
-                _dbs[real] = {name: env.open_db(name, txn=txn) for name in _DB_NAMES}
-        _envs[real] = (env, users + 1)
-        return env
-
-
-def _release_env(real: str) -> None:
-    with _envs_lock:
-        if real not in _envs:
-            return
-        env, users = _envs[real]
-        if users > 1:
-            _envs[real] = (env, users - 1)
-        else:
-            del _envs[real]
-            _dbs.pop(real, None)
-            with _fork_lock:
-                env.close()
-
-
-def _before_fork() -> None:
-    _envs_lock.acquire()
-    _fork_lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    _fork_lock.release()
-    _envs_lock.release()
-
-
-def _after_fork_in_child() -> None:
-    global _envs, _envs_lock, _fork_lock, _dbs
-    inherited, _envs, _dbs = _envs, {}, {}
-    _envs_lock, _fork_lock = threading.Lock(), threading.RLock()
-    for env, _ in inherited.values():
-        env.close()  # no transaction was open at fork time (see above)
-
-
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+from warpdrive.cache import lmdbenv
+from warpdrive.cache.accounts import (
+    ALL,
+    PAIR,
+    Accounts,
+    Quota,
+    Usage,
+    team_backend_key,
+    team_key,
 )
+from warpdrive.cache.keys import OID_LEN, ObjectVersion
+from warpdrive.cache.lmdbenv import txn as _txn
 
+SCHEMA = b"2"
+QUOTA_TARGET = 0.95  # a team over its hard limit is brought down to this fraction of it
+_REC = struct.Struct("<QIQI")  # nonce, size, atime_ms, team id
+_U64 = struct.Struct("<Q")
+Dead = list[tuple[bytes, int]]  # (block key, nonce) of files to unlink after commit
 
-@contextmanager
-def _txn(env: lmdb.Environment, write: bool = False, db: Any = None) -> Iterator[lmdb.Transaction]:
-    with _fork_lock, env.begin(write=write, db=db) as txn:
-        yield txn
+__all__ = ["BlockRecord", "CacheIndex", "ObjectRecord", "Quota", "Usage", "now_ms"]
 
 
 def now_ms() -> int:
@@ -129,6 +63,7 @@ class BlockRecord:
     nonce: int
     size: int
     atime_ms: int
+    team_id: int
     sums: bytes
 
 
@@ -144,15 +79,14 @@ class ObjectRecord:
     cached_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    bytes: int
-    blocks: int
-
-
 def _rec(value: bytes | memoryview) -> BlockRecord:
-    nonce, size, atime = _REC.unpack_from(value)
-    return BlockRecord(nonce, size, atime, bytes(value[_REC.size :]))
+    nonce, size, atime, team = _REC.unpack_from(value)
+    return BlockRecord(nonce, size, atime, team, bytes(value[_REC.size :]))
+
+
+def _pack(rec: BlockRecord, atime_ms: int | None = None) -> bytes:
+    atime = rec.atime_ms if atime_ms is None else atime_ms
+    return _REC.pack(rec.nonce, rec.size, atime, rec.team_id) + rec.sums
 
 
 def _lru_key(atime_ms: int, bkey: bytes) -> bytes:
@@ -169,26 +103,26 @@ class CacheIndex:
     def __init__(self, root: str, max_size: int, high_water: float, low_water: float) -> None:
         path = os.path.join(root, "index")
         os.makedirs(path, mode=0o700, exist_ok=True)
-        self.env = _acquire_env(path)
-        self._path = os.path.realpath(path)
+        self.env, db = lmdbenv.acquire(path)
+        self._path = path
         self.high_bytes = int(max_size * high_water)
         self.low_bytes = int(max_size * low_water)
         self.max_size = max_size
-        db = _dbs[self._path]
         self.blocks = db[b"blocks"]
         self.lru = db[b"lru"]
         self.objects = db[b"objects"]
         self.names = db[b"names"]
-        self.usage_db = db[b"usage"]
         self.counters_db = db[b"counters"]
-        meta = db[b"meta"]
+        self.accounts = Accounts(db[b"usage"], db[b"teams"], db[b"quotas"])
         with _txn(self.env, write=True) as txn:
-            schema = txn.get(b"schema", db=meta)
+            schema = txn.get(b"schema", db=db[b"meta"])
             if schema is None:
-                txn.put(b"schema", SCHEMA, db=meta)
+                txn.put(b"schema", SCHEMA, db=db[b"meta"])
             elif schema != SCHEMA:
+                lmdbenv.release(path)
                 raise RuntimeError(
-                    f"cache index {path!r} has schema {schema!r}, expected {SCHEMA!r}"
+                    f"cache index {path!r} has schema {bytes(schema).decode()}, this WarpDrive "
+                    f"needs {SCHEMA.decode()}: remove the cache directory to start afresh"
                 )
 
     # -- reads (never block) ---------------------------------------------------------------
@@ -203,16 +137,28 @@ class CacheIndex:
             return txn.get(bkey) is not None
 
     def usage(self, backend: str | None = None) -> Usage:
-        key = _ALL if backend is None else backend.encode()
-        with _txn(self.env, db=self.usage_db) as txn:
-            value = txn.get(key)
-        return Usage(*_PAIR.unpack(value)) if value else Usage(0, 0)
+        key = ALL if backend is None else backend.encode()
+        with _txn(self.env) as txn:
+            return self.accounts.get(txn, key)
 
     def backend_usage(self) -> dict[str, Usage]:
-        with _txn(self.env, db=self.usage_db) as txn:
-            return {
-                bytes(k).decode(): Usage(*_PAIR.unpack(v)) for k, v in txn.cursor() if k != _ALL
-            }
+        with _txn(self.env) as txn:
+            rows = self.accounts.all(txn)
+        return {k.decode(): v for k, v in rows.items() if not k.startswith(b"\0")}
+
+    def team_usage(self, backend: str | None = None) -> dict[str, Usage]:
+        """Cached bytes per team (on one backend, if given)."""
+        with _txn(self.env) as txn:
+            rows = self.accounts.all(txn)
+        out = {}
+        for key, usage in rows.items():
+            if backend is None and key.startswith(b"\0t\0"):
+                out[key[3:].decode()] = usage
+            elif backend is not None and key.startswith(b"\0tb\0"):
+                team, _, name = key[4:].decode().partition("\0")
+                if name == backend:
+                    out[team] = usage
+        return out
 
     def counters(self) -> dict[str, int]:
         with _txn(self.env, db=self.counters_db) as txn:
@@ -226,6 +172,14 @@ class CacheIndex:
     def iter_objects(self) -> Iterator[ObjectRecord]:
         for oid, value in self._scan(self.objects, b""):
             yield _obj(oid, value)
+
+    def iter_names(self, backend: str, key_prefix: str = "") -> Iterator[ObjectRecord]:
+        """Cached objects of ``backend`` whose key starts with ``key_prefix``, in key order."""
+        prefix = _name_key(backend, key_prefix)
+        for _, oid in self._scan(self.names, prefix):
+            record = self.object(oid)
+            if record is not None:
+                yield record
 
     def iter_blocks(self, oid: bytes | None = None) -> Iterator[tuple[bytes, BlockRecord]]:
         """Every block record (of one object, when ``oid`` is given), in key order."""
@@ -252,34 +206,79 @@ class CacheIndex:
                 return
             start = rows[-1][0] + b"\0"
 
+    # -- teams and quotas ------------------------------------------------------------------
+
+    def team_name(self, team_id: int) -> str | None:
+        with _txn(self.env) as txn:
+            return self.accounts.team_name(txn, team_id)
+
+    def user_team(self, user: str) -> str | None:
+        with _txn(self.env) as txn:
+            return self.accounts.user_team(txn, user)
+
+    def user_teams(self) -> dict[str, str]:
+        with _txn(self.env) as txn:
+            return self.accounts.user_teams(txn)
+
+    def set_user_team(self, user: str, team: str | None) -> None:
+        with _txn(self.env, write=True) as txn:
+            self.accounts.set_user_team(txn, user, team)
+
+    def quotas(self) -> list[tuple[Quota, Usage]]:
+        with _txn(self.env) as txn:
+            return [(q, self.accounts.quota_usage(txn, q)) for q in self.accounts.quotas(txn)]
+
+    def set_quota(self, quota: Quota) -> tuple[Dead, int]:
+        """Store a quota; a team already over the new hard limit is evicted down at once."""
+        dead: Dead = []
+        with _txn(self.env, write=True) as txn:
+            self.accounts.set_quota(txn, quota)
+            evicted = self._enforce_quotas(txn, quota.team, quota.backend or None, dead, None)
+        return dead, evicted
+
+    def remove_quota(self, team: str, backend: str) -> bool:
+        with _txn(self.env, write=True) as txn:
+            return self.accounts.remove_quota(txn, team, backend)
+
     # -- writes ----------------------------------------------------------------------------
 
     def insert(
-        self, obj: ObjectVersion, index: int, nonce: int, size: int, sums: bytes
-    ) -> tuple[list[tuple[bytes, int]], int]:
-        """Index a complete block file; evict to the low watermark if past the high one.
+        self,
+        obj: ObjectVersion,
+        index: int,
+        nonce: int,
+        size: int,
+        sums: bytes,
+        team: str | None = None,
+    ) -> tuple[Dead, int]:
+        """Index a complete block file, fetched on behalf of ``team``; then enforce the team's
+        quotas and the cache's watermarks (see the module doc).
 
         Returns the (block key, nonce) of files to unlink (evicted, replaced, or of an old
         version of the object) and how many blocks were evicted."""
         bkey, atime = obj.block_key(index), now_ms()
-        dead: list[tuple[bytes, int]] = []
+        dead: Dead = []
         with _txn(self.env, write=True) as txn:
             if txn.get(obj.oid, db=self.objects) is None:
                 self._add_object(txn, obj, dead)
             old = txn.get(bkey, db=self.blocks)
             if old is not None:
                 self._delete_block(txn, bkey, _rec(old), obj.backend, dead)
-            txn.put(bkey, _REC.pack(nonce, size, atime) + sums, db=self.blocks)
+            team_id = self.accounts.team_id(txn, team, create=True)
+            txn.put(bkey, _REC.pack(nonce, size, atime, team_id) + sums, db=self.blocks)
             txn.put(_lru_key(atime, bkey), b"", db=self.lru)
-            total = self._add_usage(txn, obj.backend, size, 1)
+            total = self.accounts.add(txn, obj.backend, team, size, 1)
             evicted = 0
+            if team:
+                evicted += self._enforce_quotas(txn, team, obj.backend, dead, keep=bkey)
+                total = self.accounts.get(txn, ALL).bytes
             if total > self.high_bytes:
-                evicted = self._evict(txn, total - self.low_bytes, dead, keep=bkey)
+                evicted += self._evict(txn, total - self.low_bytes, dead, keep=bkey)
         return dead, evicted
 
-    def remove(self, bkey: bytes, nonce: int | None = None) -> list[tuple[bytes, int]]:
+    def remove(self, bkey: bytes, nonce: int | None = None) -> Dead:
         """Drop one block (for instance one whose file failed its checksum)."""
-        dead: list[tuple[bytes, int]] = []
+        dead: Dead = []
         with _txn(self.env, write=True) as txn:
             value = txn.get(bkey, db=self.blocks)
             if value is not None:
@@ -289,12 +288,25 @@ class CacheIndex:
                     self._drop_object_if_empty(txn, bkey[:OID_LEN])
         return dead
 
-    def evict(self, nbytes: int) -> tuple[list[tuple[bytes, int]], int]:
+    def evict(self, nbytes: int) -> tuple[Dead, int]:
         """Evict least recently used blocks worth at least ``nbytes`` (for a full disk)."""
-        dead: list[tuple[bytes, int]] = []
+        dead: Dead = []
         with _txn(self.env, write=True) as txn:
             evicted = self._evict(txn, nbytes, dead, keep=None)
         return dead, evicted
+
+    def evict_objects(self, oids: list[bytes]) -> tuple[Dead, int]:
+        """Drop every cached block of these objects (``warpdrive-ctl evict``, ``stale --evict``)."""
+        dead: Dead = []
+        with _txn(self.env, write=True) as txn:
+            for oid in oids:
+                value = txn.get(oid, db=self.objects)
+                if value is None:
+                    continue
+                self._drop_object_blocks(txn, oid, _obj(oid, value).backend, dead)
+                self._drop_object_if_empty(txn, oid)
+            self._count_evictions(txn, len(dead))
+        return dead, len(dead)
 
     def touch(self, accesses: Mapping[bytes, int]) -> None:
         """Record last-access times (ms), batched; moves only by whole seconds."""
@@ -310,7 +322,7 @@ class CacheIndex:
                     continue
                 txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
                 txn.put(_lru_key(atime, bkey), b"", db=self.lru)
-                txn.put(bkey, _REC.pack(rec.nonce, rec.size, atime) + rec.sums, db=self.blocks)
+                txn.put(bkey, _pack(rec, atime), db=self.blocks)
 
     def add_counters(self, deltas: Mapping[str, int]) -> None:
         deltas = {k: v for k, v in deltas.items() if v}
@@ -331,9 +343,10 @@ class CacheIndex:
         left without blocks, and recounts usage. Returns how many records were dropped and the
         (bkey, nonce) of every file the index still names."""
         dropped, keep = 0, set()
-        per_backend: dict[bytes, list[int]] = {}
+        totals: dict[bytes, list[int]] = {}
         with _txn(self.env, write=True) as txn:
-            backends: dict[bytes, bytes] = {}
+            backends: dict[bytes, str] = {}
+            teams: dict[int, str | None] = {}
             cursor = txn.cursor(db=self.blocks)
             found = cursor.first()
             while found:
@@ -346,31 +359,33 @@ class CacheIndex:
                 keep.add((bkey, rec.nonce))
                 oid = bkey[:OID_LEN]
                 if oid not in backends:
-                    backends[oid] = self._backend_of(txn, bkey).encode()
-                totals = per_backend.setdefault(backends[oid], [0, 0])
-                totals[0] += rec.size
-                totals[1] += 1
+                    backends[oid] = self._backend_of(txn, bkey)
+                if rec.team_id not in teams:
+                    teams[rec.team_id] = self.accounts.team_name(txn, rec.team_id)
+                backend, team = backends[oid], teams[rec.team_id]
+                keys = [ALL, backend.encode()]
+                if team:
+                    keys += [team_key(team), team_backend_key(team, backend)]
+                for key in keys:
+                    total = totals.setdefault(key, [0, 0])
+                    total[0] += rec.size
+                    total[1] += 1
                 found = cursor.next()
             self._prune(txn)
-            txn.drop(self.usage_db, delete=False)
-            all_bytes = sum(t[0] for t in per_backend.values())
-            all_blocks = sum(t[1] for t in per_backend.values())
-            txn.put(_ALL, _PAIR.pack(all_bytes, all_blocks), db=self.usage_db)
-            for name, (nbytes, nblocks) in per_backend.items():
-                txn.put(name, _PAIR.pack(nbytes, nblocks), db=self.usage_db)
+            txn.drop(self.accounts.usage_db, delete=False)
+            for key, (nbytes, nblocks) in totals.items():
+                txn.put(key, PAIR.pack(nbytes, nblocks), db=self.accounts.usage_db)
         return dropped, keep
 
     def sync(self) -> None:
         self.env.sync(True)
 
     def close(self) -> None:
-        _release_env(self._path)
+        lmdbenv.release(self._path)
 
     # -- helpers (caller holds the write transaction) --------------------------------------
 
-    def _add_object(
-        self, txn: lmdb.Transaction, obj: ObjectVersion, dead: list[tuple[bytes, int]]
-    ) -> None:
+    def _add_object(self, txn: lmdb.Transaction, obj: ObjectVersion, dead: Dead) -> None:
         name = _name_key(obj.backend, obj.key)
         previous = txn.get(name, db=self.names)
         if previous is not None and previous != obj.oid:
@@ -389,33 +404,58 @@ class CacheIndex:
         txn.put(name, obj.oid, db=self.names)
 
     def _drop_object_blocks(
-        self, txn: lmdb.Transaction, oid: bytes, backend: str, dead: list[tuple[bytes, int]]
+        self, txn: lmdb.Transaction, oid: bytes, backend: str, dead: Dead
     ) -> None:
         cursor = txn.cursor(db=self.blocks)
         found = cursor.set_range(oid)
         while found and bytes(cursor.key()).startswith(oid):
             bkey, rec = bytes(cursor.key()), _rec(cursor.value())
             txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
-            self._add_usage(txn, backend, -rec.size, -1)
+            team = self.accounts.team_name(txn, rec.team_id)
+            self.accounts.add(txn, backend, team, -rec.size, -1)
             dead.append((bkey, rec.nonce))
             found = _delete(cursor)
 
     def _delete_block(
-        self,
-        txn: lmdb.Transaction,
-        bkey: bytes,
-        rec: BlockRecord,
-        backend: str,
-        dead: list[tuple[bytes, int]],
+        self, txn: lmdb.Transaction, bkey: bytes, rec: BlockRecord, backend: str, dead: Dead
     ) -> None:
         txn.delete(bkey, db=self.blocks)
         txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
-        self._add_usage(txn, backend, -rec.size, -1)
+        self.accounts.add(txn, backend, self.accounts.team_name(txn, rec.team_id), -rec.size, -1)
         dead.append((bkey, rec.nonce))
 
-    def _evict(
-        self, txn: lmdb.Transaction, nbytes: int, dead: list[tuple[bytes, int]], keep: bytes | None
+    def _enforce_quotas(
+        self, txn: lmdb.Transaction, team: str, backend: str | None, dead: Dead, keep: bytes | None
     ) -> int:
+        """Evict ``team``'s own least recently used blocks while it is over a hard limit (its
+        limit on ``backend``, then its limit on every backend)."""
+        evicted = 0
+        for scope in (backend, ""):
+            if scope is None:
+                continue
+            quota = self.accounts.quota(txn, team, scope)
+            if quota is None:
+                continue
+            used = self.accounts.quota_usage(txn, quota).bytes
+            if used > quota.hard:
+                target = used - int(quota.hard * QUOTA_TARGET)
+                team_id = self.accounts.team_id(txn, team, create=False)
+                evicted += self._evict(
+                    txn, target, dead, keep, team_id=team_id, backend=scope or None
+                )
+        return evicted
+
+    def _evict(
+        self,
+        txn: lmdb.Transaction,
+        nbytes: int,
+        dead: Dead,
+        keep: bytes | None,
+        team_id: int | None = None,
+        backend: str | None = None,
+    ) -> int:
+        """Evict least recently used blocks (of one team, on one backend, when given) until
+        ``nbytes`` are freed."""
         freed = count = 0
         touched: set[bytes] = set()
         cursor = txn.cursor(db=self.lru)
@@ -423,26 +463,35 @@ class CacheIndex:
         while found and freed < nbytes:
             bkey = bytes(cursor.key())[8:]
             value = txn.get(bkey, db=self.blocks)
-            if value is None or bkey == keep:
-                found = _delete(cursor) if value is None else cursor.next()
+            if value is None:
+                found = _delete(cursor)
                 continue
             rec = _rec(value)
+            if bkey == keep or (team_id is not None and rec.team_id != team_id):
+                found = cursor.next()
+                continue
+            owner = self._backend_of(txn, bkey)
+            if backend is not None and owner != backend:
+                found = cursor.next()
+                continue
             txn.delete(bkey, db=self.blocks)
             found = _delete(cursor)
-            self._add_usage(txn, self._backend_of(txn, bkey), -rec.size, -1)
+            team = self.accounts.team_name(txn, rec.team_id)
+            self.accounts.add(txn, owner, team, -rec.size, -1)
             dead.append((bkey, rec.nonce))
             touched.add(bkey[:OID_LEN])
             freed += rec.size
             count += 1
         for oid in touched:
             self._drop_object_if_empty(txn, oid)
-        if count:
-            key = b"evictions"
-            value = txn.get(key, db=self.counters_db)
-            txn.put(
-                key, _U64.pack((_U64.unpack(value)[0] if value else 0) + count), db=self.counters_db
-            )
+        self._count_evictions(txn, count)
         return count
+
+    def _count_evictions(self, txn: lmdb.Transaction, count: int) -> None:
+        if count:
+            value = txn.get(b"evictions", db=self.counters_db)
+            total = (_U64.unpack(value)[0] if value else 0) + count
+            txn.put(b"evictions", _U64.pack(total), db=self.counters_db)
 
     def _drop_object_if_empty(self, txn: lmdb.Transaction, oid: bytes) -> None:
         cursor = txn.cursor(db=self.blocks)
@@ -480,17 +529,6 @@ class CacheIndex:
     def _backend_of(self, txn: lmdb.Transaction, bkey: bytes) -> str:
         value = txn.get(bkey[:OID_LEN], db=self.objects)
         return str(json.loads(bytes(value))["backend"]) if value is not None else ""
-
-    def _add_usage(self, txn: lmdb.Transaction, backend: str, nbytes: int, nblocks: int) -> int:
-        total = 0
-        for key in (_ALL, backend.encode()) if backend else (_ALL,):
-            value = txn.get(key, db=self.usage_db)
-            b, n = _PAIR.unpack(value) if value else (0, 0)
-            b, n = max(0, b + nbytes), max(0, n + nblocks)
-            txn.put(key, _PAIR.pack(b, n), db=self.usage_db)
-            if key == _ALL:
-                total = b
-        return total
 
 
 def _delete(cursor: lmdb.Cursor) -> bool:

@@ -37,6 +37,7 @@ from warpdrive.config.model import (
     ControlPlaneConfig,
     FetchConfig,
     GcsOptions,
+    GovernanceConfig,
     LocalOptions,
     MetricsConfig,
     S3Options,
@@ -58,6 +59,7 @@ __all__ = [
     "ControlPlaneConfig",
     "FetchConfig",
     "GcsOptions",
+    "GovernanceConfig",
     "LocalOptions",
     "MetricsConfig",
     "S3Options",
@@ -82,6 +84,7 @@ _TOP_KEYS = (
     "backends",
     "telemetry",
     "control_plane",
+    "governance",
 )
 
 
@@ -131,6 +134,7 @@ def parse_config(
         backends=parse_backends(top),
         telemetry=_telemetry(top.section("telemetry")),
         control_plane=_control_plane(top.section("control_plane")),
+        governance=_governance(top.section("governance")),
         source=source,
     )
     top.finish(_TOP_KEYS)
@@ -208,6 +212,7 @@ def _telemetry(sec: Section) -> TelemetryConfig:
         sink=sec.get("sink", as_str, d.sink),
         file_path=sec.get("file_path", as_str, None),
         control_plane_addr=sec.get("control_plane_addr", as_str, None),
+        control_plane_token_env=sec.get("control_plane_token_env", as_str, None),
         sample_metadata_ops=sec.get("sample_metadata_ops", as_fraction, d.sample_metadata_ops),
         batch_size=sec.get("batch_size", as_int(1, 1_000_000), d.batch_size),
         flush_interval=sec.get("flush_interval", as_duration, d.flush_interval),
@@ -226,3 +231,24 @@ def _control_plane(sec: Section) -> ControlPlaneConfig:
     )
     sec.finish(ControlPlaneConfig.__dataclass_fields__)
     return control
+
+
+def _governance(sec: Section) -> GovernanceConfig:
+    d = GovernanceConfig()
+    raw = sec.raw("teams")
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(sec.key_path("teams"), "expected a mapping of user: team")
+    teams = {}
+    for user, team in (raw or {}).items():
+        if not isinstance(user, str) or not isinstance(team, str) or not team:
+            raise ConfigError(sec.key_path(f"teams.{user}"), f"expected a team name, got {team!r}")
+        teams[user] = team
+    governance = GovernanceConfig(
+        teams=teams,
+        access_flush_interval=sec.get(
+            "access_flush_interval", as_duration, d.access_flush_interval
+        ),
+        crawl_interval=sec.get("crawl_interval", as_duration, d.crawl_interval),
+    )
+    sec.finish(GovernanceConfig.__dataclass_fields__)
+    return governance

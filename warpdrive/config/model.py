@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 KIB = 1 << 10
@@ -117,7 +118,8 @@ class TelemetryConfig:
     enabled: bool = False
     sink: str = "nop"  # stdout | file | http | nop
     file_path: str | None = None
-    control_plane_addr: str | None = None
+    control_plane_addr: str | None = None  # where job reports and records go ("http://…")
+    control_plane_token_env: str | None = None  # env var holding the bearer token for it
     sample_metadata_ops: float = 0.1
     batch_size: int = 100
     flush_interval: float = 5.0
@@ -127,6 +129,15 @@ class TelemetryConfig:
 class ControlPlaneConfig:
     rest_addr: str = ":8090"
     storage_crawl_interval: float = 86400.0
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """Who reads what, and who may cache how much."""
+
+    teams: Mapping[str, str] = field(default_factory=dict)  # user → team (ctl `team add` adds)
+    access_flush_interval: float = 30.0  # seconds between the mount's writes of access records
+    crawl_interval: float = 0.0  # seconds between the mount's storage crawls; 0: only on demand
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     control_plane: ControlPlaneConfig = field(default_factory=ControlPlaneConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     source: str = "<defaults>"  # where it was loaded from, for messages
 
     def backend(self, name: str) -> BackendConfig:

@@ -28,6 +28,7 @@ from functools import partial
 from warpdrive.config import Config, load_config
 from warpdrive.errors import WarpDriveError
 from warpdrive.fuse.health import PROBE_NAME, Health, probe_backend, with_deadline
+from warpdrive.governance.crawl import PeriodicCrawl
 from warpdrive.metrics_server import MetricsServer
 
 log = logging.getLogger("warpdrive.mount")
@@ -67,7 +68,7 @@ def prepare_mount_point(mount_point: str) -> None:
     """Create the mount point; unmount a stale FUSE mount there; refuse a live mount."""
     entry = find_mount(mount_point)
     if entry is not None and entry.fstype.startswith("fuse"):
-        verdict = with_deadline(partial(_probe, mount_point), 3.0)
+        verdict = with_deadline(partial(probe_mount, mount_point), 3.0)
         if verdict == "stale":
             log.warning("stale mount at %s (its process is gone): unmounting it", mount_point)
             subprocess.run(
@@ -85,7 +86,7 @@ def prepare_mount_point(mount_point: str) -> None:
         raise MountError(f"cannot create mount point {mount_point}: {exc.strerror}") from None
 
 
-def _probe(mount_point: str) -> str:
+def probe_mount(mount_point: str) -> str:
     """Whether a FUSE mount's process answers: the lookup of a name that never exists must
     reach it (attributes of the mount point itself may come from the kernel's cache)."""
     try:
@@ -151,6 +152,11 @@ def serve(config: Config, degraded_ok: bool = False) -> int:
         raise MountError(f"cache path {config.cache.path} is not usable: {exc}") from None
     check_backends(config, wd, min(config.fetch.request_timeout, 10.0), degraded_ok)
     prepare_mount_point(mount_point)
+    crawler = (
+        PeriodicCrawl(wd, config.governance.crawl_interval)
+        if config.governance.crawl_interval > 0
+        else None
+    )
     fs = WarpDriveFS(wd)
     ops = Operations(
         fs,
@@ -191,6 +197,8 @@ def serve(config: Config, degraded_ok: bool = False) -> int:
         pyfuse3.close(unmount=True)
         if server is not None:
             server.close()
+        if crawler is not None:
+            crawler.close()
         fs.close()
         wd.close()
     return 0

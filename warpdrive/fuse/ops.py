@@ -212,7 +212,7 @@ class Operations(pyfuse3.Operations):
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        fh, keep_cache = await self._call(self.fs.open, inode, flags)
+        fh, keep_cache = await self._call(self.fs.open, inode, flags, ctx.uid)
         return pyfuse3.FileInfo(fh=FileHandleT(fh), keep_cache=keep_cache, direct_io=False)
 
     @_handler("read")

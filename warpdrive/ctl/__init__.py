@@ -1,0 +1,1 @@
+"""warpdrive-ctl: cache operations and data governance, usable while the mount runs."""

@@ -1,0 +1,123 @@
+"""``stats``, ``evict`` and ``status``: the shared cache as it is now, also while mounted."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from functools import partial
+from typing import Any
+
+from warpdrive.fuse.health import probe_backend, with_deadline
+from warpdrive.fuse.mount import find_mount, probe_mount
+from warpdrive.metrics_server import parse_addr
+from warpdrive.reader import WarpDrive
+
+
+def stats(wd: WarpDrive) -> dict[str, Any]:
+    """Entries, bytes, utilization and the counters every process added to the index."""
+    usage = wd.usage()
+    counters = wd.index.counters()
+    hits, misses = counters.get("hits", 0), counters.get("misses", 0)
+    from_cache = counters.get("bytes_served_cache", 0)
+    from_backend = counters.get("bytes_served_backend", 0)
+    objects = sum(1 for _ in wd.index.iter_objects())
+    return {
+        "cache_path": wd.config.cache.path,
+        "objects": objects,
+        "blocks": usage.blocks,
+        "bytes": usage.bytes,
+        "max_size": wd.config.cache.max_size,
+        "utilization": usage.bytes / wd.config.cache.max_size,
+        "hits": hits,
+        "misses": misses,
+        "evictions": counters.get("evictions", 0),
+        "hit_ratio": hits / (hits + misses) if hits + misses else 0.0,
+        "byte_hit_ratio": from_cache / (from_cache + from_backend)
+        if from_cache + from_backend
+        else 0.0,
+        "bytes_served_cache": from_cache,
+        "bytes_served_backend": from_backend,
+        "bytes_fetched": counters.get("bytes_fetched", 0),
+        "checksum_errors": counters.get("checksum_errors", 0),
+        "readahead_hits": counters.get("readahead_hits", 0),
+        "readahead_wasted": counters.get("readahead_wasted", 0),
+        "bytes_by_backend": {name: u.bytes for name, u in sorted(wd.index.backend_usage().items())},
+    }
+
+
+def evict(wd: WarpDrive, path: str, recursive: bool) -> dict[str, Any]:
+    """Drop the cached blocks of the object at ``path``, or of the objects in the directory at
+    ``path`` (below it, with ``recursive``). Works from the index, so it also finds objects
+    that no longer exist in the backend."""
+    backend, key, norm = wd.locate(path)
+    if backend is None:
+        names = [
+            b.name for b in wd.config.backends if b.mount_path.startswith(norm.rstrip("/") + "/")
+        ]
+        found = [r for name in names for r in wd.index.iter_names(name, "") if recursive]
+    else:
+        prefix = f"{key}/" if key else ""
+        found = [
+            r
+            for r in wd.index.iter_names(backend, key)
+            if r.key == key
+            or (r.key.startswith(prefix) and (recursive or "/" not in r.key[len(prefix) :]))
+        ]
+    cached = sum(rec.size for r in found for _, rec in wd.index.iter_blocks(r.oid))
+    blocks = wd.evict([r.oid for r in found])
+    return {"path": norm, "objects": len(found), "blocks": blocks, "bytes": cached}
+
+
+def _metrics_url(addr: str) -> str:
+    host, port = parse_addr(addr)
+    return f"http://{host or '127.0.0.1'}:{port}/healthz"
+
+
+def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
+    """Is the node healthy: mount answering, metrics endpoint up, cache usable, backends
+    reachable (with latency)? Returns (healthy, report)."""
+    config = wd.config
+    mount_point = config.mount_point
+    entry = find_mount(mount_point)
+    if entry is None:
+        mount = "not mounted"
+    elif not entry.fstype.startswith("fuse.warpdrive"):
+        mount = f"another file system is mounted there ({entry.fstype})"
+    else:
+        mount = with_deadline(partial(probe_mount, mount_point), timeout)
+    metrics = "disabled"
+    if config.metrics.enabled:
+        try:
+            with urllib.request.urlopen(_metrics_url(config.metrics.addr), timeout=timeout) as r:
+                metrics = "ok" if r.status == 200 else f"HTTP {r.status}"
+        except urllib.error.HTTPError as exc:
+            metrics = f"degraded: {json.loads(exc.read()).get('checks')}"
+        except OSError as exc:
+            metrics = f"not answering ({getattr(exc, 'reason', exc)})"
+    usage = wd.usage()
+    backends: dict[str, Any] = {}
+    for name, backend in wd.backends.items():
+        started = time.monotonic()
+        verdict = with_deadline(partial(probe_backend, backend), timeout)
+        latency = time.monotonic() - started
+        backends[name] = {"status": verdict, "latency_ms": round(latency * 1000, 1)}
+    healthy = (
+        mount == "ok"
+        and metrics in ("ok", "disabled")
+        and all(b["status"] == "ok" for b in backends.values())
+    )
+    report = {
+        "healthy": healthy,
+        "mount_point": mount_point,
+        "mount": mount,
+        "metrics": metrics,
+        "cache_path": config.cache.path,
+        "cache_bytes": usage.bytes,
+        "cache_utilization": usage.bytes / config.cache.max_size,
+        "cache_writable": os.access(wd.cache_root, os.W_OK),
+        "backends": backends,
+    }
+    return healthy, report

@@ -1,0 +1,378 @@
+"""``warpdrive-ctl``: cache operations and data governance, usable while the mount runs.
+
+Exit status: 0 done (``status``: healthy); 1 something failed (an object named on stderr), or
+``status`` found the node degraded; 2 the command could not start (bad arguments, bad config,
+unknown path, no cache); 130 interrupted. Every command takes ``--config`` and ``--format
+table|csv|json`` (``--json`` for short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+from warpdrive.cache.blockcache import LAYOUT_VERSION
+from warpdrive.config import load_config
+from warpdrive.ctl import cachecmds, govern, jobs, warm
+from warpdrive.ctl import move as mover
+from warpdrive.ctl.output import FORMATS, emit, emit_record
+from warpdrive.ctl.paths import objects_under
+from warpdrive.errors import WarpDriveError
+from warpdrive.governance.store import GovernanceStore
+from warpdrive.reader import WarpDrive
+from warpdrive.units import format_size, parse_size
+
+Command = Callable[[argparse.Namespace, WarpDrive], int]
+
+
+def size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def time_arg(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r} (ISO 8601, e.g. 2026-01-31T12:00Z)"
+        ) from None
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the problem (``--help`` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+# Commands that only read the cache: without one they say so instead of creating an empty one.
+NEED_CACHE = {"stats", "evict", "status", "job-report", "usage", "stale", "quota list", "quota rm"}
+NEED_CACHE |= {"team list", "team rm"}
+
+
+def parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        "-c",
+        help="config file (default: $WARPDRIVE_CONFIG, /etc/warpdrive/config.yaml)",
+    )
+    common.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    common.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
+
+    p = Parser(prog="warpdrive-ctl", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("warm", parents=[common], help="fetch objects into the cache")
+    w.add_argument(
+        "paths", nargs="*", metavar="PATH", help="under the mount, mount-relative, or warpdrive://"
+    )
+    w.add_argument("--backend", help="the original's form: warm every object of this backend…")
+    w.add_argument("--prefix", default="", help="…under this key prefix")
+    w.add_argument("--recursive", "-r", action="store_true", help="include subdirectories")
+    w.add_argument("--max-size", type=size_arg, help="stop before fetching more than this")
+    w.add_argument("--workers", type=int, default=32, help="parallel fetches (default 32)")
+    w.add_argument("--dry-run", action="store_true", help="say what would be fetched")
+    w.set_defaults(run=cmd_warm)
+
+    s = sub.add_parser("stats", parents=[common], help="cache size, hits, misses, evictions")
+    s.set_defaults(run=cmd_stats)
+
+    e = sub.add_parser("evict", parents=[common], help="drop cached blocks of objects")
+    e.add_argument("paths", nargs="+", metavar="PATH")
+    e.add_argument("--recursive", "-r", action="store_true")
+    e.set_defaults(run=cmd_evict)
+
+    st = sub.add_parser("status", parents=[common], help="mount, metrics, cache, backends")
+    st.set_defaults(run=cmd_status)
+
+    js = sub.add_parser("job-start", parents=[common], help="snapshot counters (Slurm prolog)")
+    js.add_argument("--job-id", required=True)
+    js.set_defaults(run=cmd_job_start)
+
+    jr = sub.add_parser(
+        "job-report", parents=[common], help="a job's cache activity (Slurm epilog)"
+    )
+    jr.add_argument("--job-id", required=True)
+    jr.add_argument("--user", required=True)
+    jr.add_argument("--status", type=int, required=True)
+    jr.set_defaults(run=cmd_job_report)
+
+    u = sub.add_parser("usage", parents=[common], help="bytes read and cached per group")
+    u.add_argument("--group-by", choices=govern.GROUPS, default="team")
+    u.add_argument("--backend")
+    u.set_defaults(run=cmd_usage)
+
+    sl = sub.add_parser("stale", parents=[common], help="objects nobody read for N days")
+    sl.add_argument("--days", type=float, default=90)
+    sl.add_argument("--min-size", type=size_arg, default=0)
+    sl.add_argument("--backend")
+    sl.add_argument("--evict", action="store_true", help="drop their cached blocks")
+    sl.add_argument("--now", type=time_arg, help="judge as of this time (ISO 8601)")
+    sl.set_defaults(run=cmd_stale)
+
+    c = sub.add_parser("crawl", parents=[common], help="list the backends for stale")
+    c.add_argument("--backend")
+    c.set_defaults(run=cmd_crawl)
+
+    q = sub.add_parser("quota", help="per-team cache limits")
+    qs = q.add_subparsers(dest="action", required=True, metavar="ACTION")
+    qset = qs.add_parser("set", parents=[common], help="set a team's soft and hard limits")
+    qset.add_argument("--team", required=True)
+    qset.add_argument("--backend")
+    qset.add_argument("--soft", type=size_arg, required=True)
+    qset.add_argument("--hard", type=size_arg, required=True)
+    qset.set_defaults(run=cmd_quota_set)
+    qls = qs.add_parser("list", parents=[common], help="quotas with usage and status")
+    qls.set_defaults(run=cmd_quota_list)
+    qrm = qs.add_parser("rm", parents=[common], help="remove a quota")
+    qrm.add_argument("--team", required=True)
+    qrm.add_argument("--backend")
+    qrm.set_defaults(run=cmd_quota_rm)
+
+    t = sub.add_parser("team", help="which team a user reads for")
+    ts = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tadd = ts.add_parser("add", parents=[common], help="put USER in TEAM")
+    tadd.add_argument("user")
+    tadd.add_argument("team")
+    tadd.set_defaults(run=cmd_team_add)
+    trm = ts.add_parser("rm", parents=[common], help="forget USER's team (config mapping stays)")
+    trm.add_argument("user")
+    trm.set_defaults(run=cmd_team_rm)
+    tls = ts.add_parser("list", parents=[common], help="users and teams")
+    tls.set_defaults(run=cmd_team_list)
+
+    m = sub.add_parser("move", parents=[common], help="copy or move objects between backends")
+    m.add_argument("--src", required=True, metavar="BACKEND:PATH")
+    m.add_argument("--dst", required=True, metavar="BACKEND:PATH")
+    m.add_argument("--recursive", "-r", action="store_true")
+    m.add_argument(
+        "--delete", action="store_true", help="delete each source once its copy is verified"
+    )
+    m.set_defaults(run=cmd_move)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+        cache_root = os.path.join(config.cache.path, LAYOUT_VERSION)
+        if command in NEED_CACHE and not os.path.isdir(cache_root):
+            raise WarpDriveError(
+                f"no cache at {config.cache.path} yet (warpdrive-mount or warpdrive-ctl warm "
+                "creates it)"
+            )
+        if args.command == "warm":
+            cache = dataclasses.replace(config.cache, max_parallel_fetch=max(1, args.workers))
+            config = dataclasses.replace(config, cache=cache)
+        with WarpDrive(config) as wd:
+            result: int = args.run(args, wd)
+            return result
+    except KeyboardInterrupt:
+        print("warpdrive-ctl: interrupted", file=sys.stderr)
+        return 130
+    except (WarpDriveError, OSError, RuntimeError) as exc:
+        print(f"warpdrive-ctl {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _store(wd: WarpDrive) -> GovernanceStore:
+    return GovernanceStore(wd.cache_root)
+
+
+# -- cache operations -------------------------------------------------------------------------
+
+
+def cmd_warm(args: argparse.Namespace, wd: WarpDrive) -> int:
+    if args.backend:
+        if args.backend not in wd.backends:
+            raise WarpDriveError(f"no backend named {args.backend!r}")
+        paths = [wd.path_of(args.backend, args.prefix.strip("/"))]
+        recursive = True
+    elif args.paths:
+        paths, recursive = args.paths, args.recursive
+    else:
+        raise WarpDriveError("give PATH… or --backend NAME [--prefix P]")
+    files = [f for path in paths for f in objects_under(wd, path, recursive)]
+    plan = warm.plan(wd, files, args.max_size)
+    if args.dry_run:
+        emit_record(
+            {
+                "objects": plan.objects,
+                "bytes_to_fetch": plan.missing_bytes,
+                "bytes_cached": plan.cached_bytes,
+                "skipped_for_budget": plan.skipped_for_budget,
+            },
+            args.format,
+        )
+        return 0
+    result = warm.run(wd, plan, args.workers)
+    summary = {
+        "objects": result.objects,
+        "bytes_fetched": result.fetched_bytes,
+        "bytes_already_cached": result.cached_bytes,
+        "seconds": round(result.seconds, 2),
+        "mb_per_s": round(result.mb_per_s, 1),
+        "skipped_for_budget": result.skipped_for_budget,
+        "failed": result.failed,
+        "interrupted": result.interrupted,
+    }
+    emit_record(summary, args.format)
+    for path, error in result.failed.items():
+        print(f"warpdrive-ctl warm: {path}: {error}", file=sys.stderr)
+    if result.interrupted:
+        return 130
+    return 1 if result.failed else 0
+
+
+def cmd_stats(args: argparse.Namespace, wd: WarpDrive) -> int:
+    emit_record(cachecmds.stats(wd), args.format)
+    return 0
+
+
+def cmd_evict(args: argparse.Namespace, wd: WarpDrive) -> int:
+    rows = [cachecmds.evict(wd, path, args.recursive) for path in args.paths]
+    emit(rows, ["path", "objects", "blocks", "bytes"], args.format)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, wd: WarpDrive) -> int:
+    healthy, report = cachecmds.status(wd)
+    emit_record(report, args.format)
+    return 0 if healthy else 1
+
+
+def cmd_job_start(args: argparse.Namespace, wd: WarpDrive) -> int:
+    store = _store(wd)
+    try:
+        emit_record(jobs.start(wd, store, args.job_id), args.format)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_job_report(args: argparse.Namespace, wd: WarpDrive) -> int:
+    store = _store(wd)
+    try:
+        record, sent = jobs.report(wd, store, args.job_id, args.user, args.status)
+    finally:
+        store.close()
+    emit_record({**record, "sent_to_control_plane": sent}, args.format)
+    return 0
+
+
+# -- governance --------------------------------------------------------------------------------
+
+
+def cmd_usage(args: argparse.Namespace, wd: WarpDrive) -> int:
+    store = _store(wd)
+    try:
+        rows = govern.usage(wd, store, args.group_by, args.backend)
+    finally:
+        store.close()
+    columns = ["group", "bytes_read", "files_accessed", "hit_ratio", "cached_bytes", "last_access"]
+    emit(rows, columns, args.format)
+    return 0
+
+
+def cmd_stale(args: argparse.Namespace, wd: WarpDrive) -> int:
+    store = _store(wd)
+    try:
+        rows = govern.stale(wd, store, args.days, args.min_size, args.backend, args.now)
+    finally:
+        store.close()
+    if args.evict:
+        evicted = wd.evict([r["oid"] for r in rows if r["oid"] is not None])
+        print(f"warpdrive-ctl stale: evicted {evicted} cached blocks", file=sys.stderr)
+    columns = [
+        "path",
+        "size",
+        "last_access",
+        "modified_at",
+        "cached_bytes",
+        "source",
+        "backend",
+        "key",
+    ]
+    emit(rows, columns, args.format)
+    return 0
+
+
+def cmd_crawl(args: argparse.Namespace, wd: WarpDrive) -> int:
+    store = _store(wd)
+    try:
+        rows = govern.run_crawl(wd, store, args.backend)
+    finally:
+        store.close()
+    emit(rows, ["backend", "objects", "bytes"], args.format)
+    return 0
+
+
+def cmd_quota_set(args: argparse.Namespace, wd: WarpDrive) -> int:
+    evicted = govern.set_quota(wd, args.team, args.backend, args.soft, args.hard)
+    scope = f" on {args.backend}" if args.backend else ""
+    print(
+        f"quota for team {args.team}{scope}: soft {format_size(args.soft)}, hard "
+        f"{format_size(args.hard)}; {evicted} blocks evicted to honour it",
+        file=sys.stderr,
+    )
+    return cmd_quota_list(args, wd)
+
+
+def cmd_quota_list(args: argparse.Namespace, wd: WarpDrive) -> int:
+    emit(
+        govern.quota_rows(wd),
+        ["team", "backend", "soft", "hard", "usage_bytes", "status"],
+        args.format,
+    )
+    return 0
+
+
+def cmd_quota_rm(args: argparse.Namespace, wd: WarpDrive) -> int:
+    if not wd.index.remove_quota(args.team, args.backend or ""):
+        raise WarpDriveError(
+            f"no quota for team {args.team!r}" + (f" on {args.backend}" if args.backend else "")
+        )
+    return cmd_quota_list(args, wd)
+
+
+def cmd_team_add(args: argparse.Namespace, wd: WarpDrive) -> int:
+    wd.index.set_user_team(args.user, args.team)
+    return cmd_team_list(args, wd)
+
+
+def cmd_team_rm(args: argparse.Namespace, wd: WarpDrive) -> int:
+    if wd.index.user_team(args.user) is None:
+        raise WarpDriveError(f"user {args.user!r} has no team set with warpdrive-ctl")
+    wd.index.set_user_team(args.user, None)
+    return cmd_team_list(args, wd)
+
+
+def cmd_team_list(args: argparse.Namespace, wd: WarpDrive) -> int:
+    emit(govern.team_rows(wd), ["user", "team", "source"], args.format)
+    return 0
+
+
+def cmd_move(args: argparse.Namespace, wd: WarpDrive) -> int:
+    done, failed = mover.move(wd, args.src, args.dst, args.recursive, args.delete)
+    rows: list[dict[str, Any]] = [dataclasses.asdict(m) for m in done]
+    emit(rows, ["src", "dst", "size", "sha256", "deleted"], args.format)
+    for label, error in failed.items():
+        print(f"warpdrive-ctl move: {label}: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

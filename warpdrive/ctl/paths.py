@@ -1,0 +1,32 @@
+"""PATH arguments of warpdrive-ctl: a path under the mount (``/wd/datasets-cac/train``), a
+mount-relative one (``/datasets-cac/train``, ``datasets-cac/train``) or a ``warpdrive://`` URL;
+and the objects they name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from warpdrive.errors import NotFoundError
+from warpdrive.namespace import FileInfo
+from warpdrive.reader import WarpDrive
+
+
+def objects_under(wd: WarpDrive, path: str, recursive: bool) -> Iterator[FileInfo]:
+    """The object at ``path``, or the objects in the directory at ``path`` (all of them below
+    it when ``recursive``), in listing order. NotFoundError names a path that does not exist."""
+    try:
+        info = wd.stat(path)
+    except NotFoundError as exc:
+        raise NotFoundError(f"{path}: no such object or directory ({exc})") from None
+    if not info.is_dir:
+        yield info
+        return
+    pending = [info.path]
+    while pending:
+        current = pending.pop(0)
+        for page in wd.iterdir(current):
+            for entry in page:
+                if not entry.is_dir:
+                    yield entry
+                elif recursive:
+                    pending.append(entry.path)

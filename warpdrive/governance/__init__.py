@@ -1,0 +1,1 @@
+"""Data governance on one node: teams, access records, storage crawls, job reports."""
