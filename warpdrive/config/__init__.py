@@ -240,14 +240,15 @@ def _governance(sec: Section) -> GovernanceConfig:
         raise ConfigError(sec.key_path("teams"), "expected a mapping of user: team")
     teams = {}
     for user, team in (raw or {}).items():
-        if not isinstance(user, str) or not isinstance(team, str) or not team:
+        if not isinstance(team, str) or not team:
             raise ConfigError(sec.key_path(f"teams.{user}"), f"expected a team name, got {team!r}")
-        teams[user] = team
+        teams[str(user)] = team  # a user without a passwd entry is named by uid: `1001: vision`
+    flush = sec.get("access_flush_interval", as_duration, d.access_flush_interval)
+    if flush <= 0:
+        raise ConfigError(sec.key_path("access_flush_interval"), f"must be positive, got {flush}")
     governance = GovernanceConfig(
         teams=teams,
-        access_flush_interval=sec.get(
-            "access_flush_interval", as_duration, d.access_flush_interval
-        ),
+        access_flush_interval=flush,
         crawl_interval=sec.get("crawl_interval", as_duration, d.crawl_interval),
     )
     sec.finish(GovernanceConfig.__dataclass_fields__)
