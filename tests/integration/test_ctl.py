@@ -383,6 +383,9 @@ def test_two_users_are_counted_apart_and_quotas_hold_across_a_restart(
         teams = {r["group"]: r for r in ctl_json(config, "usage", "--group-by", "team")}
         assert teams["vision"]["bytes_read"] == vision_bytes
         assert teams["nlp"]["bytes_read"] == nlp_bytes
+        prefixes = {r["group"]: r for r in ctl_json(config, "usage", "--group-by", "prefix")}
+        assert prefixes[f"{azure_store.name}:a"]["bytes_read"] == vision_bytes
+        assert prefixes[f"{azure_store.name}:b"]["cached_bytes"] == nlp_bytes
         text = ctl(config, "usage", "--group-by", "user", "--format", "csv").stdout
         rows = list(csv.DictReader(io.StringIO(text)))
         assert {r["group"]: int(r["bytes_read"]) for r in rows} == {a: vision_bytes, b: nlp_bytes}
@@ -398,7 +401,9 @@ def test_stale_lists_exactly_what_was_not_read_since_the_cutoff(
     tmp_path: Path, azure_store: Store
 ) -> None:
     config, point, port = write_config(
-        tmp_path, azure_store.backend_yaml, extra="governance: {access_flush_interval: 0.2s}\n"
+        tmp_path,
+        azure_store.backend_yaml,
+        extra="governance: {access_flush_interval: 0.2s, crawl_interval: 1s}\n",
     )
     hot = put_all(azure_store, "hot", 3, BS, seed=5)
     cold = put_all(azure_store, "cold", 3, BS, seed=6)
@@ -414,10 +419,14 @@ def test_stale_lists_exactly_what_was_not_read_since_the_cutoff(
         wait_until(
             lambda: ctl_json(config, "usage", "--group-by", "backend")[0]["files_accessed"] == 3
         )
-        ctl(config, "crawl")
         # --now is the injectable clock: judge as if 1 day after the cutoff, with --days 1.
         now = datetime.fromtimestamp(cutoff + 86400, timezone.utc).isoformat()
-        rows = ctl_json(config, "stale", "--days", "1", "--now", now)
+
+        def stale() -> list[dict[str, Any]]:
+            rows = ctl_json(config, "stale", "--days", "1", "--now", now)
+            return rows if len(rows) == len(cold) else []
+
+        rows = wait_until(stale)  # once the mount's own crawl (every second here) has run
         assert next(r["key"] for r in rows) == "cold/big.bin"  # largest first
         assert {r["key"] for r in rows} == set(cold)
         assert all(r["source"] == "crawl" for r in rows)
@@ -633,6 +642,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, local_store: Store) ->
     assert "--soft" in bad_quota.stderr
     missing = ctl(tmp_path / "nope.yaml", "stats", expect=2)
     assert "nope.yaml" in missing.stderr
+    # the installed console script is this CLI
+    helped = subprocess.run(["warpdrive-ctl", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "Exit status" in helped.stdout
+    nothing = subprocess.run(["warpdrive-ctl"], capture_output=True, text=True)
+    assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1
 
 
 class _ControlPlane(http.server.BaseHTTPRequestHandler):

@@ -70,7 +70,13 @@ def parser() -> argparse.ArgumentParser:
         "--json", dest="format", action="store_const", const="json", help="--format json"
     )
 
-    p = Parser(prog="warpdrive-ctl", description=__doc__.split("\n\n")[0])
+    p = Parser(
+        prog="warpdrive-ctl",
+        description="Cache operations and data governance, usable while the mount runs.",
+        epilog="Exit status: 0 done (status: healthy), 1 something failed or status degraded, "
+        "2 could not start (bad arguments, config, path; no cache), 130 interrupted. "
+        "Options such as --config and --json go after the command. Details: docs/ctl.md.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     w = sub.add_parser("warm", parents=[common], help="fetch objects into the cache")
