@@ -22,6 +22,7 @@ bench: deps
 	$(PYTHON) bench/read_path.py
 	$(PYTHON) bench/fuse_read.py
 	$(PYTHON) bench/warm.py
+	$(PYTHON) bench/torch_loader.py
 
 format:
 	$(PYTHON) -m ruff format .

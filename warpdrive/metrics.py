@@ -105,6 +105,17 @@ class Metrics:
             "Prefetched blocks dropped without being read",
             registry=reg,
         )
+        self.hint_hits = Counter(
+            "warpdrive_prefetch_hint_hit",
+            "Blocks a loader's prefetch hint named that a read then used",
+            registry=reg,
+        )
+        self.loader_skipped = Counter(
+            "warpdrive_loader_skipped",
+            "Shards or samples a dataset loader skipped because its error handler said so",
+            ["reason"],
+            registry=reg,
+        )
         self.prefetch_scheduled = Counter(
             "warpdrive_prefetch_blocks", "Blocks scheduled for prefetch", ["source"], registry=reg
         )
@@ -147,6 +158,8 @@ class Metrics:
             "bytes_served_backend": _total(self.bytes_served, source="backend"),
             "readahead_hits": _total(self.readahead_hits),
             "readahead_wasted": _total(self.readahead_wasted),
+            "hint_hits": _total(self.hint_hits),
+            "loader_skipped": _total(self.loader_skipped),
         }
 
     def add_collector(self, collect: Callable[[], Iterator[Metric]]) -> None:

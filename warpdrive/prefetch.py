@@ -151,8 +151,9 @@ class Prefetcher:
         self.fetcher = fetcher
         self.metrics = metrics
         self.window = window
-        # Hinted blocks not yet read, oldest first (bounded; overflow counts as wasted).
-        self._hinted: OrderedDict[bytes, None] = OrderedDict()
+        # Blocks prefetched for a hint or a directory scan, not yet read, oldest first, with
+        # what asked for them (bounded; overflow counts as wasted).
+        self._hinted: OrderedDict[bytes, str] = OrderedDict()
         self._hinted_lock = threading.Lock()
         # Window each backend's sequential readers grew to: new handles start there.
         self._learned: dict[str, int] = {}
@@ -214,9 +215,11 @@ class Prefetcher:
                 return
         if self._hinted and bkey in self._hinted:
             with self._hinted_lock:
-                found = self._hinted.pop(bkey, False) is None
-            if found:
+                source = self._hinted.pop(bkey, None)
+            if source is not None:
                 self.metrics.readahead_hits.inc()
+                if source == "hint":
+                    self.metrics.hint_hits.inc()
 
     def release(self, ra: Readahead) -> None:
         """The handle closed: blocks it prefetched and never read were wasted."""
@@ -296,7 +299,7 @@ class Prefetcher:
             if ahead and ahead + info.size > budget:
                 return
             ahead += info.size
-            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team)
+            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team, "scan")
 
     # -- hints -----------------------------------------------------------------------------
 
@@ -347,7 +350,9 @@ class Prefetcher:
             except Exception as exc:  # a hint is advice: failing it must not break reads
                 log.debug("prefetch hint dropped: %s", exc)
 
-    def _prefetch_item(self, item: HintItem, resolve: Resolver, team: str | None = None) -> None:
+    def _prefetch_item(
+        self, item: HintItem, resolve: Resolver, team: str | None = None, source: str = "hint"
+    ) -> None:
         path, start, end = (item, 0, None) if isinstance(item, str) else item
         obj = resolve(path)
         end = obj.size if end is None else min(end, obj.size)
@@ -366,12 +371,12 @@ class Prefetcher:
                 continue
             batch, blocks = blocks[:room], blocks[room:]
             scheduled = self.fetcher.request(obj, batch, Priority.HINT, team)
-            self._track(obj.block_key(b) for b in scheduled)
+            self._track((obj.block_key(b) for b in scheduled), source)
 
-    def _track(self, bkeys: Iterable[bytes]) -> None:
+    def _track(self, bkeys: Iterable[bytes], source: str) -> None:
         with self._hinted_lock:
             for bkey in bkeys:
-                self._hinted[bkey] = None
+                self._hinted[bkey] = source
             overflow = len(self._hinted) - MAX_TRACKED_HINTS
             for _ in range(max(0, overflow)):
                 self._hinted.popitem(last=False)

@@ -491,6 +491,11 @@ class WarpDrive:
         block index, for blocks not cached already."""
         return self._core.fetcher.request(obj, indices, priority, team)
 
+    def normalize(self, path: str) -> str:
+        """The mount-relative form of ``path`` (a ``warpdrive://`` URL, a path under the mount
+        point, or already relative); InvalidPathError if it cannot be one."""
+        return self._core.namespace.normalize(path)
+
     def locate(self, path: str) -> tuple[str | None, str, str]:
         """(backend name, key, normalised path) of ``path``; backend None for the virtual
         directories above the mount paths."""

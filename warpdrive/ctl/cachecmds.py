@@ -44,6 +44,8 @@ def stats(wd: WarpDrive) -> dict[str, Any]:
         "checksum_errors": counters.get("checksum_errors", 0),
         "readahead_hits": counters.get("readahead_hits", 0),
         "readahead_wasted": counters.get("readahead_wasted", 0),
+        "hint_hits": counters.get("hint_hits", 0),
+        "loader_skipped": counters.get("loader_skipped", 0),
         "bytes_by_backend": {name: u.bytes for name, u in sorted(wd.index.backend_usage().items())},
     }
 

@@ -1,0 +1,487 @@
+"""warpdrive_torch against real parts: two Azurite "regions" read through the cache, real
+DataLoader worker processes, a real torch.distributed (gloo) group, a real FUSE mount, and
+webdataset itself."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import webdataset
+from torch.utils.data import DataLoader
+
+from tests.conftest import Store
+from tests.shardgen import Fields, make_shard, sample_fields
+from warpdrive import NotFoundError, WarpDrive, parse_config
+from warpdrive.testing.mounts import start_mount
+from warpdrive.testing.servers import AZURITE_KEY, Server, free_port, start_wan_proxy
+from warpdrive_torch import (
+    FileDataset,
+    ResumableLoader,
+    ShardDataset,
+    ShardError,
+    ignore_and_continue,
+    warn_and_continue,
+)
+
+pytestmark = pytest.mark.integration
+
+REGIONS = ("datasets-cac", "datasets-wus3")
+SHARDS = 12
+_containers = itertools.count()
+PER_SHARD = 10
+
+
+@dataclass
+class Regions:
+    """Two containers of one Azurite, each a backend ("region"): even shards in the first,
+    odd in the second, as the demo splits them."""
+
+    server: Server
+    containers: dict[str, str]
+    content: dict[str, Fields]  # sample key → fields
+    tmp: Path
+    shards: int
+
+    def config_text(
+        self, cache: Path, endpoint: str | None = None, mount_point: str = "/wd"
+    ) -> str:
+        blob = endpoint or self.server.blob_endpoint()
+        backends = "".join(
+            f"  - name: {name}\n    type: azureblob\n"
+            f"    config: {{account: devstoreaccount1, container: {container}, endpoint: '{blob}'}}\n"
+            "    auth: {method: account_key, account_key_env: WD_TEST_AZURE_KEY}\n"
+            for name, container in self.containers.items()
+        )
+        return (
+            f"mount_point: {mount_point}\nmetrics: {{enabled: false}}\n"
+            f"cache: {{path: {cache}, max_size: 256MB, block_size: 64KB, readahead_blocks: 2}}\n"
+            "fetch: {initial_backoff: 10ms, max_backoff: 100ms, request_timeout: 10s}\n"
+            f"backends:\n{backends}"
+        )
+
+    def wd(self, name: str = "cache", **kw: Any) -> WarpDrive:
+        return WarpDrive(parse_config(self.config_text(self.tmp / name, **kw)))
+
+    @property
+    def urls(self) -> list[str]:
+        """Both regions at once: a brace range with a step, and a glob."""
+        return [
+            f"warpdrive://{REGIONS[0]}/train/shard-{{000000..{self.shards - 1:06d}..2}}.tar",
+            f"warpdrive://{REGIONS[1]}/train/shard-*.tar",
+        ]
+
+
+def upload_regions(server: Server, tmp: Path, shards: int, per_shard: int, tag: str) -> Regions:
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(server.connection_string())
+    n = next(_containers)
+    containers = {region: f"{tag}{n}-{region}-{os.getpid()}" for region in REGIONS}
+    clients = {region: client.create_container(c) for region, c in containers.items()}
+    content: dict[str, Fields] = {}
+    for i in range(shards):
+        data, samples = make_shard(i, per_shard)
+        clients[REGIONS[i % 2]].upload_blob(f"train/shard-{i:06d}.tar", data)
+        content.update(samples)
+    return Regions(server, containers, content, tmp, shards)
+
+
+@pytest.fixture
+def regions(azurite: Server, tmp_path: Path) -> Regions:
+    return upload_regions(azurite, tmp_path, SHARDS, PER_SHARD, "t")
+
+
+def check_exact(samples: list[dict[str, Any]], content: dict[str, Fields]) -> None:
+    for sample in samples:
+        expected = content[sample["__key__"]]
+        assert {k: sample[k] for k in expected} == expected, sample["__key__"]
+
+
+def keys_of(batches: list[Any]) -> list[str]:
+    return [key for batch in batches for key in batch["__key__"]]
+
+
+def test_every_sample_once_over_2_ranks_x_3_workers_x_2_epochs(regions: Regions) -> None:
+    wd = regions.wd()
+    orders = []
+    for epoch in range(2):
+        seen: list[str] = []
+        for rank in range(2):
+            ds = ShardDataset(regions.urls, wd=wd, rank=rank, world_size=2, seed=7)
+            ds.set_epoch(epoch)
+            loader = DataLoader(ds, batch_size=4, num_workers=3, collate_fn=list)
+            samples = [s for batch in loader for s in batch]
+            check_exact(samples, regions.content)
+            assert {s["__worker__"] for s in samples} == {0, 1, 2}
+            seen += [s["__key__"] for s in samples]
+        assert sorted(seen) == sorted(regions.content), f"epoch {epoch}"
+        assert len(seen) == len(set(seen)) == SHARDS * PER_SHARD
+        orders.append(seen)
+    assert orders[0] != orders[1]
+
+
+def test_orders_differ_by_seed_and_epoch_and_repeat_exactly(regions: Regions) -> None:
+    wd = regions.wd()
+
+    def order(seed: int, epoch: int) -> list[str]:
+        ds = ShardDataset(regions.urls, wd=wd, seed=seed, shuffle_buffer=8)
+        ds.set_epoch(epoch)
+        return [s["__key__"] for s in ds]
+
+    base = order(1, 0)
+    assert order(1, 0) == base
+    assert sorted(base) == sorted(regions.content)
+    others = [order(2, 0), order(1, 1)]
+    assert all(o != base and sorted(o) == sorted(base) for o in others)
+    # Shard order interleaves the regions; the buffer mixes samples across shards.
+    unshuffled = [s["__key__"] for s in ShardDataset(regions.urls, wd=wd, shuffle=False)]
+    assert unshuffled == [
+        k
+        for i in [*range(0, SHARDS, 2), *range(1, SHARDS, 2)]
+        for k in sorted(regions.content)
+        if k.startswith(f"{i:06d}")
+    ]
+    first_shards = {k[:6] for k in base[:PER_SHARD]}
+    assert len(first_shards) > 1
+
+
+def test_resume_in_process_yields_exactly_the_rest(regions: Regions) -> None:
+    wd = regions.wd()
+
+    def make() -> ShardDataset:
+        ds = ShardDataset(regions.urls, wd=wd, seed=3, shuffle_buffer=8)
+        ds.set_epoch(1)
+        return ds
+
+    full = [s["__key__"] for s in make()]
+    for n in (1, 23, 57, len(full) - 1):
+        first = make()
+        it = iter(first)
+        head = [next(it)["__key__"] for _ in range(n)]
+        state = json.loads(json.dumps(first.state_dict()))  # a checkpoint survives JSON
+        resumed = make()
+        resumed.set_epoch(0)  # the checkpoint's epoch wins
+        resumed.load_state_dict(state)
+        rest = list(resumed)
+        check_exact(rest, regions.content)
+        assert head + [s["__key__"] for s in rest] == full, f"after {n}"
+
+
+def test_resume_with_dataloader_workers(regions: Regions) -> None:
+    wd = regions.wd()
+
+    def make() -> ResumableLoader:
+        ds = ShardDataset(regions.urls, wd=wd, seed=5, shuffle_buffer=6)
+        loader = ResumableLoader(ds, batch_size=4, num_workers=2)
+        loader.set_epoch(2)
+        return loader
+
+    def by_worker(batches: list[Any]) -> dict[int, list[str]]:
+        out = collections.defaultdict(list)
+        for batch in batches:
+            for worker, key in zip(batch["__worker__"].tolist(), batch["__key__"], strict=True):
+                out[worker].append(key)
+        return dict(out)
+
+    full = list(make())
+    first = make()
+    it = iter(first)
+    head = [next(it) for _ in range(7)]
+    state = first.state_dict()
+    del it
+    assert state["num_workers"] == 2 and sum(state["positions"].values()) == 7 * 4
+    again = make()
+    again.load_state_dict(state)
+    rest = list(again)
+    seen = keys_of(head) + keys_of(rest)
+    assert sorted(seen) == sorted(regions.content) and len(seen) == len(set(seen))
+    resumed = by_worker(head + rest)
+    assert resumed == by_worker(full)  # each worker's stream continues where it stopped
+    assert again.state_dict()["positions"] == first_positions_at_end(full)
+    wrong = ResumableLoader(ShardDataset(regions.urls, wd=wd, seed=5), batch_size=4, num_workers=3)
+    with pytest.raises(ValueError, match="2 loader worker"):
+        wrong.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"seed=5.*seed=6"):
+        ShardDataset(regions.urls, wd=wd, seed=6).load_state_dict(state)
+
+
+def first_positions_at_end(batches: list[Any]) -> dict[str, int]:
+    counts = collections.Counter(w for b in batches for w in b["__worker__"].tolist())
+    return {str(w): n for w, n in sorted(counts.items())}
+
+
+@pytest.mark.parametrize("epoch_size", [45, 70])
+def test_epoch_size_gives_equal_steps_by_dropping_or_padding(
+    regions: Regions, epoch_size: int
+) -> None:
+    wd = regions.wd()
+    # 11 shards: the ranks hold 60 and 50 samples; each still yields epoch_size.
+    urls = [f"warpdrive://{REGIONS[i % 2]}/train/shard-{i:06d}.tar" for i in range(11)]
+    steps = []
+    for rank in range(2):
+        ds = ShardDataset(urls, wd=wd, rank=rank, world_size=2, epoch_size=epoch_size)
+        assert len(ds) == epoch_size
+        loader = DataLoader(ds, batch_size=5, num_workers=2, collate_fn=list)
+        batches = list(loader)
+        keys = [s["__key__"] for b in batches for s in b]
+        check_exact([s for b in batches for s in b], regions.content)
+        assert len(keys) == epoch_size
+        for worker in range(2):
+            # Each worker yields its equal share: its own samples, cut short or repeated.
+            shards = {s.path[-10:-4] for s in ds.shard_order()[rank::2][worker::2]}
+            own = {k for k in regions.content if k[:6] in shards}
+            got = [s["__key__"] for b in batches for s in b if s["__worker__"] == worker]
+            assert len(got) == epoch_size // 2 + (worker < epoch_size % 2)
+            assert set(got) <= own and len(set(got)) == min(len(got), len(own))
+        steps.append(len(batches))
+    assert steps[0] == steps[1]
+
+
+def test_real_dataloader_with_decoders_over_azurite(azurite: Server, tmp_path: Path) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    container = BlobServiceClient.from_connection_string(
+        azurite.connection_string()
+    ).create_container(f"img{next(_containers)}-{os.getpid()}")
+    content: dict[str, Fields] = {}
+    for i in range(4):
+        data, samples = make_shard(i, 6, jpeg=True)
+        container.upload_blob(f"train/shard-{i:06d}.tar", data)
+        content.update(samples)
+    wd = WarpDrive(
+        parse_config(
+            f"cache: {{path: {tmp_path / 'c'}, max_size: 64MB, block_size: 64KB}}\nbackends:\n"
+            f"  - name: img\n    type: azureblob\n"
+            f"    config: {{account: devstoreaccount1, container: {container.container_name}, "
+            f"endpoint: '{azurite.blob_endpoint()}'}}\n"
+            "    auth: {method: account_key, account_key_env: WD_TEST_AZURE_KEY}\n"
+        )
+    )
+    ds = ShardDataset("warpdrive://img/train/shard-{000000..000003}.tar", wd=wd, decode="torch")
+    batches = list(DataLoader(ds, batch_size=8, num_workers=2))
+    assert sum(len(b["__key__"]) for b in batches) == 24
+    for batch in batches:
+        assert batch["jpg"].dtype == torch.uint8 and tuple(batch["jpg"].shape[1:]) == (3, 12, 16)
+        expected = [int(content[k]["cls"]) for k in batch["__key__"]]
+        assert batch["cls"].tolist() == expected
+    # The workers' reads went through the shared cache: all of it is there now.
+    assert wd.index.counters().get("misses", 0) > 0
+    before = wd.index.counters().get("misses", 0)
+    list(DataLoader(ds, batch_size=8, num_workers=2))
+    assert wd.index.counters().get("misses", 0) == before  # warm epoch: no misses at all
+
+
+def test_prefetch_hints_cut_demand_misses_in_a_cold_epoch(azurite: Server, tmp_path: Path) -> None:
+    regions = upload_regions(azurite, tmp_path, shards=10, per_shard=40, tag="h")
+    proxy = start_wan_proxy(azurite.port, rtt="20ms", bandwidth="200mbit")
+    try:
+        endpoint = f"http://127.0.0.1:{proxy.port}/devstoreaccount1"
+        results = {}
+        for k in (0, 3):
+            wd = regions.wd(f"cache-{k}", endpoint=endpoint)
+            ds = ShardDataset(regions.urls, wd=wd, seed=11, prefetch_shards=k, shuffle_buffer=4)
+            for _ in ds:
+                time.sleep(0.004)  # a training step: what gives a hint time to land
+            results[k] = wd.index.counters()
+            wd.close()
+    finally:
+        proxy.stop()
+    without, with_hints = results[0], results[3]
+    assert with_hints.get("hint_hits", 0) > 0 and without.get("hint_hits", 0) == 0
+    assert with_hints["misses"] < without["misses"] / 2, (without, with_hints)
+
+
+def test_damaged_shards_raise_or_are_skipped_by_the_handler(
+    azure_store: Store, tmp_path: Path
+) -> None:
+    content: dict[str, Fields] = {}
+    for i in range(4):
+        data, samples = make_shard(i, 5)
+        if i == 1:  # a flipped byte in the header of its fourth sample: the third, then in
+            at = data.index(b"0000010003.jpg")  # progress, may be incomplete and goes too
+            data = data[:at] + b"#" + data[at + 1 :]
+            samples = {k: v for k, v in samples.items() if k < "0000010002"}
+        if i == 2:  # cut in the middle of its third sample's image
+            at = data.index(b"0000020002.jpg") + 600
+            data = data[:at]
+            samples = {k: v for k, v in samples.items() if k < "0000020002"}
+        azure_store.put(f"train/shard-{i:06d}.tar", data)
+        content.update(samples)
+    urls = f"warpdrive://{azure_store.name}/train/shard-{{000000..000003}}.tar"
+    wd = azure_store.reader()
+    with pytest.raises(
+        ShardError,
+        match=r"shard-000001\.tar at offset \d+: bad tar header checksum \(after member '0000010002\.cls'\)",
+    ):
+        list(ShardDataset(urls, wd=wd, shuffle=False))
+    with pytest.raises(ShardError, match=r"shard-000002\.tar: member '0000020002\.jpg'.*truncated"):
+        list(ShardDataset([urls.replace("{000000..000003}", "00000{0,2}")], wd=wd, shuffle=False))
+    with pytest.warns(UserWarning, match="skipped"):
+        samples = list(ShardDataset(urls, wd=wd, handler=warn_and_continue))
+    check_exact(samples, content)
+    assert sorted(s["__key__"] for s in samples) == sorted(content), set(content) ^ {
+        s["__key__"] for s in samples
+    }
+    assert wd.metrics.totals()["loader_skipped"] == 2
+    # A sample that fails to decode is skipped alone.
+    bad = {"0000090000": {"jpg": b"not a jpeg", "cls": b"1"}}
+    azure_store.put("train/bad.tar", tar_bytes(bad))
+    with pytest.raises(ShardError, match=r"bad\.tar: sample '0000090000'"):
+        list(ShardDataset(f"warpdrive://{azure_store.name}/train/bad.tar", wd=wd, decode="pil"))
+    quiet = ShardDataset(
+        f"/{azure_store.name}/train/bad.tar", wd=wd, decode="pil", handler=ignore_and_continue
+    )
+    assert list(quiet) == []
+    assert wd.metrics.totals()["loader_skipped"] == 3
+    missing = f"warpdrive://{azure_store.name}/train/shard-000009.tar"
+    with pytest.raises(NotFoundError, match=re.escape(f"{missing}: shard not found")):
+        list(ShardDataset(missing, wd=wd))
+    with pytest.raises(NotFoundError, match=r"nothing-\*\.tar: no shard matches"):
+        ShardDataset(f"warpdrive://{azure_store.name}/train/nothing-*.tar", wd=wd)
+
+
+def tar_bytes(content: dict[str, Fields]) -> bytes:
+    from tests.shardgen import tar_of
+
+    return tar_of(content)
+
+
+def test_webdataset_and_the_fuse_mount_read_the_same_samples(regions: Regions) -> None:
+    point = regions.tmp / "wd"
+    config = regions.tmp / "config.yaml"
+    config.write_text(regions.config_text(regions.tmp / "mcache", mount_point=str(point)))
+    shards = [f"{REGIONS[i % 2]}/train/shard-{i:06d}.tar" for i in range(4)]
+
+    def fields(samples: Iterator[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+        return [(s["__key__"], s["jpg"], s["cls"]) for s in samples]
+
+    expected = [
+        (k, f["jpg"], f["cls"])
+        for i in range(4)
+        for k, f in sorted(regions.content.items())
+        if k.startswith(f"{i:06d}")
+    ]
+    wd = regions.wd()
+    ours = ShardDataset([f"warpdrive://{s}" for s in shards], wd=wd, shuffle=False)
+    assert fields(iter(ours)) == expected
+    # webdataset opening warpdrive:// URLs through the cache (the opener importing us registered).
+    from warpdrive_torch import register_webdataset
+
+    register_webdataset(wd)
+    via_wds = webdataset.WebDataset([f"warpdrive://{s}" for s in shards], shardshuffle=False)
+    assert fields(iter(via_wds)) == expected
+    mount = start_mount(config, point, 0)
+    try:
+        under_mount = [str(point / s) for s in shards]
+        assert fields(iter(webdataset.WebDataset(under_mount, shardshuffle=False))) == expected
+        # The same mount paths given to ShardDataset are read in-process, not through FUSE.
+        in_process = ShardDataset(under_mount, wd=WarpDrive(config), shuffle=False)
+        samples = list(in_process)
+        assert fields(iter(samples)) == expected
+        assert samples[0]["__url__"] == under_mount[0]
+        globbed = ShardDataset(
+            f"{point}/datasets-*/train/shard-00000[0-3].tar", wd=WarpDrive(config), shuffle=False
+        )
+        assert [s.url for s in globbed.shards] == sorted(
+            under_mount, key=lambda u: (u.split("/")[-3], u)
+        )
+    finally:
+        mount.cleanup()
+
+
+def test_file_dataset_random_access_through_the_cache(azure_store: Store) -> None:
+    files: dict[str, bytes] = {}
+    for cls in ("cat", "dog"):
+        for i in range(5):
+            fields = sample_fields(f"{cls}{i}")
+            files[f"images/{cls}/{i:04d}.jpg"] = fields["jpg"]
+            files[f"images/{cls}/{i:04d}.json"] = json.dumps({"i": i}).encode()
+    files["images/README"] = b"no extension: not a sample"
+    for key, data in files.items():
+        azure_store.put(key, data)
+    wd = azure_store.reader()
+    ds = FileDataset(f"warpdrive://{azure_store.name}/images", wd=wd, labels=True)
+    assert len(ds) == 10 and ds.classes == ["cat", "dog"]
+    base = f"/{azure_store.name}/images"
+    for index in (7, 0, 9, 3):  # random access
+        sample = ds[index]
+        cls, stem = sample["__key__"].removeprefix(base + "/").split("/")
+        assert sample["jpg"] == files[f"images/{cls}/{stem}.jpg"]
+        assert sample["json"] == files[f"images/{cls}/{stem}.json"]
+        assert sample["cls"] == ds.classes.index(cls)
+    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, collate_fn=list)
+    got = {s["__key__"]: s["jpg"] for batch in loader for s in batch}
+    assert got == {
+        f"{base}/{k.split('/')[1]}/{k.split('/')[2][:4]}": v
+        for k, v in files.items()
+        if k.endswith(".jpg")
+    }
+    only_json = FileDataset(f"/{azure_store.name}/images/*/000[0-1].json", wd=wd, decode="pil")
+    assert [s["json"] for s in (only_json[i] for i in range(len(only_json)))] == [
+        {"i": 0},
+        {"i": 1},
+    ] * 2
+    with pytest.raises(NotFoundError, match="nowhere"):
+        FileDataset(f"/{azure_store.name}/nowhere", wd=wd)
+
+
+DIST_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from warpdrive_torch import ShardDataset
+rank, world, port, config, urls, out = sys.argv[1:7]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank), world_size=int(world))
+ds = ShardDataset(json.loads(urls), wd=config, seed=1)
+keys = [s["__key__"] for s in ds]
+gathered = [None] * int(world)
+dist.all_gather_object(gathered, keys)
+if int(rank) == 0:
+    json.dump({"ranks": [ds.rank, ds.world_size], "keys": gathered}, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_rank_comes_from_torch_distributed(regions: Regions) -> None:
+    config = regions.tmp / "dist.yaml"
+    config.write_text(regions.config_text(regions.tmp / "dcache"))
+    out = regions.tmp / "gathered.json"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["WD_TEST_AZURE_KEY"] = AZURITE_KEY
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                DIST_SCRIPT,
+                str(r),
+                "2",
+                str(port),
+                str(config),
+                json.dumps(regions.urls),
+                str(out),
+            ],
+            env=env,
+        )
+        for r in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    result = json.loads(out.read_text())
+    assert result["ranks"] == [0, 2]
+    per_rank = result["keys"]
+    assert len(per_rank[0]) == len(per_rank[1]) == SHARDS * PER_SHARD // 2
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(regions.content)

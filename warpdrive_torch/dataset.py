@@ -1,0 +1,344 @@
+"""ShardDataset: WebDataset shards read in-process through the WarpDrive cache.
+
+One epoch, in each DataLoader worker of each rank::
+
+    shards ──(seed, epoch) permutation──▶ deal to ranks, then workers (split.share)
+      ──▶ for each of my shards: hint the next K to the cache, read its tar (tario), group
+          members into samples by key ──▶ bounded shuffle buffer (seed, epoch, rank, worker)
+      ──▶ [epoch_size: stop at this worker's quota, or pad by another pass] ──▶ decode, tag
+
+Every step is a pure function of (shards, seed, epoch, rank, world, worker, workers), so the
+stream can be replayed: a sample's position in its worker's stream (``__index__``) is all a
+checkpoint needs. Resuming replays the stream without reading the data of what was consumed
+(tar headers only, skipping member bytes) and continues at the first unconsumed position.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import IterableDataset
+
+from warpdrive import Config, WarpDrive
+from warpdrive.errors import NotFoundError, WarpDriveError
+from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
+from warpdrive_torch.handlers import Handler, reraise_exception
+from warpdrive_torch.shards import Shard, expand
+from warpdrive_torch.split import quotas, rank_and_world, share, worker_and_count
+from warpdrive_torch.tario import ShardError, iter_members
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+READ_BUFFER = 1 << 20
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A sample as grouped from its shard: field data, or where it lies when only the headers
+    were read (replay)."""
+
+    key: str
+    shard: Shard
+    fields: dict[str, bytes | tuple[int, int]] = field(default_factory=dict)
+
+    def load(self, wd: WarpDrive) -> Sample:
+        sample: Sample = {"__key__": self.key, "__url__": self.shard.url}
+        for ext, value in self.fields.items():
+            sample[ext] = (
+                wd.read(self.shard.path, value[0], value[1]) if isinstance(value, tuple) else value
+            )
+        return sample
+
+
+@dataclass(slots=True)
+class _Replay:
+    """Positions below ``until`` were consumed before a checkpoint: read no data for them."""
+
+    until: int
+    emitted: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.emitted < self.until
+
+
+class ShardDataset(IterableDataset[Sample]):
+    """WebDataset shards as an ``IterableDataset`` of sample dicts, read through the cache.
+
+    ``urls``: brace patterns, globs, a list, several roots at once; ``warpdrive://`` URLs or
+    paths under the mount point (read in-process all the same, no mount needed).
+    ``wd``: a WarpDrive, a Config, a config path, or None for ``$WARPDRIVE_CONFIG``.
+    ``decode``: None (bytes), ``"pil"``, ``"torch"``, ``{ext: fn}`` or ``fn(sample)``.
+    ``shuffle``: permute shards by (seed, epoch) and samples through a buffer of
+    ``shuffle_buffer``. ``rank``/``world_size``: default from torch.distributed or the launcher.
+    ``epoch_size``: samples per rank per epoch, for equal steps on every rank: each worker stops
+    at its share (the rest of its samples are dropped this epoch) or, when short, pads with a
+    further pass over its own shards (repeats); None: every sample once.
+    ``prefetch_shards``: how many of its next shards a worker hints to the cache (0: none).
+    ``handler``: what a damaged shard or undecodable sample does (see ``handlers``).
+    """
+
+    def __init__(
+        self,
+        urls: str | Iterable[str],
+        *,
+        wd: WarpDrive | Config | str | os.PathLike[str] | None = None,
+        decode: DecodeSpec = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        rank: int | None = None,
+        world_size: int | None = None,
+        epoch_size: int | None = None,
+        prefetch_shards: int = 2,
+        handler: Handler = reraise_exception,
+    ) -> None:
+        super().__init__()
+        if shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer={shuffle_buffer}: must be at least 1")
+        if prefetch_shards < 0:
+            raise ValueError(f"prefetch_shards={prefetch_shards}: must be 0 or more")
+        if epoch_size is not None and epoch_size < 1:
+            raise ValueError(f"epoch_size={epoch_size}: must be at least 1")
+        self.wd = wd if isinstance(wd, WarpDrive) else WarpDrive(wd)
+        self.shards = expand(self.wd, urls)
+        self.decoder = make_decoder(decode)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.epoch_size = epoch_size
+        self.prefetch_shards = prefetch_shards
+        self.handler = handler
+        self.epoch = 0
+        self._resume: dict[str, Any] | None = None
+        self._positions: dict[int, int] = {}  # in-process iteration only (num_workers=0)
+
+    def __len__(self) -> int:
+        """Samples per epoch on this rank: known only with ``epoch_size``."""
+        if self.epoch_size is None:
+            raise TypeError("ShardDataset has no length unless epoch_size is given")
+        return self.epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the next iteration reads (its shard and sample order)."""
+        if epoch != self.epoch:
+            self._resume = None
+            self._positions = {}
+        self.epoch = epoch
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(
+        self, positions: dict[int, int] | None = None, num_workers: int = 0
+    ) -> dict[str, Any]:
+        """Where this rank stands in its epoch. Iterating in-process (``num_workers=0``) this
+        is tracked here; with DataLoader workers use :class:`ResumableLoader`, which passes
+        the positions it saw."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_workers": max(1, num_workers),
+            "shards": len(self.shards),
+            "positions": {str(w): n for w, n in sorted((positions or self._positions).items())},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` at the next iteration: the same epoch, the samples not yet
+        consumed, exactly once. ValueError naming what differs if it cannot be continued."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state version {state.get('version')!r}: expected {STATE_VERSION}")
+        for name, mine in (
+            ("seed", self.seed),
+            ("rank", self.rank),
+            ("world_size", self.world_size),
+            ("shards", len(self.shards)),
+        ):
+            if state[name] != mine:
+                raise ValueError(
+                    f"cannot resume: the checkpoint has {name}={state[name]!r}, "
+                    f"this dataset {name}={mine!r}"
+                )
+        self.epoch = int(state["epoch"])
+        self._resume = state
+        self._positions = {int(w): int(n) for w, n in state["positions"].items()}
+
+    # -- iteration -------------------------------------------------------------------------
+
+    def shard_order(self, epoch: int | None = None) -> list[Shard]:
+        """All shards in the order of ``epoch`` (before they are dealt to ranks and workers)."""
+        order = list(self.shards)
+        if self.shuffle:
+            random.Random(f"shards:{self.seed}:{self.epoch if epoch is None else epoch}").shuffle(
+                order
+            )
+        return order
+
+    def __iter__(self) -> Iterator[Sample]:
+        worker, workers = worker_and_count()
+        start = 0
+        if self._resume is not None:
+            if self._resume["num_workers"] != workers:
+                raise ValueError(
+                    f"cannot resume: the checkpoint was taken with {self._resume['num_workers']} "
+                    f"loader worker(s), this loader has {workers}"
+                )
+            start = int(self._resume["positions"].get(str(worker), 0))
+            self._resume = None  # a later iteration starts the epoch afresh
+        order = self.shard_order()
+        mine = share(order, self.rank, self.world_size, worker, workers)
+        want = None
+        if self.epoch_size is not None:
+            # The same share on every rank, whatever its shards hold: equal steps everywhere.
+            want = quotas(self.epoch_size, [1] * workers)[worker]
+            if want and not mine:
+                raise ValueError(
+                    f"epoch_size={self.epoch_size}: rank {self.rank} worker {worker} has no "
+                    f"shard to read ({len(self.shards)} shards for {self.world_size} rank(s) × "
+                    f"{workers} worker(s)); use fewer workers or more shards"
+                )
+        return self._stream(mine, worker, want, start)
+
+    def _stream(
+        self, mine: list[Shard], worker: int, want: int | None, start: int
+    ) -> Iterator[Sample]:
+        replay = _Replay(start)
+        wd = self.wd
+        try:
+            for position, pending in enumerate(self._ordered(mine, worker, want, replay)):
+                replay.emitted = position + 1
+                if position < start:
+                    continue
+                self._positions[worker] = position + 1
+                try:
+                    sample = pending.load(wd)
+                    if self.decoder is not None:
+                        sample = self.decoder(sample)
+                except Exception as exc:  # the handler decides
+                    error = ShardError(
+                        pending.shard.url, None, None, f"sample {pending.key!r}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    if self._skip(error, "sample"):
+                        continue
+                    return
+                sample["__worker__"] = worker
+                sample["__index__"] = position
+                yield sample
+        finally:
+            wd.flush()  # this worker's counters (misses, hint hits, skips) into the shared index
+
+    def _ordered(
+        self, mine: list[Shard], worker: int, want: int | None, replay: _Replay
+    ) -> Iterator[_Pending]:
+        """This worker's samples in output order (before decoding): all of them, or exactly
+        ``want`` (epoch_size's share), cut short or padded by further passes."""
+        produced = 0
+        if want == 0:
+            return
+        for pass_ in range(1 if want is None else 1 << 30):
+            stream = self._grouped(mine, replay)
+            if self.shuffle:
+                rng = random.Random(
+                    f"samples:{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_}"
+                )
+                stream = _shuffled(stream, self.shuffle_buffer, rng)
+            before = produced
+            for pending in stream:
+                produced += 1
+                yield pending
+                if want is not None and produced >= want:
+                    return
+            if want is None or produced >= want or produced == before:
+                return
+
+    def _grouped(self, mine: list[Shard], replay: _Replay) -> Iterator[_Pending]:
+        """Samples of each shard in turn, hinting the next shards to the cache as it goes."""
+        hinted = 0
+        for j, shard in enumerate(mine):
+            ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards]
+            if ahead:
+                self.wd.prefetch(s.path for s in ahead)
+                hinted = j + 1 + self.prefetch_shards
+            try:
+                yield from self._samples_of(shard, replay)
+            except (WarpDriveError, OSError) as exc:
+                if not self._skip(exc, "shard"):
+                    return
+
+    def _samples_of(self, shard: Shard, replay: _Replay) -> Iterator[_Pending]:
+        try:
+            handle = self.wd.open_handle(shard.path)
+        except NotFoundError:
+            raise NotFoundError(f"{shard.url}: shard not found") from None
+        with handle:
+            f = io.BufferedReader(handle, READ_BUFFER)
+            current: _Pending | None = None
+            try:
+                for member in iter_members(f, shard.url, skip_data=replay.active):
+                    key, ext = _split_name(member.name)
+                    if key is None:
+                        continue
+                    if current is not None and current.key != key:
+                        yield current
+                        current = None
+                    if current is None:
+                        current = _Pending(key, shard)
+                    if ext in current.fields:
+                        raise ShardError(
+                            shard.url, member.name, member.offset, f"duplicate field {ext!r}"
+                        )
+                    current.fields[ext] = (
+                        member.data if member.data is not None else (member.offset, member.size)
+                    )
+            except ShardError as exc:
+                # Damage in a member of the next sample leaves the current one whole; damage
+                # in an unnamed header may have cut it short, so it goes with the rest.
+                named = exc.member is not None and _split_name(exc.member)[0]
+                if current is not None and named and named != current.key:
+                    yield current
+                raise
+            if current is not None:
+                yield current
+
+    def _skip(self, exc: BaseException, reason: str) -> bool:
+        """Ask the handler; count the skip if it lets the epoch go on."""
+        go_on = self.handler(exc)
+        if go_on:
+            self.wd.metrics.loader_skipped.labels(reason).inc()
+            log.warning("skipped a %s: %s", reason, exc)
+        return bool(go_on)
+
+
+def _shuffled(stream: Iterator[_Pending], size: int, rng: random.Random) -> Iterator[_Pending]:
+    """A bounded shuffle: fill a buffer of ``size``, then emit a random slot per arrival."""
+    buf: list[_Pending] = []
+    for item in stream:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        i = rng.randrange(size)
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _split_name(name: str) -> tuple[str | None, str]:
+    """WebDataset's grouping: key = the path up to the first dot of the file name, field = the
+    rest, lowercased; ``__meta__`` files and names without a dot belong to no sample."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem or (base.startswith("__") and base.endswith("__")):
+        return None, ""
+    return (f"{directory}/{stem}" if directory else stem), ext.lower()

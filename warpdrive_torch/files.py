@@ -1,0 +1,94 @@
+"""FileDataset: one-file-per-sample layouts (``train/cat/0001.jpg``) as a map-style Dataset.
+
+The files are listed once, when the dataset is made, and grouped into samples the WebDataset
+way: ``0001.jpg`` and ``0001.json`` in one directory are fields of sample ``…/0001``. With
+``labels=True`` the name of each sample's parent directory is its class; ``cls`` holds the
+index of that name in the sorted ``classes``. Items are read through the cache at random;
+a batch (``__getitems__``, which DataLoader uses) hints all its files first, so they are fetched
+in parallel rather than one after another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from torch.utils.data import Dataset
+
+from warpdrive import Config, WarpDrive
+from warpdrive.errors import NotFoundError
+from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
+from warpdrive_torch.shards import expand
+
+
+class FileDataset(Dataset[Sample]):
+    """``roots``: directories (walked recursively), brace patterns or globs of files, as
+    ``warpdrive://`` URLs or mount paths. ``extensions``: keep only these fields (e.g.
+    ``{"jpg", "cls"}``); samples left without any are dropped. ``decode`` as in ShardDataset."""
+
+    def __init__(
+        self,
+        roots: str | Iterable[str],
+        *,
+        wd: WarpDrive | Config | str | os.PathLike[str] | None = None,
+        extensions: Iterable[str] | None = None,
+        decode: DecodeSpec = None,
+        labels: bool = False,
+    ) -> None:
+        self.wd = wd if isinstance(wd, WarpDrive) else WarpDrive(wd)
+        self.decoder = make_decoder(decode)
+        keep = None if extensions is None else {e.lower().lstrip(".") for e in extensions}
+        groups: dict[str, dict[str, str]] = {}
+        for entry in expand(self.wd, roots):
+            for path in _files(self.wd, entry.path):
+                directory, _, base = path.rpartition("/")
+                stem, dot, ext = base.partition(".")
+                ext = ext.lower()
+                if not dot or not stem or (keep is not None and ext not in keep):
+                    continue
+                fields = groups.setdefault(f"{directory}/{stem}", {})
+                if ext in fields:
+                    raise ValueError(f"{path}: two files give sample {stem!r} field {ext!r}")
+                fields[ext] = path
+        if not groups:
+            raise NotFoundError(f"{roots!r}: no files found")
+        self.keys = sorted(groups)
+        self._fields = [groups[k] for k in self.keys]
+        self.classes = sorted({_parent(k) for k in self.keys}) if labels else []
+        self._class_index = {name: i for i, name in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> Sample:
+        fields = self._fields[index]
+        sample: Sample = {"__key__": self.keys[index]}
+        for ext, path in fields.items():
+            sample[ext] = self.wd.read(path)
+        if self.classes:
+            sample["cls"] = self._class_index[_parent(self.keys[index])]
+        return self.decoder(sample) if self.decoder is not None else sample
+
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        self.wd.prefetch(p for i in indices for p in self._fields[i].values())
+        return [self[i] for i in indices]
+
+    def paths(self, index: int) -> dict[str, str]:
+        """The file behind each field of sample ``index``."""
+        return dict(self._fields[index])
+
+
+def _files(wd: WarpDrive, path: str) -> Iterator[str]:
+    """``path`` if it is a file, else every file under it, in name order."""
+    if not wd.stat(path).is_dir:
+        yield path
+        return
+    for entry in wd.listdir(path):
+        if entry.is_dir:
+            yield from _files(wd, entry.path)
+        else:
+            yield entry.path
+
+
+def _parent(key: str) -> str:
+    return key.rsplit("/", 2)[-2] if key.count("/") >= 2 else ""

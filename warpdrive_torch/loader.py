@@ -1,0 +1,88 @@
+"""ResumableLoader: a DataLoader over a ShardDataset that can checkpoint mid-epoch.
+
+Workers run in other processes, so only the batches tell the training process how far each
+worker got: every sample carries ``__worker__`` and ``__index__`` (its position in that worker's
+stream), and the loader keeps, per worker, one past the last position it handed out. That is
+exactly what :meth:`ShardDataset.load_state_dict` needs to replay the rest of the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from warpdrive_torch.dataset import ShardDataset
+
+
+class ResumableLoader:
+    """``DataLoader(dataset, **kwargs)`` with ``state_dict()``/``load_state_dict()``.
+
+    The collate function must keep the ``__worker__`` and ``__index__`` fields (the default
+    one does, as tensors). ``persistent_workers`` is refused: workers that outlive an epoch
+    would not see ``set_epoch`` or a loaded state."""
+
+    def __init__(self, dataset: ShardDataset, **kwargs: Any) -> None:
+        if kwargs.get("persistent_workers"):
+            raise ValueError("ResumableLoader: persistent_workers=True would ignore set_epoch")
+        self.dataset = dataset
+        self.loader: DataLoader[Any] = DataLoader(dataset, **kwargs)
+        self.num_workers = self.loader.num_workers
+        # A pending resume's positions; otherwise this epoch starts from the beginning.
+        self._positions: dict[int, int] = (
+            dict(dataset._positions) if dataset._resume is not None else {}
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        if self.num_workers > 0:
+            self.dataset._resume = None  # the workers took their copy; the next epoch is fresh
+        for batch in it:
+            self._note(batch)
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.dataset.epoch:
+            self._positions = {}
+        self.dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict(self._positions, self.num_workers)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("num_workers", 1)) != max(1, self.num_workers):
+            raise ValueError(
+                f"cannot resume: the checkpoint was taken with {state.get('num_workers')} "
+                f"loader worker(s), this loader has {max(1, self.num_workers)}"
+            )
+        self.dataset.load_state_dict(state)
+        self._positions = {int(w): int(n) for w, n in state["positions"].items()}
+
+    def _note(self, batch: Any) -> None:
+        for worker, index in _tags(batch):
+            if index + 1 > self._positions.get(worker, 0):
+                self._positions[worker] = index + 1
+
+
+def _tags(batch: Any) -> list[tuple[int, int]]:
+    if isinstance(batch, Mapping):
+        if "__worker__" not in batch or "__index__" not in batch:
+            raise ValueError(
+                "ResumableLoader: batches lost the __worker__/__index__ fields; "
+                "keep them in collate_fn"
+            )
+        workers, indices = batch["__worker__"], batch["__index__"]
+        if isinstance(workers, int):
+            return [(workers, int(indices))]
+        return [(int(w), int(i)) for w, i in zip(_list(workers), _list(indices), strict=True)]
+    if isinstance(batch, list | tuple):
+        return [t for item in batch for t in _tags(item)]
+    raise ValueError(f"ResumableLoader: cannot find sample tags in a {type(batch).__name__}")
+
+
+def _list(values: Any) -> list[Any]:
+    return values.tolist() if hasattr(values, "tolist") else list(values)

@@ -1,0 +1,139 @@
+"""Shard lists: brace patterns, globs, lists and several roots, as paths WarpDrive reads.
+
+``"warpdrive://datasets-cac/train/shard-{000000..000199}.tar"``,
+``"/wd/datasets-wus3/train/shard-*.tar"`` (a path under the mount point, read in-process all the
+same) and ``["/datasets-cac/a.tar", "/datasets-cac/b.tar"]`` all name shards. Braces expand in
+order (``{a,b}``, ``{0..9}``, ``{000..120..10}``, nested); glob characters (``*``, ``?``,
+``[…]``) in any path component are matched against listings, sorted by name. Each shard keeps
+the URL it was given as (``__url__`` of its samples) and the mount-relative path it is read at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from warpdrive import WarpDrive
+from warpdrive.errors import NotFoundError
+
+URL_SCHEME = "warpdrive://"
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?$")
+_GLOB = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    url: str  # as the user wrote it, expanded: what samples carry as __url__
+    path: str  # mount-relative, what WarpDrive reads
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Every string ``pattern`` names, braces expanded left to right (ranges keep zero padding)."""
+    start = _outer_brace(pattern)
+    if start is None:
+        return [pattern]
+    end = _matching(pattern, start)
+    head, body, tail = pattern[:start], pattern[start + 1 : end], pattern[end + 1 :]
+    options: list[str]
+    m = _RANGE.match(body)
+    if m:
+        lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+        if step <= 0:
+            raise ValueError(f"{pattern!r}: a brace range needs a positive step")
+        width = max(len(m.group(1)), len(m.group(2))) if m.group(1).startswith("0") else 0
+        numbers = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
+        options = [str(n).zfill(width) for n in numbers]
+    else:
+        options = [o for part in _split_top(body) for o in expand_braces(part)]
+    return [f"{head}{o}{rest}" for o in options for rest in expand_braces(tail)]
+
+
+def _outer_brace(text: str) -> int | None:
+    for i, ch in enumerate(text):
+        if ch == "{":
+            return i
+    return None
+
+
+def _matching(text: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise ValueError(f"{text!r}: unbalanced '{{'")
+
+
+def _split_top(body: str) -> list[str]:
+    """Split a brace body at its top-level commas."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for ch in body:
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def expand(wd: WarpDrive, urls: str | Iterable[str]) -> list[Shard]:
+    """The shards ``urls`` name, in order. A glob that matches nothing is an error naming it;
+    a shard that does not exist is found when it is read (and names itself then)."""
+    patterns = [urls] if isinstance(urls, str) else list(urls)
+    if not patterns:
+        raise ValueError("no shards: the list of URLs is empty")
+    shards: list[Shard] = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"shard URLs must be strings, got {type(pattern).__name__}")
+        for url in expand_braces(pattern):
+            if _GLOB.search(url.removeprefix(URL_SCHEME)):
+                matched = list(_glob(wd, url))
+                if not matched:
+                    raise NotFoundError(f"{url}: no shard matches")
+                shards.extend(matched)
+            else:
+                shards.append(Shard(url, wd.locate(url)[2]))
+    return shards
+
+
+def _glob(wd: WarpDrive, url: str) -> Iterator[Shard]:
+    """Objects matching the glob ``url``, component by component, sorted by name; each keeps
+    the spelling of ``url`` before its first glob component."""
+    parts = url.split("/")
+    first = next(i for i, p in enumerate(parts) if _GLOB.search(p))
+    head = "/".join(parts[:first])
+    base = wd.normalize(head + "/")
+    for path in _walk(wd, base, [p for p in parts[first:] if p]):
+        yield Shard(head + path[len(base.rstrip("/")) :], path)
+
+
+def _walk(wd: WarpDrive, base: str, rest: list[str]) -> Iterator[str]:
+    component, remaining = rest[0], rest[1:]
+    if not _GLOB.search(component):
+        path = f"{base.rstrip('/')}/{component}"
+        if remaining:
+            yield from _walk(wd, path, remaining)
+        else:
+            with contextlib.suppress(NotFoundError):
+                if not wd.stat(path).is_dir:
+                    yield path
+        return
+    try:
+        entries = wd.listdir(base)
+    except NotFoundError:
+        return
+    for entry in entries:
+        if not fnmatch.fnmatchcase(entry.name, component):
+            continue
+        if remaining and entry.is_dir:
+            yield from _walk(wd, entry.path, remaining)
+        elif not remaining and not entry.is_dir:
+            yield entry.path
