@@ -2,7 +2,7 @@
 # installs what it needs first (apt, npm, pip; idempotent), then lints and runs the whole suite.
 PYTHON ?= python3
 
-.PHONY: test deps lint pytest bench format
+.PHONY: test deps lint pytest bench format demo
 
 test: deps lint pytest
 
@@ -23,6 +23,10 @@ bench: deps
 	$(PYTHON) bench/fuse_read.py
 	$(PYTHON) bench/warm.py
 	$(PYTHON) bench/torch_loader.py
+	$(PYTHON) bench/forge_warm.py
+
+demo: deps
+	$(PYTHON) demo/local_demo.py
 
 format:
 	$(PYTHON) -m ruff format .

@@ -1,1 +1,3 @@
-"""forge: the training benchmark (cold vs warm epochs) — tracked in issue #6."""
+"""forge: the training benchmark — a loop whose bottleneck is data loading, so a cold and a
+warm epoch through WarpDrive can be told apart. ``forge train``, ``forge compare``,
+``forge gen-shards``; see docs/forge.md."""

@@ -148,7 +148,8 @@ class Metrics:
         self.served_from_backend = self.bytes_served.labels("backend")
 
     def totals(self) -> dict[str, float]:
-        """This process's running totals that the cache index sums over all processes."""
+        """This process's running totals that the cache index sums over all processes
+        (``bytes_fetched:BACKEND`` for each backend that fetched something)."""
         return {
             "hits": _total(self.cache_hits),
             "misses": _total(self.cache_misses),
@@ -160,6 +161,12 @@ class Metrics:
             "readahead_wasted": _total(self.readahead_wasted),
             "hint_hits": _total(self.hint_hits),
             "loader_skipped": _total(self.loader_skipped),
+            **{
+                f"bytes_fetched:{sample.labels['backend']}": sample.value
+                for family in self.backend_bytes.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            },
         }
 
     def add_collector(self, collect: Callable[[], Iterator[Metric]]) -> None:

@@ -15,28 +15,28 @@ checkpoint needs. Resuming replays the stream without reading the data of what w
 
 from __future__ import annotations
 
-import io
+import itertools
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import IterableDataset
 
 from warpdrive import Config, WarpDrive
-from warpdrive.errors import NotFoundError, WarpDriveError
+from warpdrive.errors import WarpDriveError
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 from warpdrive_torch.handlers import Handler, reraise_exception
-from warpdrive_torch.shards import Shard, expand
+from warpdrive_torch.shards import Shard
+from warpdrive_torch.sources import CacheSource, FileSource, Source
 from warpdrive_torch.split import quotas, rank_and_world, share, worker_and_count
 from warpdrive_torch.tario import ShardError, iter_members
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-READ_BUFFER = 1 << 20
 
 
 @dataclass(slots=True)
@@ -48,12 +48,10 @@ class _Pending:
     shard: Shard
     fields: dict[str, bytes | tuple[int, int]] = field(default_factory=dict)
 
-    def load(self, wd: WarpDrive) -> Sample:
+    def load(self, source: Source) -> Sample:
         sample: Sample = {"__key__": self.key, "__url__": self.shard.url}
         for ext, value in self.fields.items():
-            sample[ext] = (
-                wd.read(self.shard.path, value[0], value[1]) if isinstance(value, tuple) else value
-            )
+            sample[ext] = source.read(self.shard, *value) if isinstance(value, tuple) else value
         return sample
 
 
@@ -73,11 +71,16 @@ class ShardDataset(IterableDataset[Sample]):
     """WebDataset shards as an ``IterableDataset`` of sample dicts, read through the cache.
 
     ``urls``: brace patterns, globs, a list, several roots at once; ``warpdrive://`` URLs or
-    paths under the mount point (read in-process all the same, no mount needed).
+    paths under the mount point (read in-process all the same, no mount needed). Each item of
+    the list (a pattern, or itself a list of shards) is a group, e.g. a region.
     ``wd``: a WarpDrive, a Config, a config path, or None for ``$WARPDRIVE_CONFIG``.
+    ``reader``: ``"warpdrive"`` (through the cache) or ``"posix"`` (plain files, e.g. under a
+    mount or a local copy: the same samples in the same order, no cache, no hints).
     ``decode``: None (bytes), ``"pil"``, ``"torch"``, ``{ext: fn}`` or ``fn(sample)``.
     ``shuffle``: permute shards by (seed, epoch) and samples through a buffer of
-    ``shuffle_buffer``. ``rank``/``world_size``: default from torch.distributed or the launcher.
+    ``shuffle_buffer``; with several URL patterns (regions), each pattern's shards are permuted
+    and the patterns taken in turn, so every region is read throughout the epoch.
+    ``rank``/``world_size``: default from torch.distributed or the launcher.
     ``epoch_size``: samples per rank per epoch, for equal steps on every rank: each worker stops
     at its share (the rest of its samples are dropped this epoch) or, when short, pads with a
     further pass over its own shards (repeats); None: every sample once.
@@ -87,9 +90,10 @@ class ShardDataset(IterableDataset[Sample]):
 
     def __init__(
         self,
-        urls: str | Iterable[str],
+        urls: str | Iterable[str | Sequence[str]],
         *,
         wd: WarpDrive | Config | str | os.PathLike[str] | None = None,
+        reader: str = "warpdrive",
         decode: DecodeSpec = None,
         shuffle: bool = True,
         seed: int = 0,
@@ -107,8 +111,15 @@ class ShardDataset(IterableDataset[Sample]):
             raise ValueError(f"prefetch_shards={prefetch_shards}: must be 0 or more")
         if epoch_size is not None and epoch_size < 1:
             raise ValueError(f"epoch_size={epoch_size}: must be at least 1")
-        self.wd = wd if isinstance(wd, WarpDrive) else WarpDrive(wd)
-        self.shards = expand(self.wd, urls)
+        if reader == "warpdrive":
+            self.source: Source = CacheSource(wd)
+        elif reader == "posix":
+            self.source = FileSource()
+        else:
+            raise ValueError(f"reader={reader!r}: expected 'warpdrive' or 'posix'")
+        patterns = [urls] if isinstance(urls, str) else list(urls)
+        self._groups = [self.source.expand(p) for p in patterns] or [self.source.expand([])]
+        self.shards = [shard for group in self._groups for shard in group]
         self.decoder = make_decoder(decode)
         self.shuffle = shuffle
         self.seed = seed
@@ -177,12 +188,16 @@ class ShardDataset(IterableDataset[Sample]):
 
     def shard_order(self, epoch: int | None = None) -> list[Shard]:
         """All shards in the order of ``epoch`` (before they are dealt to ranks and workers)."""
-        order = list(self.shards)
-        if self.shuffle:
-            random.Random(f"shards:{self.seed}:{self.epoch if epoch is None else epoch}").shuffle(
-                order
-            )
-        return order
+        if not self.shuffle:
+            return list(self.shards)
+        epoch = self.epoch if epoch is None else epoch
+        groups = []
+        for g, group in enumerate(self._groups):
+            order = list(group)
+            random.Random(f"shards:{self.seed}:{epoch}:{g}").shuffle(order)
+            groups.append(order)
+        # Round-robin across the patterns (regions), the longer ones finishing last.
+        return [s for turn in itertools.zip_longest(*groups) for s in turn if s is not None]
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = worker_and_count()
@@ -213,7 +228,6 @@ class ShardDataset(IterableDataset[Sample]):
         self, mine: list[Shard], worker: int, want: int | None, start: int
     ) -> Iterator[Sample]:
         replay = _Replay(start)
-        wd = self.wd
         try:
             for position, pending in enumerate(self._ordered(mine, worker, want, replay)):
                 replay.emitted = position + 1
@@ -221,7 +235,7 @@ class ShardDataset(IterableDataset[Sample]):
                     continue
                 self._positions[worker] = position + 1
                 try:
-                    sample = pending.load(wd)
+                    sample = pending.load(self.source)
                     if self.decoder is not None:
                         sample = self.decoder(sample)
                 except Exception as exc:  # the handler decides
@@ -236,7 +250,7 @@ class ShardDataset(IterableDataset[Sample]):
                 sample["__index__"] = position
                 yield sample
         finally:
-            wd.flush()  # this worker's counters (misses, hint hits, skips) into the shared index
+            self.source.flush()
 
     def _ordered(
         self, mine: list[Shard], worker: int, want: int | None, replay: _Replay
@@ -268,7 +282,7 @@ class ShardDataset(IterableDataset[Sample]):
         for j, shard in enumerate(mine):
             ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards]
             if ahead:
-                self.wd.prefetch(s.path for s in ahead)
+                self.source.prefetch(ahead)
                 hinted = j + 1 + self.prefetch_shards
             try:
                 yield from self._samples_of(shard, replay)
@@ -277,12 +291,7 @@ class ShardDataset(IterableDataset[Sample]):
                     return
 
     def _samples_of(self, shard: Shard, replay: _Replay) -> Iterator[_Pending]:
-        try:
-            handle = self.wd.open_handle(shard.path)
-        except NotFoundError:
-            raise NotFoundError(f"{shard.url}: shard not found") from None
-        with handle:
-            f = io.BufferedReader(handle, READ_BUFFER)
+        with self.source.open(shard) as f:
             current: _Pending | None = None
             try:
                 for member in iter_members(f, shard.url, skip_data=replay.active):
@@ -315,7 +324,7 @@ class ShardDataset(IterableDataset[Sample]):
         """Ask the handler; count the skip if it lets the epoch go on."""
         go_on = self.handler(exc)
         if go_on:
-            self.wd.metrics.loader_skipped.labels(reason).inc()
+            self.source.skipped(reason)
             log.warning("skipped a %s: %s", reason, exc)
         return bool(go_on)
 

@@ -156,6 +156,10 @@ def test_orders_differ_by_seed_and_epoch_and_repeat_exactly(regions: Regions) ->
     ]
     first_shards = {k[:6] for k in base[:PER_SHARD]}
     assert len(first_shards) > 1
+    # Two patterns (regions): the epoch's shard order takes them in turn.
+    ds = ShardDataset(regions.urls, wd=wd, seed=1)
+    regions_in_order = [s.path.split("/")[1] for s in ds.shard_order()]
+    assert regions_in_order == [REGIONS[0], REGIONS[1]] * (SHARDS // 2)
 
 
 def test_resume_in_process_yields_exactly_the_rest(regions: Regions) -> None:
@@ -392,6 +396,10 @@ def test_webdataset_and_the_fuse_mount_read_the_same_samples(regions: Regions) -
         samples = list(in_process)
         assert fields(iter(samples)) == expected
         assert samples[0]["__url__"] == under_mount[0]
+        # Plain files under the mount (reader="posix"): the same samples in the same order.
+        through_fuse = ShardDataset(under_mount, reader="posix", seed=4)
+        in_cache = ShardDataset([f"warpdrive://{s}" for s in shards], wd=wd, seed=4)
+        assert fields(iter(through_fuse)) == fields(iter(in_cache))
         globbed = ShardDataset(
             f"{point}/datasets-*/train/shard-00000[0-3].tar", wd=WarpDrive(config), shuffle=False
         )
