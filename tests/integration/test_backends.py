@@ -34,6 +34,19 @@ def test_stat_reports_size_and_a_version_that_changes_on_overwrite(any_store: St
         backend.stat("a/missing.bin")
     with pytest.raises(IsDirectoryError):
         backend.stat("a")
+    # "No such object" is a stat's answer, not a backend error (alerts on errors stay quiet).
+    errors = wd.metrics.backend_errors.labels(any_store.name, "not_found")
+    assert errors._value.get() == 0
+    any_store.delete("a/x.bin")
+    with pytest.raises((NotFoundError, ObjectChangedError)):
+        backend.read_range("a/x.bin", 0, 5, second.etag)  # gone while being read: a fault
+    assert (
+        sum(
+            wd.metrics.backend_errors.labels(any_store.name, kind)._value.get()
+            for kind in ("not_found", "changed")
+        )
+        == 1
+    )
     wd.close()
 
 

@@ -134,7 +134,10 @@ class RetryingBackend:
                 self._sleep(self.policy.backoff(n, exc.retry_after))
             except WarpDriveError as exc:
                 duration.observe(time.monotonic() - started)
-                self._metrics.errors[error_type(exc)].inc()
+                # A stat's "no such object" is an answer (how a directory or a name that is not
+                # there is told apart), not a backend fault: only elsewhere is it counted.
+                if not (op == "stat" and isinstance(exc, NotFoundError)):
+                    self._metrics.errors[error_type(exc)].inc()
                 raise
             else:
                 duration.observe(time.monotonic() - started)
