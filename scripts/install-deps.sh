@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
-# FUSE 3 (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip).
+# FUSE 3 (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
+# and the Azure CLI in a venv of its own (for infra/'s tests).
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +31,13 @@ fi
 
 echo "==> pip: warpdrive[dev,fuse,torch] (editable)"
 "$PYTHON" -m pip install -q -e '.[dev,fuse,torch]'
+
+# The Azure CLI for infra/'s upload test, in a venv of its own: its pinned azure-* libraries
+# must not replace the ones WarpDrive uses.
+AZURE_CLI_VERSION="${AZURE_CLI_VERSION:-2.91.0}"
+if [ ! -x .venv-azcli/bin/az ]; then
+  echo "==> pip: azure-cli==${AZURE_CLI_VERSION} (in .venv-azcli)"
+  "$PYTHON" -m venv .venv-azcli
+  .venv-azcli/bin/pip install -q "azure-cli==${AZURE_CLI_VERSION}" 2>&1 | grep -v '^WARNING: Location' || true
+  [ -x .venv-azcli/bin/az ] || { echo "azure-cli did not install" >&2; exit 1; }
+fi
