@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
-# FUSE 3 (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
+# FUSE 3 and promtool (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
 # and the Azure CLI in a venv of its own (for infra/'s tests).
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
@@ -12,10 +12,13 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null; then
-  echo "==> apt: fuse3 libfuse3-dev pkg-config"
+if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null \
+  || ! command -v promtool >/dev/null 2>&1; then
+  # prometheus for promtool (deploy/monitoring's rule tests); its service is not started here.
+  echo "==> apt: fuse3 libfuse3-dev pkg-config prometheus"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 libfuse3-dev pkg-config >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    fuse3 libfuse3-dev pkg-config prometheus >/dev/null
 fi
 
 if ! command -v azurite-blob >/dev/null 2>&1; then

@@ -129,6 +129,10 @@ def azure(tmp_path: Path) -> Azure:
 def test_scripts_are_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
     files = [*map(str, INFRA.glob("*.sh")), *map(str, (ROOT / "demo").glob("*.sh"))]
+    files += [
+        *map(str, (ROOT / "deploy").rglob("*.sh")),
+        *map(str, (ROOT / "scripts").glob("*.sh")),
+    ]
     done = subprocess.run([shellcheck, *files], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout
 

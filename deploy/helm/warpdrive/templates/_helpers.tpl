@@ -1,0 +1,41 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "warpdrive.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "warpdrive.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "warpdrive.labels" -}}
+app.kubernetes.io/name: {{ include "warpdrive.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "warpdrive.selector" -}}
+app.kubernetes.io/name: {{ include "warpdrive.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "warpdrive.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "warpdrive.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "warpdrive.secretName" -}}
+{{- printf "%s-secrets" (include "warpdrive.fullname" .) -}}
+{{- end -}}
+
+{{- define "warpdrive.controlPlaneUrl" -}}
+{{- printf "http://%s-control-plane:%v" (include "warpdrive.fullname" .) .Values.controlPlane.port -}}
+{{- end -}}
