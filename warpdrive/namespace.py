@@ -163,7 +163,9 @@ class Namespace:
         empty = True
         seen: list[FileInfo] | None = []  # kept for listdir() while the directory is small
         for page in backend.list_pages(prefix):
-            infos = [self._info(base, backend.name, prefix, e, now) for e in page]
+            infos = [
+                self._info(base, backend.name, prefix, e, now) for e in page if _nameable(e.name)
+            ]
             empty = empty and not infos
             if seen is not None:
                 seen.extend(infos)
@@ -212,3 +214,9 @@ class Namespace:
     def _is_prefix(mount: tuple[str, ...], path: str) -> bool:
         parts = tuple(p for p in path.split("/") if p)
         return mount[: len(parts)] == parts
+
+
+def _nameable(name: str) -> bool:
+    """Whether a listed name can be a path component: keys like ``a/../b``, ``a/./b`` or
+    ``a//b`` give names that no path can reach (and must not be listed as if they could)."""
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name

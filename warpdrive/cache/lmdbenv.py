@@ -58,6 +58,7 @@ def acquire(path: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
                 metasync=False,
                 readahead=False,
                 meminit=False,
+                mode=0o600,  # the index names every cached object: private, like the blocks
             )
             with txn(env, write=True) as t:
                 _dbs[real] = {name: env.open_db(name, txn=t) for name in DB_NAMES}

@@ -50,7 +50,7 @@ class Parser(argparse.ArgumentParser):
     """Bad arguments: one line naming the problem (``--help`` has the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: {_printable(message)} (see --help)\n")
 
 
 # Commands that only read the cache: without one they say so instead of creating an empty one.
@@ -190,8 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("warpdrive-ctl: interrupted", file=sys.stderr)
         return 130
     except (WarpDriveError, OSError, RuntimeError) as exc:
-        print(f"warpdrive-ctl {args.command}: {exc}", file=sys.stderr)
+        print(f"warpdrive-ctl {args.command}: {_printable(str(exc))}", file=sys.stderr)
         return 2
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line, control characters escaped: an argument with a carriage return or
+    an escape sequence must not rewrite the terminal or split the error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _store(wd: WarpDrive) -> GovernanceStore:
