@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
-# FUSE 3 and promtool (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
+# FUSE 3, promtool, PostgreSQL and Chromium (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
 # and the Azure CLI in a venv of its own (for infra/'s tests).
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
@@ -12,13 +12,17 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config prometheus postgresql chromium chromium-driver"
 if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null \
-  || ! command -v promtool >/dev/null 2>&1; then
-  # prometheus for promtool (deploy/monitoring's rule tests); its service is not started here.
-  echo "==> apt: fuse3 libfuse3-dev pkg-config prometheus"
+  || ! command -v promtool >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
+  || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # prometheus for promtool (deploy/monitoring's rule tests), postgresql and chromium for the
+  # control plane's tests; none of their services is started here.
+  echo "==> apt: $APT_PACKAGES"
   $SUDO apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    fuse3 libfuse3-dev pkg-config prometheus >/dev/null
+    $APT_PACKAGES >/dev/null
 fi
 
 if ! command -v azurite-blob >/dev/null 2>&1; then

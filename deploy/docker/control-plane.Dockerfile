@@ -1,4 +1,4 @@
-# The WarpDrive control plane: `warpdrive-ctl serve` (API and dashboard; issue #10).
+# The WarpDrive control plane: `warpdrive-ctl serve` (API and dashboard).
 #   docker build -f deploy/docker/control-plane.Dockerfile -t warpdrive/control-plane:1.0.0 .
 FROM python:3.11-slim-bookworm
 
@@ -9,7 +9,7 @@ COPY warpdrive_torch ./warpdrive_torch
 COPY forge ./forge
 # This repository itself; its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[azure,s3,gcs]" \
+RUN pip install --no-cache-dir ".[azure,s3,gcs,control]" \
  && useradd --system --uid 10001 --home-dir /var/lib/warpdrive --create-home warpdrive
 
 USER 10001

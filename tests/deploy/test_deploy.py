@@ -82,9 +82,7 @@ def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> Non
         for doc in docs:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     expected = {"ConfigMap", "DaemonSet", "Secret", "ServiceAccount", "ClusterRole",
-                "ClusterRoleBinding", "PodDisruptionBudget"}  # fmt: skip
-    if values is not None:
-        expected |= {"Deployment", "Service"}
+                "ClusterRoleBinding", "PodDisruptionBudget", "Deployment", "Service"}  # fmt: skip
     assert set(manifests) == expected
 
 

@@ -79,6 +79,20 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    sv = sub.add_parser(
+        "serve", help="the control plane: API and dashboard (docs/control-plane.md)"
+    )
+    sv.add_argument("--addr", default=":8080", help="listen address, host:port or :port")
+    sv.add_argument(
+        "--database",
+        help="sqlite:///path or postgresql://user:password@host/db "
+        "(default: $WARPDRIVE_DATABASE_URL, else sqlite:///warpdrive-control.db)",
+    )
+    sv.add_argument(
+        "--token-env", default="WARPDRIVE_API_TOKEN", help="variable holding the write token"
+    )
+    sv.add_argument("--private-reads", action="store_true", help="require the token for reads too")
+
     w = sub.add_parser("warm", parents=[common], help="fetch objects into the cache")
     w.add_argument(
         "paths", nargs="*", metavar="PATH", help="under the mount, mount-relative, or warpdrive://"
@@ -171,6 +185,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "serve":
+        from warpdrive.control.serve import serve
+
+        try:
+            return serve(args.addr, args.database, args.token_env, args.private_reads)
+        except WarpDriveError as exc:
+            print(f"warpdrive-ctl serve: {_printable(str(exc))}", file=sys.stderr)
+            return 2
     try:
         config = load_config(args.config)
         command = " ".join(filter(None, (args.command, getattr(args, "action", None))))

@@ -182,13 +182,17 @@ def serve(config: Config, degraded_ok: bool = False) -> int:
         mount_point,
     )
     server = None
+    health = Health(mount_point, wd)
     if config.metrics.enabled:
         try:
-            server = MetricsServer(
-                config.metrics.addr, wd.metrics.registry, Health(mount_point, wd)
-            ).start()
+            server = MetricsServer(config.metrics.addr, wd.metrics.registry, health).start()
         except OSError as exc:
             log.warning("metrics server on %s not started: %s", config.metrics.addr, exc.strerror)
+    reporter = None
+    if config.telemetry.control_plane_addr:
+        from warpdrive.control.reporter import Reporter
+
+        reporter = Reporter(wd, health)
     read_ahead_kb = max(MIN_READ_AHEAD_KB, config.cache.block_size // 1024)
     try:
         trio.run(_main_loop, mount_point, read_ahead_kb)
@@ -199,6 +203,8 @@ def serve(config: Config, degraded_ok: bool = False) -> int:
             server.close()
         if crawler is not None:
             crawler.close()
+        if reporter is not None:
+            reporter.close()
         fs.close()
         wd.close()
     return 0

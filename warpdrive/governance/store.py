@@ -7,6 +7,7 @@ never one row per read. Every connection belongs to one thread; open a store per
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -35,6 +36,7 @@ CREATE TABLE IF NOT EXISTS crawls (
 CREATE TABLE IF NOT EXISTS job_starts (
     job_id TEXT PRIMARY KEY, at REAL NOT NULL, counters TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, user TEXT NOT NULL, status INTEGER NOT NULL,
     started_at REAL, finished_at REAL NOT NULL, report TEXT NOT NULL, sent INTEGER NOT NULL
@@ -66,8 +68,12 @@ def day_of(ts: float) -> str:
 class GovernanceStore:
     def __init__(self, cache_root: str) -> None:
         path = os.path.join(cache_root, "governance.sqlite")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        # Created 0600 by us, and only if missing: closing any other descriptor of the file
+        # would drop the POSIX locks this process's other connections hold on it, and another
+        # process could then take the WAL for unused and delete it under them.
+        if not os.path.exists(path):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         self.path = path
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -76,6 +82,17 @@ class GovernanceStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     def _many(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         self.db.execute("BEGIN IMMEDIATE")

@@ -1,0 +1,45 @@
+"""``warpdrive-ctl serve``: run the control plane's API and dashboard with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from warpdrive.errors import WarpDriveError
+
+DEFAULT_DATABASE = "sqlite:///warpdrive-control.db"
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    try:
+        return host or "0.0.0.0", int(port)
+    except ValueError:
+        raise WarpDriveError(f"--addr {addr!r}: expected host:port or :port") from None
+
+
+def serve(addr: str, database: str | None, token_env: str, private_reads: bool) -> int:
+    try:
+        import uvicorn
+
+        from warpdrive.control.api import create_app
+        from warpdrive.control.db import Store
+    except ImportError as exc:
+        raise WarpDriveError(f"{exc.name} is missing: pip install 'warpdrive[control]'") from None
+
+    token = os.environ.get(token_env, "")
+    if len(token) < 16:
+        raise WarpDriveError(
+            f"${token_env} must hold the API token for writes (16 characters or more)"
+        )
+    url = database or os.environ.get("WARPDRIVE_DATABASE_URL") or DEFAULT_DATABASE
+    host, port = split_addr(addr)
+    try:
+        store = Store(url)
+    except Exception as exc:  # the driver's own error, without the URL's password
+        raise WarpDriveError(f"cannot open the database: {type(exc).__name__}: {exc}") from None
+    logging.getLogger("warpdrive").info(
+        "control plane on %s:%d, database %s", host, port, store.engine.url.render_as_string()
+    )
+    uvicorn.run(create_app(store, token, private_reads), host=host, port=port, log_level="warning")
+    return 0
