@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from typing import Any
 
 from warpdrive.cache.accounts import Quota
 from warpdrive.governance.store import GovernanceStore
+from warpdrive.periodic import Periodic
 from warpdrive.reader import WarpDrive
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ BATCH = 5000  # access records per request
 CRAWL_LIMIT = 200_000  # objects of one backend per crawl report (the API's bound)
 
 
-class Reporter:
+class Reporter(Periodic):
     def __init__(
         self,
         wd: WarpDrive,
@@ -41,28 +41,17 @@ class Reporter:
     ) -> None:
         telemetry = wd.config.telemetry
         assert telemetry.control_plane_addr
+        super().__init__("reporter", max(0.2, telemetry.flush_interval), final_tick=True)
         self.wd = wd
         self.base = telemetry.control_plane_addr.rstrip("/") + "/api/v1"
         self.token = os.environ.get(telemetry.control_plane_token_env or "", "")
-        self.interval = max(0.2, telemetry.flush_interval)
         self.health = health
         self.node = node or socket.gethostname()
         self.sent_records = 0
         self._down_since: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="warpdrive-reporter", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._round()
-        self._round()  # what is left, on the way out
-
-    def _round(self) -> None:
+    def tick(self) -> None:
         # A connection per round: it sees what other processes (warpdrive-ctl) committed since.
         store = GovernanceStore(self.wd.cache_root)
         try:

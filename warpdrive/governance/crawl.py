@@ -5,11 +5,11 @@ data nobody reads. Run by ``warpdrive-ctl crawl``, or by the mount every
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 
 from warpdrive.backends import Backend
 from warpdrive.governance.store import GovernanceStore
+from warpdrive.periodic import Periodic
 from warpdrive.reader import WarpDrive
 
 log = logging.getLogger(__name__)
@@ -39,27 +39,18 @@ def crawl(
     return found
 
 
-class PeriodicCrawl:
+class PeriodicCrawl(Periodic):
     """The mount's crawl thread (only when ``governance.crawl_interval`` is set)."""
 
     def __init__(self, wd: WarpDrive, interval: float) -> None:
+        super().__init__("crawl", interval)
         self.wd = wd
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="warpdrive-crawl", daemon=True)
-        self._thread.start()
+        self.start()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            store = GovernanceStore(self.wd.cache_root)
-            try:
-                for name, (count, total) in crawl(self.wd, store).items():
-                    log.info("crawled %s: %d objects, %d bytes", name, count, total)
-            except Exception:  # the next round tries again; reads are not affected
-                log.exception("storage crawl failed")
-            finally:
-                store.close()
+    def tick(self) -> None:
+        store = GovernanceStore(self.wd.cache_root)
+        try:
+            for name, (count, total) in crawl(self.wd, store).items():
+                log.info("crawled %s: %d objects, %d bytes", name, count, total)
+        finally:
+            store.close()
