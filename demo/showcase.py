@@ -35,6 +35,7 @@ sys.path.insert(0, str(DEMO_DIR.parent))
 from demo import chart, dashboard  # noqa: E402
 from forge import compare  # noqa: E402
 from warpdrive import load_config  # noqa: E402
+from warpdrive.metrics_server import parse_addr  # noqa: E402
 from warpdrive.testing.mounts import Mount, find_mount, start_mount  # noqa: E402
 
 BOLD, CYAN, DIM, GREEN, YELLOW, RESET = (
@@ -62,9 +63,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GB"
 
 
-def metrics_url(config_addr: str) -> str:
-    host, _, port = config_addr.rpartition(":")
-    return f"http://{host or '127.0.0.1'}:{port}/metrics"
+def metrics_endpoint(config_addr: str) -> tuple[str, int]:
+    """The URL of the mount's /metrics, and its port."""
+    host, port = parse_addr(config_addr)
+    return f"http://{host or '127.0.0.1'}:{port}/metrics", port
 
 
 def phase1(config_path: Path, keep_cache: bool) -> tuple[Mount, str]:
@@ -78,9 +80,9 @@ def phase1(config_path: Path, keep_cache: bool) -> tuple[Mount, str]:
         info(f"Clearing the cache at {cache} for a true cold start")
         shutil.rmtree(cache)
     point.mkdir(parents=True, exist_ok=True)
-    url = metrics_url(config.metrics.addr)
+    url, port = metrics_endpoint(config.metrics.addr)
     info("Starting warpdrive-mount …")
-    mount = start_mount(config_path, point, int(url.rsplit(":", 1)[1].split("/")[0]), wait=60)
+    mount = start_mount(config_path, point, port, wait=60)
     info(f"Mounted at {BOLD}{point}{RESET} (PID {mount.proc.pid}); metrics at {url}")
     print(f"\n  {BOLD}{point}/{RESET}")
     for backend in sorted(os.listdir(point)):

@@ -20,9 +20,9 @@ from warpdrive import WarpDrive
 from warpdrive.errors import NotFoundError
 from warpdrive_torch import ShardDataset
 from warpdrive_torch.decode import Sample
+from warpdrive_torch.shards import URL_SCHEME
 
 SHARD_NAME = re.compile(r"^shard-[0-9]{6,}\.tar$")  # as the original discovers them
-URL_SCHEME = "warpdrive://"
 
 
 def discover(root: str, wd: WarpDrive | None) -> list[str]:
@@ -41,20 +41,12 @@ def discover(root: str, wd: WarpDrive | None) -> list[str]:
         ]
         return sorted(found)
     try:
-        paths = sorted(_walk(wd, wd.normalize(root)))
+        paths = sorted(i.path for i in wd.walk(root) if SHARD_NAME.match(i.name))
     except NotFoundError as exc:
         raise SystemExit(f"training root {root}: {exc}") from None
     if root.startswith(URL_SCHEME):
         return [URL_SCHEME + p.lstrip("/") for p in paths]
     return paths
-
-
-def _walk(wd: WarpDrive, path: str) -> Iterator[str]:
-    for entry in wd.listdir(path):
-        if entry.is_dir:
-            yield from _walk(wd, entry.path)
-        elif SHARD_NAME.match(entry.name):
-            yield entry.path
 
 
 class Endless(IterableDataset[Sample]):

@@ -4,37 +4,34 @@ summed over every process that read, DataLoader workers included)."""
 
 from __future__ import annotations
 
-import re
 import urllib.request
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from warpdrive import WarpDrive
 
 Snapshot = dict[str, float]
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def parse_prometheus(text: str) -> Snapshot:
     """The counters forge reports, from Prometheus text: ``hits``, ``misses``, ``fuse_reads``
     and ``bytes_fetched:BACKEND``."""
     out: Snapshot = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        name, labels, value = m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))
-        if name == "warpdrive_cache_hit_total":
-            key = "hits"
-        elif name == "warpdrive_cache_miss_total":
-            key = "misses"
-        elif name == "warpdrive_fuse_operations_total" and labels.get("operation") == "read":
-            key = "fuse_reads"
-        elif name == "warpdrive_backend_bytes_read_total" and "backend" in labels:
-            key = f"bytes_fetched:{labels['backend']}"
-        else:
-            continue
-        out[key] = out.get(key, 0.0) + value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels = sample.name, sample.labels
+            if name == "warpdrive_cache_hit_total":
+                key = "hits"
+            elif name == "warpdrive_cache_miss_total":
+                key = "misses"
+            elif name == "warpdrive_fuse_operations_total" and labels.get("operation") == "read":
+                key = "fuse_reads"
+            elif name == "warpdrive_backend_bytes_read_total" and "backend" in labels:
+                key = f"bytes_fetched:{labels['backend']}"
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + sample.value
     return out
 
 

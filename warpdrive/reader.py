@@ -517,6 +517,23 @@ class WarpDrive:
         """Children of ``path`` a page at a time, for directories too large to list at once."""
         return self._core.namespace.list_pages(path)
 
+    def walk(self, path: str, recursive: bool = True) -> Iterator[FileInfo]:
+        """The object at ``path``, or the objects in the directory at ``path`` (all of them
+        below it when ``recursive``), in listing order; NotFoundError if there is none."""
+        info = self.stat(path)
+        if not info.is_dir:
+            yield info
+            return
+        pending = [info.path]
+        while pending:
+            current = pending.pop(0)
+            for page in self.iterdir(current):
+                for entry in page:
+                    if not entry.is_dir:
+                        yield entry
+                    elif recursive:
+                        pending.append(entry.path)
+
     def prefetch(self, items: Iterable[HintItem]) -> None:
         """Fetch these objects (paths) or ``(path, start, end)`` ranges into the cache in the
         background, behind demand reads; returns immediately."""

@@ -295,7 +295,7 @@ class ShardDataset(IterableDataset[Sample]):
             current: _Pending | None = None
             try:
                 for member in iter_members(f, shard.url, skip_data=replay.active):
-                    key, ext = _split_name(member.name)
+                    key, ext = split_name(member.name)
                     if key is None:
                         continue
                     if current is not None and current.key != key:
@@ -313,7 +313,7 @@ class ShardDataset(IterableDataset[Sample]):
             except ShardError as exc:
                 # Damage in a member of the next sample leaves the current one whole; damage
                 # in an unnamed header may have cut it short, so it goes with the rest.
-                named = exc.member is not None and _split_name(exc.member)[0]
+                named = exc.member is not None and split_name(exc.member)[0]
                 if current is not None and named and named != current.key:
                     yield current
                 raise
@@ -343,7 +343,7 @@ def _shuffled(stream: Iterator[_Pending], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
-def _split_name(name: str) -> tuple[str | None, str]:
+def split_name(name: str) -> tuple[str | None, str]:
     """WebDataset's grouping: key = the path up to the first dot of the file name, field = the
     rest, lowercased; ``__meta__`` files and names without a dot belong to no sample."""
     directory, _, base = name.rpartition("/")

@@ -11,12 +11,13 @@ in parallel rather than one after another.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from torch.utils.data import Dataset
 
 from warpdrive import Config, WarpDrive
 from warpdrive.errors import NotFoundError
+from warpdrive_torch.dataset import split_name
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 from warpdrive_torch.shards import expand
 
@@ -40,16 +41,14 @@ class FileDataset(Dataset[Sample]):
         keep = None if extensions is None else {e.lower().lstrip(".") for e in extensions}
         groups: dict[str, dict[str, str]] = {}
         for entry in expand(self.wd, roots):
-            for path in _files(self.wd, entry.path):
-                directory, _, base = path.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                ext = ext.lower()
-                if not dot or not stem or (keep is not None and ext not in keep):
+            for info in self.wd.walk(entry.path):
+                key, ext = split_name(info.path)
+                if key is None or (keep is not None and ext not in keep):
                     continue
-                fields = groups.setdefault(f"{directory}/{stem}", {})
+                fields = groups.setdefault(key, {})
                 if ext in fields:
-                    raise ValueError(f"{path}: two files give sample {stem!r} field {ext!r}")
-                fields[ext] = path
+                    raise ValueError(f"{info.path}: two files give sample {key!r} field {ext!r}")
+                fields[ext] = info.path
         if not groups:
             raise NotFoundError(f"{roots!r}: no files found")
         self.keys = sorted(groups)
@@ -76,18 +75,6 @@ class FileDataset(Dataset[Sample]):
     def paths(self, index: int) -> dict[str, str]:
         """The file behind each field of sample ``index``."""
         return dict(self._fields[index])
-
-
-def _files(wd: WarpDrive, path: str) -> Iterator[str]:
-    """``path`` if it is a file, else every file under it, in name order."""
-    if not wd.stat(path).is_dir:
-        yield path
-        return
-    for entry in wd.listdir(path):
-        if entry.is_dir:
-            yield from _files(wd, entry.path)
-        else:
-            yield entry.path
 
 
 def _parent(key: str) -> str:

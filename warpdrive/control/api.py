@@ -224,14 +224,7 @@ def create_app(store: Store, token: str, private_reads: bool = False) -> FastAPI
 
     @app.post("/api/v1/nodes/heartbeat", dependencies=write)
     def heartbeat(beat: Heartbeat) -> HeartbeatReply:
-        store.heartbeat(beat.model_dump(exclude={"teams"}))
-        with store.tx() as conn:
-            conn.execute(sa.delete(db.team_bytes).where(db.team_bytes.c.node == beat.node))
-            if beat.teams:
-                conn.execute(
-                    db.team_bytes.insert(),
-                    [{"node": beat.node, "team": t, "bytes": b} for t, b in beat.teams.items()],
-                )
+        store.heartbeat(beat.model_dump(exclude={"teams"}), beat.teams)
         return HeartbeatReply(
             node=beat.node, quotas=[QuotaRow(**r) for r in store.rows(sa.select(db.quotas))]
         )

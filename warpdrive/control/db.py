@@ -165,11 +165,18 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def heartbeat(self, beat: Mapping[str, Any]) -> None:
+    def heartbeat(self, beat: Mapping[str, Any], team_usage: Mapping[str, int]) -> None:
+        """A node's state, its history sample, and the bytes it caches per team (replaced)."""
         now = time.time()
         row = {**beat, "last_seen": now}
         with self.tx() as conn:
             self._upsert(conn, nodes, [row])
+            conn.execute(team_bytes.delete().where(team_bytes.c.node == beat["node"]))
+            if team_usage:
+                conn.execute(
+                    team_bytes.insert(),
+                    [{"node": beat["node"], "team": t, "bytes": b} for t, b in team_usage.items()],
+                )
             conn.execute(node_history.insert().values(
                 node=beat["node"], at=now, cache_bytes=beat["cache_bytes"],
                 hits=beat["hits"], misses=beat["misses"],

@@ -6,16 +6,17 @@ import logging
 import os
 
 from warpdrive.errors import WarpDriveError
+from warpdrive.metrics_server import parse_addr
 
 DEFAULT_DATABASE = "sqlite:///warpdrive-control.db"
 
 
 def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
     try:
-        return host or "0.0.0.0", int(port)
+        host, port = parse_addr(addr)
     except ValueError:
         raise WarpDriveError(f"--addr {addr!r}: expected host:port or :port") from None
+    return host or "0.0.0.0", port
 
 
 def serve(addr: str, database: str | None, token_env: str, private_reads: bool) -> int:

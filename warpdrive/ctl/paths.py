@@ -14,19 +14,11 @@ from warpdrive.reader import WarpDrive
 def objects_under(wd: WarpDrive, path: str, recursive: bool) -> Iterator[FileInfo]:
     """The object at ``path``, or the objects in the directory at ``path`` (all of them below
     it when ``recursive``), in listing order. NotFoundError names a path that does not exist."""
+    objects = wd.walk(path, recursive)
     try:
-        info = wd.stat(path)
+        first = next(objects, None)
     except NotFoundError as exc:
         raise NotFoundError(f"{path}: no such object or directory ({exc})") from None
-    if not info.is_dir:
-        yield info
-        return
-    pending = [info.path]
-    while pending:
-        current = pending.pop(0)
-        for page in wd.iterdir(current):
-            for entry in page:
-                if not entry.is_dir:
-                    yield entry
-                elif recursive:
-                    pending.append(entry.path)
+    if first is not None:
+        yield first
+        yield from objects
