@@ -10,6 +10,12 @@ from __future__ import annotations
 import errno
 
 
+def printable(text: str) -> str:
+    """``text`` on one line, control characters escaped: a name with a newline, a carriage
+    return or an escape sequence must not split an error or rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class WarpDriveError(Exception):
     """Base class of every error WarpDrive raises on purpose."""
 
@@ -24,7 +30,8 @@ class ConfigError(WarpDriveError, ValueError):
     def __init__(self, key_path: str, message: str) -> None:
         self.key_path = key_path
         self.message = message
-        super().__init__(f"{key_path}: {message}" if key_path else message)
+        # Keys come from the file: one with a newline would split the one-line error.
+        super().__init__(printable(f"{key_path}: {message}" if key_path else message))
 
 
 class InvalidPathError(WarpDriveError, ValueError):

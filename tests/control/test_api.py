@@ -162,3 +162,55 @@ def test_openapi_documents_every_field_in_snake_case(client: TestClient) -> None
     for name, schema in spec["components"]["schemas"].items():
         for field in schema.get("properties", {}):
             assert field == field.lower() and "-" not in field, (name, field)
+
+
+def test_every_number_the_api_takes_is_bounded(client: TestClient) -> None:
+    # An unbounded integer reached the database as 2**63 and failed there (a 500), not as a 422.
+    spec = client.get("/openapi.json").json()
+
+    def numbers(schema: dict, where: str) -> Iterator[tuple[str, dict]]:
+        if "$ref" in schema:
+            name = schema["$ref"].rsplit("/", 1)[1]
+            yield from numbers(spec["components"]["schemas"][name], name)
+        for key in ("anyOf", "allOf", "oneOf"):
+            for sub in schema.get(key, []):
+                yield from numbers(sub, where)
+        for name, sub in schema.get("properties", {}).items():
+            yield from numbers(sub, f"{where}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                yield from numbers(schema[key], f"{where}[]")
+        if schema.get("type") in ("integer", "number"):
+            yield where, schema
+
+    found = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            found += numbers(body.get("schema", {}), f"{method} {path}")
+            for param in op.get("parameters", []):
+                found += numbers(param["schema"], f"{method} {path}?{param['name']}")
+    assert len(found) > 20
+    for where, schema in found:
+        assert 0 < schema.get("maximum", schema.get("exclusiveMaximum", 2**64)) <= 2**53, where
+
+    too_big = beat() | {"misses": 2**63}
+    answer = client.post("/api/v1/nodes/heartbeat", json=too_big, headers=AUTH)
+    assert answer.status_code == 422 and "misses" in answer.text
+
+
+def test_a_key_twice_in_one_write(client: TestClient) -> None:
+    # A listing can't hold a key twice: a clear 422 (it was a UNIQUE-constraint 500).
+    twice = {"backend": "datasets-cac", "objects": [{"key": "train/a.tar", "size": 1, "mtime": 0},
+                                                    {"key": "train/a.tar", "size": 2, "mtime": 0}]}  # fmt: skip
+    answer = client.post("/api/v1/crawl", json=twice, headers=AUTH)
+    assert answer.status_code == 422 and "'train/a.tar' is listed twice" in answer.text
+    # Access figures are cumulative: the later record of the same key, user and day wins.
+    batch = [
+        record("train/a.tar", "ana", "vision", 10, 0),
+        record("train/a.tar", "ana", "vision", 30, 5),
+    ]
+    answer = client.post("/api/v1/ingest", json={"node": "gpu-1", "records": batch}, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    (row,) = client.get("/api/v1/usage?group_by=user").json()
+    assert (row["group"], row["bytes_read"], row["files_accessed"]) == ("ana", 30, 1)

@@ -283,6 +283,8 @@ BAD_CONFIGS = [
     ),
     ("governance: {crawl_every: 1d}", "governance.crawl_every: unknown key"),
     ("- a\n- b", "config: expected a mapping, got a list"),
+    # A key with a newline in it (hypothesis found it) stays on the error's one line, escaped.
+    ('metrics: {"ad\\ndr": x}', "metrics.ad\\ndr: unknown key 'ad\\ndr'"),
 ]
 
 

@@ -20,23 +20,23 @@ from warpdrive.control import db
 from warpdrive.control.db import Store
 
 DAY = 86400.0
-INT64 = 2**63 - 1  # the databases' BIGINT
+# Every count and byte figure the API takes: within the databases' BIGINT with room for sums,
+# and exact as a JSON number in the dashboard's JavaScript.
+COUNT_MAX = 2**53 - 1
+Count = Annotated[int, Field(ge=0, le=COUNT_MAX)]
+Seconds = Annotated[float, Field(ge=0, le=COUNT_MAX)]  # Unix time
 
 
 class Heartbeat(BaseModel):
     node: str = Field(min_length=1, max_length=255, description="the node's host name")
     mount_point: str = Field("", max_length=1024, description="where the node mounts")
-    cache_bytes: int = Field(ge=0, le=INT64, description="bytes in the node's cache")
-    max_size: int = Field(ge=0, le=INT64, description="the cache's max_size in bytes")
-    hits: int = Field(
-        ge=0, le=INT64, description="block reads served from the cache, since the cache began"
-    )
-    misses: int = Field(
-        ge=0, description="block reads fetched from a backend, since the cache began"
-    )
+    cache_bytes: Count = Field(description="bytes in the node's cache")
+    max_size: Count = Field(description="the cache's max_size in bytes")
+    hits: Count = Field(description="block reads served from the cache, since the cache began")
+    misses: Count = Field(description="block reads fetched from a backend, since the cache began")
     healthy: bool = Field(description="every backend answered the node's last check")
     backends: dict[str, bool] = Field(default_factory=dict, description="backend name → healthy")
-    teams: dict[str, Annotated[int, Field(ge=0, le=INT64)]] = Field(
+    teams: dict[str, Count] = Field(
         default_factory=dict, description="team → bytes cached for it on the node"
     )
 
@@ -44,8 +44,8 @@ class Heartbeat(BaseModel):
 class QuotaRow(BaseModel):
     team: str = Field(min_length=1, max_length=255)
     backend: str = Field("*", max_length=255, description='a backend name, or "*" for all')
-    soft: int = Field(ge=0, le=INT64, description="bytes; over it the quota's status is WARNING")
-    hard: int = Field(ge=0, le=INT64, description="bytes; agents evict the team's blocks above it")
+    soft: Count = Field(description="bytes; over it the quota's status is WARNING")
+    hard: Count = Field(description="bytes; agents evict the team's blocks above it")
 
     @model_validator(mode="after")
     def soft_below_hard(self) -> QuotaRow:
@@ -70,12 +70,10 @@ class AccessRecord(BaseModel):
     user: str = Field(min_length=1, max_length=255)
     team: str | None = Field(None, max_length=255)
     day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="UTC day, YYYY-MM-DD")
-    bytes: int = Field(
-        ge=0, le=INT64, description="bytes the user read of the object that day (cumulative)"
-    )
-    cache_bytes: int = Field(ge=0, le=INT64, description="of which served from the cache")
-    opens: int = Field(ge=0, le=INT64, description="files opened")
-    last_ts: float = Field(ge=0, le=INT64, description="last read, Unix seconds")
+    bytes: Count = Field(description="bytes the user read of the object that day (cumulative)")
+    cache_bytes: Count = Field(description="of which served from the cache")
+    opens: Count = Field(description="files opened")
+    last_ts: Seconds = Field(description="last read, Unix seconds")
 
 
 class Ingest(BaseModel):
@@ -89,16 +87,25 @@ class IngestReply(BaseModel):
 
 class CrawlObject(BaseModel):
     key: str = Field(min_length=1, max_length=2048)
-    size: int = Field(ge=0, le=INT64)
-    mtime: float = Field(ge=0, le=INT64, description="last modified, Unix seconds")
+    size: Count
+    mtime: Seconds = Field(description="last modified, Unix seconds")
 
 
 class Crawl(BaseModel):
     backend: str = Field(min_length=1, max_length=255)
     objects: list[CrawlObject] = Field(max_length=200_000)
-    finished_at: float | None = Field(
-        None, ge=0, description="when the listing ended (now if absent)"
-    )
+    finished_at: Seconds | None = Field(None, description="when the listing ended (now if absent)")
+
+    @model_validator(mode="after")
+    def one_row_per_key(self) -> Crawl:
+        seen: set[str] = set()
+        for o in self.objects:
+            if o.key in seen:
+                raise ValueError(f"objects: key {o.key!r} is listed twice")
+            seen.add(o.key)
+        if sum(o.size for o in self.objects) > COUNT_MAX:
+            raise ValueError(f"objects: the sizes add up to more than {COUNT_MAX} bytes")
+        return self
 
 
 class CrawlReply(BaseModel):
@@ -117,12 +124,12 @@ class Job(BaseModel):
     node: str = Field("", max_length=255)
     user: str = Field(max_length=255)
     status: int = Field(ge=-(2**31), le=2**31 - 1, description="the job's exit status")
-    started_at: float | None = None
-    finished_at: float = Field(ge=0)
-    hits: int = Field(ge=0, le=INT64)
-    misses: int = Field(ge=0, le=INT64)
-    bytes_fetched: int = Field(ge=0, le=INT64)
-    bytes_served: int = Field(0, ge=0, le=INT64)
+    started_at: Seconds | None = None
+    finished_at: Seconds
+    hits: Count
+    misses: Count
+    bytes_fetched: Count
+    bytes_served: Count = 0
 
 
 class UsageRow(BaseModel):
@@ -315,7 +322,7 @@ def create_app(store: Store, token: str, private_reads: bool = False) -> FastAPI
     @app.get("/api/v1/stale", dependencies=read)
     def stale(
         days: Annotated[float, Query(ge=0, le=36500)] = 90,
-        min_size: Annotated[int, Query(ge=0, le=INT64)] = 0,
+        min_size: Annotated[int, Query(ge=0, le=COUNT_MAX)] = 0,
         backend: Annotated[str | None, Query(max_length=255)] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[StaleRow]:

@@ -22,7 +22,7 @@ from warpdrive.ctl import cachecmds, govern, jobs, warm
 from warpdrive.ctl import move as mover
 from warpdrive.ctl.output import FORMATS, emit, emit_record
 from warpdrive.ctl.paths import objects_under
-from warpdrive.errors import WarpDriveError
+from warpdrive.errors import WarpDriveError, printable
 from warpdrive.governance.store import GovernanceStore
 from warpdrive.reader import WarpDrive
 from warpdrive.units import format_size, parse_size
@@ -50,7 +50,7 @@ class Parser(argparse.ArgumentParser):
     """Bad arguments: one line naming the problem (``--help`` has the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {_printable(message)} (see --help)\n")
+        self.exit(2, f"{self.prog}: {printable(message)} (see --help)\n")
 
 
 # Commands that only read the cache: without one they say so instead of creating an empty one.
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return serve(args.addr, args.database, args.token_env, args.private_reads)
         except WarpDriveError as exc:
-            print(f"warpdrive-ctl serve: {_printable(str(exc))}", file=sys.stderr)
+            print(f"warpdrive-ctl serve: {printable(str(exc))}", file=sys.stderr)
             return 2
     try:
         config = load_config(args.config)
@@ -212,14 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("warpdrive-ctl: interrupted", file=sys.stderr)
         return 130
     except (WarpDriveError, OSError, RuntimeError) as exc:
-        print(f"warpdrive-ctl {args.command}: {_printable(str(exc))}", file=sys.stderr)
+        print(f"warpdrive-ctl {args.command}: {printable(str(exc))}", file=sys.stderr)
         return 2
-
-
-def _printable(text: str) -> str:
-    """``text`` on one line, control characters escaped: an argument with a carriage return or
-    an escape sequence must not rewrite the terminal or split the error."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _store(wd: WarpDrive) -> GovernanceStore:
