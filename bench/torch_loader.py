@@ -9,11 +9,13 @@
 2. Cold, over an emulated WAN link (Azurite behind the user-space WAN proxy, default 30 ms /
    200 Mbit/s, the nearer demo region), from an empty cache each time: one shuffled epoch with
    a simulated training step per sample (``--step-ms``), without hints (``prefetch_shards=0``)
-   and with them. Wall seconds and the reads that had to wait for the backend (misses).
+   and with them, in-process and with a DataLoader of ``--cold-workers`` workers. Wall seconds,
+   the reads that had to wait for the backend (misses), and the bytes fetched over the bytes of
+   the shards (above 1: some block was fetched twice, or read ahead and never used).
 
 Prints tables and writes bench/out/torch_loader.json.
 Run: ``python bench/torch_loader.py [--shards 16] [--samples 200] [--kb 64] [--runs 3]
-[--cold-shards 12] [--rtt 30ms] [--bandwidth 200mbit] [--step-ms 2]``.
+[--cold-shards 12] [--rtt 30ms] [--bandwidth 200mbit] [--step-ms 2] [--cold-workers 2]``.
 """
 
 from __future__ import annotations
@@ -149,36 +151,46 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
         os.environ["WD_BENCH_KEY"] = AZURITE_KEY
         endpoint = f"http://127.0.0.1:{proxy.port}/devstoreaccount1"
         urls = f"warpdrive://ds/train/shard-{{000000..{args.cold_shards - 1:06d}}}.tar"
-        for step_ms in (0.0, args.step_ms):
-            for k in (0, 2, 4):
-                walls, misses = [], []
-                for _ in range(args.runs):
-                    shutil.rmtree(work / "cold-cache", ignore_errors=True)
-                    wd = WarpDrive(
-                        parse_config(
-                            f"cache: {{path: {work / 'cold-cache'}, max_size: 4GB, "
-                            "block_size: 4MB}\nbackends:\n  - name: ds\n    type: azureblob\n"
-                            "    config: {account: devstoreaccount1, container: datasets, "
-                            f"endpoint: '{endpoint}'}}\n"
-                            "    auth: {method: account_key, account_key_env: WD_BENCH_KEY}\n"
-                        )
+        cases = [
+            (w, s, k)
+            for w in (0, args.cold_workers)
+            for s in (0.0, args.step_ms)
+            for k in (0, 2, 4)
+        ]
+        for workers, step_ms, k in cases:
+            walls, misses, fetched = [], [], []
+            for _ in range(args.runs):
+                shutil.rmtree(work / "cold-cache", ignore_errors=True)
+                wd = WarpDrive(
+                    parse_config(
+                        f"cache: {{path: {work / 'cold-cache'}, max_size: 4GB, "
+                        "block_size: 4MB}\nbackends:\n  - name: ds\n    type: azureblob\n"
+                        "    config: {account: devstoreaccount1, container: datasets, "
+                        f"endpoint: '{endpoint}'}}\n"
+                        "    auth: {method: account_key, account_key_env: WD_BENCH_KEY}\n"
                     )
-                    ds = ShardDataset(urls, wd=wd, seed=1, prefetch_shards=k)
-                    started = time.perf_counter()
-                    n = 0
-                    for _sample in ds:
-                        n += 1
-                        if step_ms:
-                            time.sleep(step_ms / 1000)
-                    walls.append(time.perf_counter() - started)
-                    misses.append(wd.index.counters().get("misses", 0))
-                    wd.close()
-                    if n != args.cold_shards * args.samples:
-                        raise SystemExit(f"cold epoch saw {n} samples")
-                label = f"step {step_ms:g} ms, prefetch_shards={k}"
-                results[f"cold epoch seconds, {label}"] = statistics.median(walls)
-                results[f"cold epoch misses, {label}"] = statistics.median(misses)
-                lines.append((label, statistics.median(walls), statistics.median(misses)))
+                )
+                ds = ShardDataset(urls, wd=wd, seed=1, prefetch_shards=k)
+                started = time.perf_counter()
+                n = 0
+                samples = DataLoader(ds, batch_size=None, num_workers=workers) if workers else ds
+                for _sample in samples:
+                    n += 1
+                    if step_ms:
+                        time.sleep(step_ms / 1000)
+                walls.append(time.perf_counter() - started)
+                counters = wd.index.counters()
+                misses.append(counters.get("misses", 0))
+                fetched.append(counters.get("bytes_fetched", 0) / total)
+                wd.close()
+                if n != args.cold_shards * args.samples:
+                    raise SystemExit(f"cold epoch saw {n} samples")
+            where = f"{workers} workers" if workers else "in-process"
+            label = f"{where}, step {step_ms:g} ms, prefetch_shards={k}"
+            results[f"cold epoch seconds, {label}"] = statistics.median(walls)
+            results[f"cold epoch misses, {label}"] = statistics.median(misses)
+            results[f"cold epoch fetched / source bytes, {label}"] = max(fetched)
+            lines.append((label, statistics.median(walls), statistics.median(misses), max(fetched)))
     finally:
         proxy.stop()
         az.stop()
@@ -192,10 +204,10 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
     )
     print_table(
         [
-            (label, f"{wall:.2f} s", f"{misses:.0f}", f"{bound / wall:.2f}x")
-            for label, wall, misses in lines
+            (label, f"{wall:.2f} s", f"{misses:.0f}", f"{fetched:.3f}", f"{bound / wall:.2f}x")
+            for label, wall, misses, fetched in lines
         ],
-        ("case", "epoch wall", "reads that waited", "link bound / wall"),
+        ("case", "epoch wall", "reads that waited", "fetched / source", "link bound / wall"),
     )
     return results
 
@@ -210,6 +222,7 @@ def main() -> int:
     p.add_argument("--rtt", default="30ms")
     p.add_argument("--bandwidth", default="200mbit")
     p.add_argument("--step-ms", type=float, default=2.0)
+    p.add_argument("--cold-workers", type=int, default=2, help="DataLoader workers, cold cases")
     p.add_argument("--skip-cold", action="store_true")
     p.add_argument("--json", default=str(Path(__file__).parent / "out" / "torch_loader.json"))
     args = p.parse_args()

@@ -68,14 +68,17 @@ class _Core:
         self._access: AccessLog | None = None  # started by the first file read
         self._access_lock = threading.Lock()
 
-    def open_handle(self, path: str, team: str | None = None, user: str | None = None) -> Handle:
+    def open_handle(
+        self, path: str, team: str | None = None, user: str | None = None, scan: bool = True
+    ) -> Handle:
         """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
-        process's user and team); tells the prefetcher a file opened."""
+        process's user and team); tells the prefetcher a file opened (``scan``)."""
         norm = self.namespace.normalize(path)
         obj = self.version(norm)
         if user is None:
             user, team = self.user, self.team
-        self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
+        if scan:
+            self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
         return Handle(self, norm, obj, team, user)
 
     def record_access(self, handle: Handle) -> None:
@@ -416,21 +419,29 @@ class WarpDrive:
     # -- the API ---------------------------------------------------------------------------
 
     def open(
-        self, path: str, mode: str = "rb", buffering: int = -1
+        self, path: str, mode: str = "rb", buffering: int = -1, *, scan: bool = True
     ) -> io.RawIOBase | io.BufferedReader:
-        """A binary file-like over ``path`` (``buffering=0``: unbuffered, raw handle)."""
+        """A binary file-like over ``path`` (``buffering=0``: unbuffered, raw handle;
+        ``scan``: as in :meth:`open_handle`)."""
         if mode not in ("rb", "r"):
             raise ValueError(f"WarpDrive is read-only: mode {mode!r} not supported (use 'rb')")
-        handle = self._core.open_handle(path)
+        handle = self._core.open_handle(path, scan=scan)
         if buffering == 0:
             return handle
         return io.BufferedReader(handle, buffering if buffering > 1 else DEFAULT_BUFFER)
 
-    def open_handle(self, path: str, team: str | None = None, user: str | None = None) -> Handle:
+    def open_handle(
+        self, path: str, team: str | None = None, user: str | None = None, *, scan: bool = True
+    ) -> Handle:
         """The unbuffered handle of :meth:`open`, typed (``pread``, ``pread_into``), reading on
         behalf of ``user`` of ``team`` (default: this process's user and team). Closing a handle
-        that read something adds to the node's access records (see ``warpdrive-ctl usage``)."""
-        return self._core.open_handle(path, team, user)
+        that read something adds to the node's access records (see ``warpdrive-ctl usage``).
+
+        ``scan=False`` keeps this open out of the directory-scan prefetch (the next files of a
+        directory read in name order). A loader that deals a directory's files out to several
+        workers or ranks must pass it: each worker would otherwise prefetch the files dealt to
+        the others, and the processes, each with its own fetcher, fetch the same blocks twice."""
+        return self._core.open_handle(path, team, user, scan)
 
     @property
     def cache_root(self) -> str:
@@ -541,8 +552,12 @@ class WarpDrive:
         core.prefetcher.hint(list(items), core.version, core.team)
 
     def flush(self) -> None:
-        """Write batched access times and counters to the shared index now."""
-        self._core.cache.flush()
+        """Write batched access times and counters to the shared index now. Nothing to write
+        when this process has no core open (never used, or closed): opening one just to flush
+        would reopen a closed WarpDrive's cache behind its back."""
+        core = self._core_obj
+        if core is not None and self._core_pid == os.getpid():
+            core.cache.flush()
 
     def close(self) -> None:
         """Stop background work and release the cache; idempotent."""

@@ -55,7 +55,9 @@ class CacheSource:
 
     def _open(self, shard: Shard) -> BinaryIO:
         try:
-            handle = self.wd.open_handle(shard.path)
+            # Shards are dealt out to ranks and workers, and each worker hints its own next
+            # ones: a directory scan here would fetch the other workers' shards a second time.
+            handle = self.wd.open_handle(shard.path, scan=False)
         except NotFoundError:
             raise NotFoundError(f"{shard.url}: shard not found") from None
         return io.BufferedReader(handle, READ_BUFFER)

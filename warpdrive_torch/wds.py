@@ -10,11 +10,13 @@ mount need nothing: webdataset opens them as files.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import threading
 from typing import IO, Any
 
 from warpdrive import Config, WarpDrive
+from warpdrive_torch.split import rank_and_world
 
 SCHEME = "warpdrive"
 
@@ -41,12 +43,30 @@ def open_url(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[b
     """webdataset's opener protocol: a readable binary stream of ``url``."""
     if mode != "rb":
         raise ValueError(f"{url}: warpdrive:// is read-only (mode {mode!r})")
-    return _warpdrive().open(url, "rb", max(bufsize, 1 << 20))  # type: ignore[return-value]
+    stream = _warpdrive().open(url, "rb", max(bufsize, 1 << 20), scan=_sole_reader())
+    return stream  # type: ignore[return-value]
+
+
+def _sole_reader() -> bool:
+    """Whether this process reads the whole shard list. webdataset deals shards out to ranks
+    and DataLoader workers; then a directory-scan prefetch in one would fetch the others'."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    try:
+        world = rank_and_world()[1]
+    except ValueError:  # RANK/WORLD_SIZE inconsistent: not ours to refuse, but not alone either
+        return False
+    return (info is None or info.num_workers == 1) and world == 1
 
 
 def _warpdrive() -> WarpDrive:
     global _instance
     with _lock:
         if _instance is None or _instance[0] != os.getpid():
-            _instance = (os.getpid(), WarpDrive(_config))
+            wd = WarpDrive(_config)
+            # A DataLoader worker ends without closing anything: its counters (misses, bytes
+            # fetched) still reach the shared index as it exits.
+            multiprocessing.util.Finalize(wd, wd.flush, exitpriority=10)
+            _instance = (os.getpid(), wd)
         return _instance[1]
