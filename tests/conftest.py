@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from warpdrive import Config, WarpDrive, parse_config
 from warpdrive.testing.servers import (
@@ -31,6 +32,12 @@ os.environ.setdefault("WD_TEST_AZURE_KEY", AZURITE_KEY)
 os.environ.setdefault("WD_TEST_S3_KEY", MOTO_KEY_ID)
 os.environ.setdefault("WD_TEST_S3_SECRET", MOTO_SECRET)
 _counter = itertools.count()
+
+# `make test` (CI) draws every property test's examples from hypothesis's fixed seed, so a
+# landing never depends on a lucky draw; plain `pytest` draws anew each run, which is how the
+# fuzzing finds new bad inputs (run it with more examples by hand to hunt).
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 BACKEND_TYPES = ["local", "azureblob", "s3"]
 
