@@ -15,8 +15,10 @@ across ``fork()`` (DataLoader workers) and each process opens its own.
 from __future__ import annotations
 
 import io
+import multiprocessing.util
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -373,6 +375,12 @@ class Handle(io.RawIOBase):
         super().close()
 
 
+def _flush_at_exit(ref: weakref.ref[WarpDrive]) -> None:
+    wd = ref()
+    if wd is not None:
+        wd.flush()
+
+
 class WarpDrive:
     """Reads objects of every configured backend through the shared block cache."""
 
@@ -414,6 +422,12 @@ class WarpDrive:
                 # A core inherited from our parent is abandoned, never closed or used here.
                 self._core_obj = _Core(self.config, self.metrics, self._wrap)
                 self._core_pid = os.getpid()
+                # A process may end without closing us (a DataLoader worker does): its last
+                # counters still reach the shared index as it exits. A weak reference, so the
+                # registration keeps nothing alive.
+                multiprocessing.util.Finalize(
+                    self, _flush_at_exit, args=(weakref.ref(self),), exitpriority=10
+                )
             return self._core_obj
 
     # -- the API ---------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import io
-import multiprocessing.util
 import os
 from collections.abc import Iterable
 from typing import BinaryIO, Protocol
@@ -40,20 +39,11 @@ class CacheSource:
 
     def __init__(self, wd: WarpDrive | Config | str | os.PathLike[str] | None) -> None:
         self.wd = wd if isinstance(wd, WarpDrive) else WarpDrive(wd)
-        self._flush_at_exit_pid = -1
-
-    def open(self, shard: Shard) -> BinaryIO:
-        if self._flush_at_exit_pid != os.getpid():
-            # A DataLoader worker may end without closing its iterator (an endless stream,
-            # a loader shut down mid-epoch); its counters still reach the index as it exits.
-            multiprocessing.util.Finalize(self, self.wd.flush, exitpriority=10)
-            self._flush_at_exit_pid = os.getpid()
-        return self._open(shard)
 
     def expand(self, urls: str | Iterable[str]) -> list[Shard]:
         return expand(self.wd, urls)
 
-    def _open(self, shard: Shard) -> BinaryIO:
+    def open(self, shard: Shard) -> BinaryIO:
         try:
             # Shards are dealt out to ranks and workers, and each worker hints its own next
             # ones: a directory scan here would fetch the other workers' shards a second time.

@@ -10,7 +10,6 @@ mount need nothing: webdataset opens them as files.
 
 from __future__ import annotations
 
-import multiprocessing.util
 import os
 import threading
 from typing import IO, Any
@@ -64,9 +63,5 @@ def _warpdrive() -> WarpDrive:
     global _instance
     with _lock:
         if _instance is None or _instance[0] != os.getpid():
-            wd = WarpDrive(_config)
-            # A DataLoader worker ends without closing anything: its counters (misses, bytes
-            # fetched) still reach the shared index as it exits.
-            multiprocessing.util.Finalize(wd, wd.flush, exitpriority=10)
-            _instance = (os.getpid(), wd)
+            _instance = (os.getpid(), WarpDrive(_config))
         return _instance[1]

@@ -454,8 +454,19 @@ def test_file_dataset_random_access_through_the_cache(azure_store: Store) -> Non
         assert sample["jpg"] == files[f"images/{cls}/{stem}.jpg"]
         assert sample["json"] == files[f"images/{cls}/{stem}.json"]
         assert sample["cls"] == ds.classes.index(cls)
+    wd.flush()
+    before = wd.index.counters().get("bytes_fetched", 0)
     loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, collate_fn=list)
     got = {s["__key__"]: s["jpg"] for batch in loader for s in batch}
+    # The workers fetched the samples not read above, and their counters reached the shared
+    # index as they exited (nothing closes a worker's WarpDrive).
+    read_above = {ds[i]["__key__"].removeprefix(base + "/") for i in (7, 0, 9, 3)}
+    cold = sum(
+        len(data)
+        for key, data in files.items()
+        if key != "images/README" and key[7:].rpartition(".")[0] not in read_above
+    )
+    assert wd.index.counters()["bytes_fetched"] - before == cold
     assert got == {
         f"{base}/{k.split('/')[1]}/{k.split('/')[2][:4]}": v
         for k, v in files.items()
