@@ -39,6 +39,7 @@ CONFIG_KEYS = {
     "metrics_url": str,
     "json_out": str,
     "warpdrive_config": str,
+    "partition": str,
 }
 
 
@@ -69,6 +70,13 @@ def train_parser() -> argparse.ArgumentParser:
         "reader",
         choices=["posix", "warpdrive"],
         help="plain files (e.g. under the mount) or in-process through the cache (posix)",
+    )
+    _option(
+        p,
+        "partition",
+        choices=["node", "global"],
+        help="under torchrun: each node reads the same shards every epoch (node, default) "
+        "or a new share of all of them (global)",
     )
     _option(p, "model", choices=["linear", "cnn"], help="linear (default) or cnn (with --decode)")
     p.add_argument(

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from forge.features import Collate
 from warpdrive import WarpDrive
 from warpdrive.errors import NotFoundError
+from warpdrive.shards import URL_SCHEME
 from warpdrive_torch import ShardDataset
 from warpdrive_torch.decode import Sample
-from warpdrive_torch.shards import URL_SCHEME
 
 SHARD_NAME = re.compile(r"^shard-[0-9]{6,}\.tar$")  # as the original discovers them
 
@@ -78,8 +78,10 @@ def make_loader(
     num_workers: int,
     seed: int,
     decode: bool,
+    partition: str = "node",
 ) -> tuple[DataLoader[Any], dict[str, int]]:
-    """The batch stream, and how many shards each root holds."""
+    """The batch stream of this rank (its rank and node from torch.distributed and the
+    launcher), and how many shards each root holds."""
     groups = {root: discover(root, wd) for root in roots}
     for root, shards in groups.items():
         if not shards:
@@ -90,8 +92,7 @@ def make_loader(
         reader=reader,
         seed=seed,
         shuffle=True,
-        rank=0,
-        world_size=1,
+        partition=partition,
     )
     loader: DataLoader[Any] = DataLoader(
         Endless(dataset),

@@ -28,10 +28,14 @@ def make_model(kind: str, seed: int) -> nn.Module:
 
 
 class Trainer:
-    """One SGD step at a time on ``device``."""
+    """One SGD step at a time on ``device`` (with every rank of the job, when distributed)."""
 
-    def __init__(self, model: nn.Module, lr: float, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, lr: float, device: torch.device, distributed: bool = False
+    ) -> None:
         self.model = model.to(device)
+        if distributed:  # gradients averaged over every rank's batch at each step
+            self.model = nn.parallel.DistributedDataParallel(self.model)
         self.device = device
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
         self.loss_fn = nn.CrossEntropyLoss()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from forge import metrics
 from forge.data import make_loader
 from forge.model import Trainer, make_model
 from warpdrive import WarpDrive
+from warpdrive_torch.world import resolve
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RunConfig:
     metrics_url: str | None = None
     json_out: str | None = None
     warpdrive_config: str | None = None
+    partition: str = "node"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -66,6 +70,8 @@ class RunConfig:
             raise SystemExit("forge train: --model cnn needs --decode (it learns from pixels)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise SystemExit(f"forge train: device {self.device!r}: expected cpu, cuda or auto")
+        if self.partition not in ("node", "global"):
+            raise SystemExit(f"forge train: partition {self.partition!r}: expected node or global")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise SystemExit("forge train: --device cuda, but torch sees no CUDA device")
 
@@ -118,15 +124,25 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
         if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
+    group = Group.join(device)
+    if group.rank:
+        out = _quiet  # one rank speaks for the job; every rank trains on its own shards
     wd = WarpDrive(cfg.warpdrive_config) if cfg.reader == "warpdrive" else None
     source = "metrics-url" if cfg.metrics_url else ("cache-index" if wd is not None else None)
     before = _snapshot(cfg, wd)
     loader, counts = make_loader(
-        cfg.train_roots, cfg.reader, wd, cfg.batch_size, cfg.num_workers, cfg.seed, cfg.decode
+        cfg.train_roots,
+        cfg.reader,
+        wd,
+        cfg.batch_size,
+        cfg.num_workers,
+        cfg.seed,
+        cfg.decode,
+        cfg.partition,
     )
     for root, n in counts.items():
         out(f"root={root} shards={n}")
-    trainer = Trainer(make_model(cfg.model, cfg.seed), cfg.lr, device)
+    trainer = Trainer(make_model(cfg.model, cfg.seed), cfg.lr, device, group.size > 1)
     window, logged = Window(), []
     images = 0
     data_total = compute_total = 0.0
@@ -170,6 +186,7 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
         "first_loss": first_loss,
         "final_loss": loss,
         "device": str(device),
+        "ranks": group.size,
     }
     out(
         f"summary wall_ms={summary['wall_ms']:.0f} images_per_sec={summary['images_per_sec']:.1f} "
@@ -192,12 +209,44 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
             f"bytes_fetched={deltas['bytes_fetched']}"
             + (f" fuse_reads={deltas['fuse_reads']}" if deltas["fuse_reads"] is not None else "")
         )
-    if cfg.json_out:
-        Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    json_out = cfg.json_out and cfg.json_out.format(rank=group.rank, node=group.node)
+    if json_out and (group.rank == 0 or json_out != cfg.json_out):
+        result["layout"] = group.layout
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     if wd is not None:
         wd.close()
+    group.leave()
     return result
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Group:
+    """The torch.distributed group of a run under torchrun (WORLD_SIZE > 1): gloo on the CPU,
+    NCCL on CUDA; a group of one otherwise."""
+
+    rank: int = 0
+    size: int = 1
+    node: int = 0
+    layout: dict[str, int] = field(default_factory=dict)
+    owned: bool = False
+
+    @classmethod
+    def join(cls, device: torch.device) -> Group:
+        owned = False
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            owned = True
+        layout = resolve()
+        return cls(layout.rank, layout.world_size, layout.node, layout.as_dict(), owned)
+
+    def leave(self) -> None:
+        if self.owned:
+            dist.destroy_process_group()
 
 
 def _snapshot(cfg: RunConfig, wd: WarpDrive | None) -> metrics.Snapshot | None:

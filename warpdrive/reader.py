@@ -74,12 +74,12 @@ class _Core:
         self, path: str, team: str | None = None, user: str | None = None, scan: bool = True
     ) -> Handle:
         """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
-        process's user and team); tells the prefetcher a file opened (``scan``)."""
+        process's user and team); tells the prefetcher a file opened (``scan``, unless the config turns scans off)."""
         norm = self.namespace.normalize(path)
         obj = self.version(norm)
         if user is None:
             user, team = self.user, self.team
-        if scan:
+        if scan and self.config.cache.scan_prefetch:
             self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
         return Handle(self, norm, obj, team, user)
 

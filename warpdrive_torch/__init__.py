@@ -13,6 +13,7 @@ cache (see :mod:`warpdrive_torch.wds`).
 
 import contextlib
 
+from warpdrive.shards import Shard, expand, expand_braces
 from warpdrive_torch.dataset import ShardDataset
 from warpdrive_torch.decode import make_decoder
 from warpdrive_torch.files import FileDataset
@@ -23,12 +24,13 @@ from warpdrive_torch.handlers import (
     warn_and_stop,
 )
 from warpdrive_torch.loader import ResumableLoader
-from warpdrive_torch.shards import Shard, expand, expand_braces
+from warpdrive_torch.sampler import NodeSampler
 from warpdrive_torch.tario import ShardError
 from warpdrive_torch.wds import register_webdataset
 
 __all__ = [
     "FileDataset",
+    "NodeSampler",
     "ResumableLoader",
     "Shard",
     "ShardDataset",

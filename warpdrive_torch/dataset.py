@@ -2,20 +2,23 @@
 
 One epoch, in each DataLoader worker of each rank::
 
-    shards ──(seed, epoch) permutation──▶ deal to ranks, then workers (split.share)
+    shards ──this rank's shards of the epoch (warpdrive.partition: the node's fixed set,
+      permuted by (seed, epoch), dealt to its ranks; or the global permutation)──▶ workers
       ──▶ for each of my shards: hint the next K to the cache, read its tar (tario), group
           members into samples by key ──▶ bounded shuffle buffer (seed, epoch, rank, worker)
       ──▶ [epoch_size: stop at this worker's quota, or pad by another pass] ──▶ decode, tag
 
-Every step is a pure function of (shards, seed, epoch, rank, world, worker, workers), so the
+Every step is a pure function of (shards, seed, epoch, layout, worker, workers), so the
 stream can be replayed: a sample's position in its worker's stream (``__index__``) is all a
 checkpoint needs. Resuming replays the stream without reading the data of what was consumed
 (tar headers only, skipping member bytes) and continues at the first unconsumed position.
+Resuming on another layout (more or fewer nodes, ranks or workers) takes every rank's state:
+the old streams are replayed the same way to find which samples of this rank's new shards were
+consumed, and those are skipped for the rest of the epoch.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import random
@@ -27,16 +30,17 @@ from torch.utils.data import IterableDataset
 
 from warpdrive import Config, WarpDrive
 from warpdrive.errors import WarpDriveError
+from warpdrive.partition import MODES, Layout, quotas, rank_shards, share
+from warpdrive.shards import Shard
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 from warpdrive_torch.handlers import Handler, reraise_exception
-from warpdrive_torch.shards import Shard
 from warpdrive_torch.sources import CacheSource, FileSource, Source
-from warpdrive_torch.split import quotas, rank_and_world, share, worker_and_count
 from warpdrive_torch.tario import ShardError, iter_members
+from warpdrive_torch.world import resolve, worker_and_count
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -46,6 +50,7 @@ class _Pending:
 
     key: str
     shard: Shard
+    ordinal: int  # the sample's place in its shard: what a checkpoint's skip set names
     fields: dict[str, bytes | tuple[int, int]] = field(default_factory=dict)
 
     def load(self, source: Source) -> Sample:
@@ -80,7 +85,11 @@ class ShardDataset(IterableDataset[Sample]):
     ``shuffle``: permute shards by (seed, epoch) and samples through a buffer of
     ``shuffle_buffer``; with several URL patterns (regions), each pattern's shards are permuted
     and the patterns taken in turn, so every region is read throughout the epoch.
-    ``rank``/``world_size``: default from torch.distributed or the launcher.
+    ``partition``: ``"node"`` (default): each node of the job reads the same shards every
+    epoch of a run, so its cache serves every epoch after the first; ``"global"``: each epoch
+    deals a permutation of all shards to all ranks. With one node both give the same order.
+    ``rank``/``world_size``, ``node_rank``/``num_nodes``: default from torch.distributed and
+    the launcher (torchrun, Slurm); see :mod:`warpdrive_torch.world`.
     ``epoch_size``: samples per rank per epoch, for equal steps on every rank: each worker stops
     at its share (the rest of its samples are dropped this epoch) or, when short, pads with a
     further pass over its own shards (repeats); None: every sample once.
@@ -98,8 +107,11 @@ class ShardDataset(IterableDataset[Sample]):
         shuffle: bool = True,
         seed: int = 0,
         shuffle_buffer: int = 256,
+        partition: str = "node",
         rank: int | None = None,
         world_size: int | None = None,
+        node_rank: int | None = None,
+        num_nodes: int | None = None,
         epoch_size: int | None = None,
         prefetch_shards: int = 2,
         handler: Handler = reraise_exception,
@@ -111,6 +123,8 @@ class ShardDataset(IterableDataset[Sample]):
             raise ValueError(f"prefetch_shards={prefetch_shards}: must be 0 or more")
         if epoch_size is not None and epoch_size < 1:
             raise ValueError(f"epoch_size={epoch_size}: must be at least 1")
+        if partition not in MODES:
+            raise ValueError(f"partition={partition!r}: expected one of {', '.join(MODES)}")
         if reader == "warpdrive":
             self.source: Source = CacheSource(wd)
         elif reader == "posix":
@@ -124,13 +138,27 @@ class ShardDataset(IterableDataset[Sample]):
         self.shuffle = shuffle
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.partition = partition
+        self.layout = resolve(rank, world_size, node_rank, num_nodes)
         self.epoch_size = epoch_size
         self.prefetch_shards = prefetch_shards
         self.handler = handler
         self.epoch = 0
         self._resume: dict[str, Any] | None = None
         self._positions: dict[int, int] = {}  # in-process iteration only (num_workers=0)
+        # This epoch continues a checkpoint of another layout: its ranks' states, the samples
+        # of this rank's shards they consumed, and how many samples per rank they had given.
+        self._before: list[dict[str, Any]] = []
+        self._skip: frozenset[tuple[str, int]] = frozenset()
+        self._done = 0
+
+    @property
+    def rank(self) -> int:
+        return self.layout.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.layout.world_size
 
     def __len__(self) -> int:
         """Samples per epoch on this rank: known only with ``epoch_size``."""
@@ -143,6 +171,7 @@ class ShardDataset(IterableDataset[Sample]):
         if epoch != self.epoch:
             self._resume = None
             self._positions = {}
+            self._before, self._skip, self._done = [], frozenset(), 0
         self.epoch = epoch
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -152,52 +181,137 @@ class ShardDataset(IterableDataset[Sample]):
     ) -> dict[str, Any]:
         """Where this rank stands in its epoch. Iterating in-process (``num_workers=0``) this
         is tracked here; with DataLoader workers use :class:`ResumableLoader`, which passes
-        the positions it saw."""
+        the positions it saw. To resume on another layout, save every rank's state (e.g.
+        ``torch.distributed.all_gather_object``) and load the list."""
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
             "epoch": self.epoch,
+            "partition": self.partition,
+            "layout": self.layout.as_dict(),
             "rank": self.rank,
             "world_size": self.world_size,
             "num_workers": max(1, num_workers),
+            "epoch_size": self.epoch_size,
             "shards": len(self.shards),
             "positions": {str(w): n for w, n in sorted((positions or self._positions).items())},
+            "before": self._before,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` at the next iteration: the same epoch, the samples not yet
-        consumed, exactly once. ValueError naming what differs if it cannot be continued."""
+    def load_state_dict(
+        self, state: dict[str, Any] | Sequence[dict[str, Any]], num_workers: int | None = None
+    ) -> None:
+        """Continue from a checkpoint at the next iteration: the same epoch, the samples not
+        yet consumed, exactly once. ``state``: this rank's state (the same layout and number of
+        workers), or the states of all ranks of the checkpoint (any layout, any number of
+        workers; ``num_workers``: this run's, when it uses DataLoader workers). ValueError
+        naming what differs if it cannot be continued."""
+        states = [state] if isinstance(state, dict) else list(state)
+        if not states:
+            raise ValueError("cannot resume: no state given")
+        for st in states:
+            self._check_run(st)
+        epoch = int(states[0]["epoch"])
+        if len({int(st["epoch"]) for st in states}) > 1:
+            raise ValueError("cannot resume: the states are of different epochs")
+        self.set_epoch(epoch)
+        self._resume, self._positions = None, {}
+        self._before, self._skip, self._done = [], frozenset(), 0
+        mine = [st for st in states if _layout(st) == self.layout]
+        ranks = sorted(_layout(st).rank for st in states)
+        whole = ranks == list(range(_layout(states[0]).world_size))
+        if mine and (num_workers is None or mine[0]["num_workers"] == max(1, num_workers)):
+            self._resume = mine[0]
+            self._positions = {int(w): int(n) for w, n in mine[0]["positions"].items()}
+            self._before = list(mine[0].get("before") or [])
+            if self._before:
+                self._skip, self._done = self._consumed(self._before, self._my_shards())
+        elif whole:
+            self._before = sorted(states, key=lambda st: _layout(st).rank)
+            self._skip, self._done = self._consumed(self._before, self._my_shards())
+        else:
+            old = _layout(states[0])
+            raise ValueError(
+                f"cannot resume: the checkpoint is of rank(s) {ranks} of {old.world_size} on "
+                f"{old.nodes} node(s), this is rank {self.rank} of {self.world_size} on "
+                f"{self.layout.nodes}; load the states of all ranks to change the layout"
+            )
+
+    def _check_run(self, state: dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"state version {state.get('version')!r}: expected {STATE_VERSION}")
         for name, mine in (
             ("seed", self.seed),
-            ("rank", self.rank),
-            ("world_size", self.world_size),
             ("shards", len(self.shards)),
+            ("partition", self.partition),
+            ("epoch_size", self.epoch_size),
         ):
             if state[name] != mine:
                 raise ValueError(
                     f"cannot resume: the checkpoint has {name}={state[name]!r}, "
                     f"this dataset {name}={mine!r}"
                 )
-        self.epoch = int(state["epoch"])
-        self._resume = state
-        self._positions = {int(w): int(n) for w, n in state["positions"].items()}
+
+    def _consumed(
+        self, states: list[dict[str, Any]], wanted: set[Shard] | None
+    ) -> tuple[frozenset[tuple[str, int]], int]:
+        """The samples of ``wanted`` shards (None: all) that the ranks of ``states`` handed
+        out this epoch, as (shard path, ordinal), and how many samples each rank had given.
+        Replays their streams reading tar headers only, without hints."""
+        prior, done = (
+            self._consumed(states[0]["before"], None)
+            if states[0].get("before")
+            else (frozenset(), 0)
+        )
+        consumed = set(prior)
+        for st in states:
+            layout, workers = _layout(st), int(st["num_workers"])
+            shards = self._rank_shards(layout)
+            for worker in range(workers):
+                n = int(st["positions"].get(str(worker), 0))
+                mine = share(shards, worker, workers)
+                if not n or (wanted is not None and wanted.isdisjoint(mine)):
+                    continue
+                replay = _Replay(n)
+                want = self._quota(worker, workers, done)
+                for pending in self._ordered(mine, layout.rank, worker, want, replay, prior, False):
+                    if replay.emitted >= n:
+                        break
+                    replay.emitted += 1
+                    if wanted is None or pending.shard in wanted:
+                        consumed.add((pending.shard.path, pending.ordinal))
+        given = max(sum(int(n) for n in st["positions"].values()) for st in states)
+        return frozenset(consumed), done + given
 
     # -- iteration -------------------------------------------------------------------------
 
     def shard_order(self, epoch: int | None = None) -> list[Shard]:
-        """All shards in the order of ``epoch`` (before they are dealt to ranks and workers)."""
-        if not self.shuffle:
-            return list(self.shards)
+        """All shards in the global order of ``epoch`` (``partition="global"``'s, before
+        they are dealt to ranks and workers)."""
         epoch = self.epoch if epoch is None else epoch
-        groups = []
-        for g, group in enumerate(self._groups):
-            order = list(group)
-            random.Random(f"shards:{self.seed}:{epoch}:{g}").shuffle(order)
-            groups.append(order)
-        # Round-robin across the patterns (regions), the longer ones finishing last.
-        return [s for turn in itertools.zip_longest(*groups) for s in turn if s is not None]
+        return rank_shards(
+            self._groups, Layout(), seed=self.seed, epoch=epoch, shuffle=self.shuffle
+        )
+
+    def _rank_shards(self, layout: Layout) -> list[Shard]:
+        return rank_shards(
+            self._groups,
+            layout,
+            seed=self.seed,
+            epoch=self.epoch,
+            shuffle=self.shuffle,
+            mode=self.partition,
+        )
+
+    def _my_shards(self) -> set[Shard]:
+        return set(self._rank_shards(self.layout))
+
+    def _quota(self, worker: int, workers: int, done: int) -> int | None:
+        """epoch_size's share of one worker (None: no epoch_size), after ``done`` samples per
+        rank were given before a change of layout."""
+        if self.epoch_size is None:
+            return None
+        return quotas(max(0, self.epoch_size - done), [1] * workers)[worker]
 
     def __iter__(self) -> Iterator[Sample]:
         worker, workers = worker_and_count()
@@ -210,26 +324,23 @@ class ShardDataset(IterableDataset[Sample]):
                 )
             start = int(self._resume["positions"].get(str(worker), 0))
             self._resume = None  # a later iteration starts the epoch afresh
-        order = self.shard_order()
-        mine = share(order, self.rank, self.world_size, worker, workers)
-        want = None
-        if self.epoch_size is not None:
-            # The same share on every rank, whatever its shards hold: equal steps everywhere.
-            want = quotas(self.epoch_size, [1] * workers)[worker]
-            if want and not mine:
-                raise ValueError(
-                    f"epoch_size={self.epoch_size}: rank {self.rank} worker {worker} has no "
-                    f"shard to read ({len(self.shards)} shards for {self.world_size} rank(s) × "
-                    f"{workers} worker(s)); use fewer workers or more shards"
-                )
+        mine = share(self._rank_shards(self.layout), worker, workers)
+        want = self._quota(worker, workers, self._done)
+        if want and not mine:
+            raise ValueError(
+                f"epoch_size={self.epoch_size}: rank {self.rank} worker {worker} has no "
+                f"shard to read ({len(self.shards)} shards for {self.world_size} rank(s) × "
+                f"{workers} worker(s)); use fewer workers or more shards"
+            )
         return self._stream(mine, worker, want, start)
 
     def _stream(
         self, mine: list[Shard], worker: int, want: int | None, start: int
     ) -> Iterator[Sample]:
         replay = _Replay(start)
+        stream = self._ordered(mine, self.rank, worker, want, replay, self._skip, True)
         try:
-            for position, pending in enumerate(self._ordered(mine, worker, want, replay)):
+            for position, pending in enumerate(stream):
                 replay.emitted = position + 1
                 if position < start:
                     continue
@@ -243,7 +354,7 @@ class ShardDataset(IterableDataset[Sample]):
                         pending.shard.url, None, None, f"sample {pending.key!r}: {exc}"
                     )
                     error.__cause__ = exc
-                    if self._skip(error, "sample"):
+                    if self._skip_error(error, "sample"):
                         continue
                     return
                 sample["__worker__"] = worker
@@ -253,19 +364,27 @@ class ShardDataset(IterableDataset[Sample]):
             self.source.flush()
 
     def _ordered(
-        self, mine: list[Shard], worker: int, want: int | None, replay: _Replay
+        self,
+        mine: list[Shard],
+        rank: int,
+        worker: int,
+        want: int | None,
+        replay: _Replay,
+        skip: frozenset[tuple[str, int]],
+        hints: bool,
     ) -> Iterator[_Pending]:
-        """This worker's samples in output order (before decoding): all of them, or exactly
-        ``want`` (epoch_size's share), cut short or padded by further passes."""
+        """This worker's samples in output order (before decoding): all of them but those in
+        ``skip``, or exactly ``want`` (epoch_size's share), cut short or padded by further
+        passes (which repeat skipped samples too)."""
         produced = 0
         if want == 0:
             return
         for pass_ in range(1 if want is None else 1 << 30):
-            stream = self._grouped(mine, replay)
+            stream = self._grouped(mine, replay, hints)
+            if skip and pass_ == 0:
+                stream = (p for p in stream if (p.shard.path, p.ordinal) not in skip)
             if self.shuffle:
-                rng = random.Random(
-                    f"samples:{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_}"
-                )
+                rng = random.Random(f"samples:{self.seed}:{self.epoch}:{rank}:{worker}:{pass_}")
                 stream = _shuffled(stream, self.shuffle_buffer, rng)
             before = produced
             for pending in stream:
@@ -276,23 +395,24 @@ class ShardDataset(IterableDataset[Sample]):
             if want is None or produced >= want or produced == before:
                 return
 
-    def _grouped(self, mine: list[Shard], replay: _Replay) -> Iterator[_Pending]:
+    def _grouped(self, mine: list[Shard], replay: _Replay, hints: bool) -> Iterator[_Pending]:
         """Samples of each shard in turn, hinting the next shards to the cache as it goes."""
         hinted = 0
         for j, shard in enumerate(mine):
-            ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards]
+            ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards] if hints else []
             if ahead:
                 self.source.prefetch(ahead)
                 hinted = j + 1 + self.prefetch_shards
             try:
                 yield from self._samples_of(shard, replay)
             except (WarpDriveError, OSError) as exc:
-                if not self._skip(exc, "shard"):
+                if not self._skip_error(exc, "shard"):
                     return
 
     def _samples_of(self, shard: Shard, replay: _Replay) -> Iterator[_Pending]:
         with self.source.open(shard) as f:
             current: _Pending | None = None
+            ordinal = 0
             try:
                 for member in iter_members(f, shard.url, skip_data=replay.active):
                     key, ext = split_name(member.name)
@@ -302,7 +422,8 @@ class ShardDataset(IterableDataset[Sample]):
                         yield current
                         current = None
                     if current is None:
-                        current = _Pending(key, shard)
+                        current = _Pending(key, shard, ordinal)
+                        ordinal += 1
                     if ext in current.fields:
                         raise ShardError(
                             shard.url, member.name, member.offset, f"duplicate field {ext!r}"
@@ -320,13 +441,17 @@ class ShardDataset(IterableDataset[Sample]):
             if current is not None:
                 yield current
 
-    def _skip(self, exc: BaseException, reason: str) -> bool:
+    def _skip_error(self, exc: BaseException, reason: str) -> bool:
         """Ask the handler; count the skip if it lets the epoch go on."""
         go_on = self.handler(exc)
         if go_on:
             self.source.skipped(reason)
             log.warning("skipped a %s: %s", reason, exc)
         return bool(go_on)
+
+
+def _layout(state: dict[str, Any]) -> Layout:
+    return Layout(**state["layout"])
 
 
 def _shuffled(stream: Iterator[_Pending], size: int, rng: random.Random) -> Iterator[_Pending]:

@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 
 from warpdrive import Config, WarpDrive
 from warpdrive.errors import NotFoundError
+from warpdrive.shards import expand
 from warpdrive_torch.dataset import split_name
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
-from warpdrive_torch.shards import expand
 
 
 class FileDataset(Dataset[Sample]):

@@ -8,7 +8,7 @@ exactly what :meth:`ShardDataset.load_state_dict` needs to replay the rest of th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -34,7 +34,7 @@ class ResumableLoader:
             dict(dataset._positions) if dataset._resume is not None else {}
         )
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Generator[Any, None, None]:
         it = iter(self.loader)
         if self.num_workers > 0:
             self.dataset._resume = None  # the workers took their copy; the next epoch is fresh
@@ -53,14 +53,17 @@ class ResumableLoader:
     def state_dict(self) -> dict[str, Any]:
         return self.dataset.state_dict(self._positions, self.num_workers)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("num_workers", 1)) != max(1, self.num_workers):
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """This rank's state (same layout and workers), or every rank's (any layout)."""
+        if isinstance(state, Mapping) and int(state.get("num_workers", 1)) != max(
+            1, self.num_workers
+        ):
             raise ValueError(
                 f"cannot resume: the checkpoint was taken with {state.get('num_workers')} "
                 f"loader worker(s), this loader has {max(1, self.num_workers)}"
             )
-        self.dataset.load_state_dict(state)
-        self._positions = {int(w): int(n) for w, n in state["positions"].items()}
+        self.dataset.load_state_dict(state, num_workers=self.num_workers)
+        self._positions = dict(self.dataset._positions)
 
     def _note(self, batch: Any) -> None:
         for worker, index in _tags(batch):

@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 
 from warpdrive import Config, WarpDrive
 from warpdrive.errors import NotFoundError
-from warpdrive_torch.shards import Shard, expand, expand_braces
+from warpdrive.shards import Shard, expand, expand_braces
 
 READ_BUFFER = 1 << 20
 

@@ -15,7 +15,7 @@ import threading
 from typing import IO, Any
 
 from warpdrive import Config, WarpDrive
-from warpdrive_torch.split import rank_and_world
+from warpdrive_torch.world import rank_and_world
 
 SCHEME = "warpdrive"
 

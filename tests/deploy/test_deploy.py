@@ -133,6 +133,8 @@ def test_custom_values_reach_the_manifests_and_the_config_loads() -> None:
     assert config.mount_point == "/mnt/datasets" and config.allow_other
     assert config.cache.path == "/local/nvme/wd" and config.cache.max_size == 500 * 2**30
     assert config.cache.block_size == 8 * 2**20 and config.fetch.max_attempts == 7
+    # Cluster nodes read only their share of a directory: the chart turns directory scans off.
+    assert config.cache.scan_prefetch is False
     assert config.metrics.addr == ":9191" and config.governance.teams == {"alice": "vision"}
     assert [b.name for b in config.backends] == ["datasets-cac", "s3-data"]
     assert config.telemetry.control_plane_addr == "http://wd-warpdrive-control-plane:8080"
@@ -333,6 +335,7 @@ def test_ansible_playbook_syntax_and_its_config_template(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     config = parse_config(out.read_text(), env={})
     assert config.mount_point == "/wd" and config.cache.max_size == 2**40
+    assert config.cache.scan_prefetch is False  # cluster nodes read only their share
     assert [(b.name, b.auth.method) for b in config.backends] == [
         ("datasets-cac", "managed_identity")
     ]

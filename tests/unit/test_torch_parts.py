@@ -1,5 +1,5 @@
 """The parts of warpdrive_torch that need no backend: brace expansion, the tar reader,
-decoders, the rank/worker split."""
+decoders."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import tarfile
 import pytest
 
 from tests.shardgen import make_shard, tar_of
+from warpdrive.shards import expand_braces
 from warpdrive_torch.decode import make_decoder
-from warpdrive_torch.shards import expand_braces
-from warpdrive_torch.split import quotas, rank_and_world, share
 from warpdrive_torch.tario import ShardError, iter_members
 
 
@@ -131,25 +130,3 @@ def test_decoders() -> None:
     assert custom["cls"] == 2 * int(fields["cls"]) and custom["jpg"] == fields["jpg"]
     with pytest.raises(ValueError, match="decode='jpeg'"):
         make_decoder("jpeg")
-
-
-def test_split_deals_every_item_once_and_quotas_sum() -> None:
-    items = list(range(23))
-    shares = [share(items, r, 2, w, 3) for r in range(2) for w in range(3)]
-    assert sorted(i for s in shares for i in s) == items
-    assert max(map(len, shares)) - min(map(len, shares)) <= 1
-    assert quotas(10, [1, 1, 1]) == [4, 3, 3]
-    assert quotas(45, [3, 2]) == [27, 18]
-    assert quotas(7, [0, 2, 1]) == [0, 5, 2]
-    assert quotas(5, [0, 0]) == [0, 0]
-
-
-def test_rank_from_arguments_and_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert rank_and_world(1, 4) == (1, 4)
-    monkeypatch.setenv("RANK", "2")
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    assert rank_and_world() == (2, 3)
-    with pytest.raises(ValueError, match="rank=3, world_size=3"):
-        rank_and_world(3, 3)
-    with pytest.raises(ValueError, match="both"):
-        rank_and_world(1, None)

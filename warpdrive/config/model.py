@@ -22,6 +22,9 @@ class CacheConfig:
     max_size: int = 50 * GIB  # eviction keeps the indexed blocks under this many bytes
     block_size: int = 4 * MIB  # unit of caching and fetching; a power of two
     readahead_blocks: int = 8  # blocks fetched ahead of a sequential reader (0 turns it off)
+    # A directory opened in name order prefetches its next files (the original's cross-file
+    # readahead). Off on cluster nodes: a node reads only its share of each directory.
+    scan_prefetch: bool = True
     max_parallel_fetch: int = 32  # backend requests in flight at once, per process
     stale_ttl: float = 60.0  # seconds object metadata (size, etag) is trusted before a re-stat
     list_ttl: float = 60.0  # seconds a directory listing is reused

@@ -24,7 +24,9 @@ from warpdrive.ctl.output import FORMATS, emit, emit_record
 from warpdrive.ctl.paths import objects_under
 from warpdrive.errors import WarpDriveError, printable
 from warpdrive.governance.store import GovernanceStore
+from warpdrive.partition import node_shards
 from warpdrive.reader import WarpDrive
+from warpdrive.shards import expand
 from warpdrive.units import format_size, parse_size
 
 Command = Callable[[argparse.Namespace, WarpDrive], int]
@@ -100,6 +102,15 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--backend", help="the original's form: warm every object of this backend…")
     w.add_argument("--prefix", default="", help="…under this key prefix")
     w.add_argument("--recursive", "-r", action="store_true", help="include subdirectories")
+    w.add_argument(
+        "--num-nodes",
+        type=int,
+        help="warm one node's share of a dataset: PATHs are its shard URLs as given to "
+        "ShardDataset (braces, globs; each one a group), split as the dataset splits them",
+    )
+    w.add_argument("--node-rank", type=int, help="…for this node (0 … num-nodes - 1)")
+    w.add_argument("--seed", type=int, default=0, help="…the dataset's seed (0)")
+    w.add_argument("--no-shuffle", action="store_true", help="…a dataset with shuffle=False")
     w.add_argument("--max-size", type=size_arg, help="stop before fetching more than this")
     w.add_argument("--workers", type=int, default=32, help="parallel fetches (default 32)")
     w.add_argument("--dry-run", action="store_true", help="say what would be fetched")
@@ -233,7 +244,10 @@ def cmd_warm(args: argparse.Namespace, wd: WarpDrive) -> int:
         paths, recursive = args.paths, args.recursive
     else:
         raise WarpDriveError("give PATH… or --backend NAME [--prefix P]")
-    files = [f for path in paths for f in objects_under(wd, path, recursive)]
+    if args.num_nodes is not None or args.node_rank is not None:
+        files = node_share(wd, args)
+    else:
+        files = [f.path for path in paths for f in objects_under(wd, path, recursive)]
     plan = warm.plan(wd, files, args.max_size)
     if args.dry_run:
         emit_record(
@@ -263,6 +277,22 @@ def cmd_warm(args: argparse.Namespace, wd: WarpDrive) -> int:
     if result.interrupted:
         return 130
     return 1 if result.failed else 0
+
+
+def node_share(wd: WarpDrive, args: argparse.Namespace) -> list[str]:
+    """The shards node ``--node-rank`` reads every epoch of a run of the dataset ``PATH…``."""
+    nodes, node = args.num_nodes, args.node_rank
+    if nodes is None or node is None:
+        raise WarpDriveError("--node-rank and --num-nodes go together")
+    if args.backend or not args.paths:
+        raise WarpDriveError("--num-nodes takes the dataset's shard URLs as PATH…")
+    if nodes < 1 or not 0 <= node < nodes:
+        raise WarpDriveError(f"--node-rank {node} --num-nodes {nodes}: need 0 <= rank < count")
+    try:
+        groups = [expand(wd, pattern) for pattern in args.paths]
+    except ValueError as exc:
+        raise WarpDriveError(str(exc)) from None
+    return [s.path for s in node_shards(groups, args.seed, not args.no_shuffle, nodes, node)]
 
 
 def cmd_stats(args: argparse.Namespace, wd: WarpDrive) -> int:

@@ -19,7 +19,6 @@ from typing import TextIO
 from warpdrive.cache import ObjectVersion
 from warpdrive.errors import WarpDriveError
 from warpdrive.fetch import BlockData, Priority
-from warpdrive.namespace import FileInfo
 from warpdrive.reader import WarpDrive
 from warpdrive.units import format_size
 
@@ -53,14 +52,14 @@ class Result:
         return self.fetched_bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
-def plan(wd: WarpDrive, files: Iterable[FileInfo], max_size: int | None) -> Plan:
+def plan(wd: WarpDrive, paths: Iterable[str], max_size: int | None) -> Plan:
     """Which blocks each object misses (checked in the index), within the byte budget."""
     out = Plan()
-    for info in files:
+    for path in paths:
         try:
-            obj = wd.version(info.path)
+            obj = wd.version(path)
         except WarpDriveError as exc:
-            out.failed[info.path] = str(exc)
+            out.failed[path] = str(exc)
             continue
         missing = [b for b in range(obj.nblocks) if not wd.index.contains(obj.block_key(b))]
         need = sum(obj.block_len(b) for b in missing)
@@ -71,7 +70,7 @@ def plan(wd: WarpDrive, files: Iterable[FileInfo], max_size: int | None) -> Plan
         out.missing_bytes += need
         out.cached_bytes += obj.size - need
         if missing:
-            out.todo.append((obj, info.path, missing))
+            out.todo.append((obj, path, missing))
     return out
 
 

@@ -16,8 +16,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from warpdrive import WarpDrive
 from warpdrive.errors import NotFoundError
+from warpdrive.reader import WarpDrive
 
 URL_SCHEME = "warpdrive://"
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?$")
