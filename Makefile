@@ -24,6 +24,7 @@ bench: deps
 	$(PYTHON) bench/warm.py
 	$(PYTHON) bench/torch_loader.py
 	$(PYTHON) bench/forge_warm.py
+	$(PYTHON) bench/cluster.py
 
 demo: deps
 	$(PYTHON) demo/local_demo.py

@@ -10,9 +10,7 @@ from typing import Any
 HEADER = ("case", "MB/s", "baseline MB/s", "ratio")
 
 
-def print_table(
-    rows: Sequence[tuple[str, str, str, str]], header: tuple[str, str, str, str] = HEADER
-) -> None:
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER) -> None:
     table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

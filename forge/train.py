@@ -199,6 +199,7 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
         "summary": summary,
         "log": logged,
         "metrics": None,
+        "layout": group.layout,  # rank, node, … of this process (one process: rank 0 of 1)
     }
     if before is not None and after is not None and source is not None:
         result["metrics"] = deltas = metrics.delta(before, after, source)
@@ -209,9 +210,8 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
             f"bytes_fetched={deltas['bytes_fetched']}"
             + (f" fuse_reads={deltas['fuse_reads']}" if deltas["fuse_reads"] is not None else "")
         )
-    json_out = cfg.json_out and cfg.json_out.format(rank=group.rank, node=group.node)
+    json_out = cfg.json_out and cfg.json_out.replace("{rank}", str(group.rank))
     if json_out and (group.rank == 0 or json_out != cfg.json_out):
-        result["layout"] = group.layout
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
     if wd is not None:

@@ -74,7 +74,8 @@ class _Core:
         self, path: str, team: str | None = None, user: str | None = None, scan: bool = True
     ) -> Handle:
         """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
-        process's user and team); tells the prefetcher a file opened (``scan``, unless the config turns scans off)."""
+        process's user and team); tells the prefetcher a file opened (``scan``; none when the
+        config's ``scan_prefetch`` is off)."""
         norm = self.namespace.normalize(path)
         obj = self.version(norm)
         if user is None:

@@ -12,9 +12,9 @@ Every step is a pure function of (shards, seed, epoch, layout, worker, workers),
 stream can be replayed: a sample's position in its worker's stream (``__index__``) is all a
 checkpoint needs. Resuming replays the stream without reading the data of what was consumed
 (tar headers only, skipping member bytes) and continues at the first unconsumed position.
-Resuming on another layout (more or fewer nodes, ranks or workers) takes every rank's state:
-the old streams are replayed the same way to find which samples of this rank's new shards were
-consumed, and those are skipped for the rest of the epoch.
+A checkpoint also names the samples handed out (``progress.Consumed``: ordinals by shard), so
+resuming on another layout (more or fewer nodes, ranks or workers) from every rank's state reads
+nothing to find them: each new rank skips them in its new shards for the rest of the epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from warpdrive.partition import MODES, Layout, quotas, rank_shards, share
 from warpdrive.shards import Shard
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 from warpdrive_torch.handlers import Handler, reraise_exception
+from warpdrive_torch.progress import Consumed
 from warpdrive_torch.sources import CacheSource, FileSource, Source
 from warpdrive_torch.tario import ShardError, iter_members
 from warpdrive_torch.world import resolve, worker_and_count
@@ -145,10 +146,12 @@ class ShardDataset(IterableDataset[Sample]):
         self.handler = handler
         self.epoch = 0
         self._resume: dict[str, Any] | None = None
-        self._positions: dict[int, int] = {}  # in-process iteration only (num_workers=0)
-        # This epoch continues a checkpoint of another layout: its ranks' states, the samples
-        # of this rank's shards they consumed, and how many samples per rank they had given.
-        self._before: list[dict[str, Any]] = []
+        # Handed out so far this epoch (in-process iteration only, num_workers=0; with workers
+        # ResumableLoader keeps them from the batches).
+        self._positions: dict[int, int] = {}
+        self._consumed = Consumed()
+        # This epoch continues a checkpoint of another layout: the samples of this rank's
+        # shards handed out before it, and how many samples each old rank had given.
         self._skip: frozenset[tuple[str, int]] = frozenset()
         self._done = 0
 
@@ -170,14 +173,17 @@ class ShardDataset(IterableDataset[Sample]):
         """Choose the epoch the next iteration reads (its shard and sample order)."""
         if epoch != self.epoch:
             self._resume = None
-            self._positions = {}
-            self._before, self._skip, self._done = [], frozenset(), 0
+            self._positions, self._consumed = {}, Consumed()
+            self._skip, self._done = frozenset(), 0
         self.epoch = epoch
 
     # -- checkpoints -----------------------------------------------------------------------
 
     def state_dict(
-        self, positions: dict[int, int] | None = None, num_workers: int = 0
+        self,
+        positions: dict[int, int] | None = None,
+        num_workers: int = 0,
+        consumed: Consumed | None = None,
     ) -> dict[str, Any]:
         """Where this rank stands in its epoch. Iterating in-process (``num_workers=0``) this
         is tracked here; with DataLoader workers use :class:`ResumableLoader`, which passes
@@ -195,7 +201,9 @@ class ShardDataset(IterableDataset[Sample]):
             "epoch_size": self.epoch_size,
             "shards": len(self.shards),
             "positions": {str(w): n for w, n in sorted((positions or self._positions).items())},
-            "before": self._before,
+            "consumed": (consumed if consumed is not None else self._consumed).state(),
+            "skipped": _ranges(self._skip),
+            "done": self._done,
         }
 
     def load_state_dict(
@@ -215,20 +223,26 @@ class ShardDataset(IterableDataset[Sample]):
         if len({int(st["epoch"]) for st in states}) > 1:
             raise ValueError("cannot resume: the states are of different epochs")
         self.set_epoch(epoch)
-        self._resume, self._positions = None, {}
-        self._before, self._skip, self._done = [], frozenset(), 0
+        self._resume, self._positions, self._consumed = None, {}, Consumed()
+        self._skip, self._done = frozenset(), 0
         mine = [st for st in states if _layout(st) == self.layout]
         ranks = sorted(_layout(st).rank for st in states)
         whole = ranks == list(range(_layout(states[0]).world_size))
         if mine and (num_workers is None or mine[0]["num_workers"] == max(1, num_workers)):
-            self._resume = mine[0]
-            self._positions = {int(w): int(n) for w, n in mine[0]["positions"].items()}
-            self._before = list(mine[0].get("before") or [])
-            if self._before:
-                self._skip, self._done = self._consumed(self._before, self._my_shards())
-        elif whole:
-            self._before = sorted(states, key=lambda st: _layout(st).rank)
-            self._skip, self._done = self._consumed(self._before, self._my_shards())
+            state = mine[0]  # this rank's stream replays to its position
+            self._resume = state
+            self._positions = {int(w): int(n) for w, n in state["positions"].items()}
+            self._consumed = Consumed(state["consumed"])
+            self._skip = frozenset(Consumed(state["skipped"]).pairs())
+            self._done = int(state["done"])
+        elif whole:  # another layout: skip what any old rank handed out, in this rank's shards
+            handed = Consumed()
+            for st in states:
+                handed.update(Consumed(st["consumed"]))
+                handed.update(Consumed(st["skipped"]))
+            urls = {shard.url for shard in self._rank_shards(self.layout)}
+            self._skip = frozenset(handed.pairs(urls))
+            self._done = max(int(st["done"]) + sum(st["positions"].values()) for st in states)
         else:
             old = _layout(states[0])
             raise ValueError(
@@ -252,37 +266,6 @@ class ShardDataset(IterableDataset[Sample]):
                     f"this dataset {name}={mine!r}"
                 )
 
-    def _consumed(
-        self, states: list[dict[str, Any]], wanted: set[Shard] | None
-    ) -> tuple[frozenset[tuple[str, int]], int]:
-        """The samples of ``wanted`` shards (None: all) that the ranks of ``states`` handed
-        out this epoch, as (shard path, ordinal), and how many samples each rank had given.
-        Replays their streams reading tar headers only, without hints."""
-        prior, done = (
-            self._consumed(states[0]["before"], None)
-            if states[0].get("before")
-            else (frozenset(), 0)
-        )
-        consumed = set(prior)
-        for st in states:
-            layout, workers = _layout(st), int(st["num_workers"])
-            shards = self._rank_shards(layout)
-            for worker in range(workers):
-                n = int(st["positions"].get(str(worker), 0))
-                mine = share(shards, worker, workers)
-                if not n or (wanted is not None and wanted.isdisjoint(mine)):
-                    continue
-                replay = _Replay(n)
-                want = self._quota(worker, workers, done)
-                for pending in self._ordered(mine, layout.rank, worker, want, replay, prior, False):
-                    if replay.emitted >= n:
-                        break
-                    replay.emitted += 1
-                    if wanted is None or pending.shard in wanted:
-                        consumed.add((pending.shard.path, pending.ordinal))
-        given = max(sum(int(n) for n in st["positions"].values()) for st in states)
-        return frozenset(consumed), done + given
-
     # -- iteration -------------------------------------------------------------------------
 
     def shard_order(self, epoch: int | None = None) -> list[Shard]:
@@ -302,9 +285,6 @@ class ShardDataset(IterableDataset[Sample]):
             shuffle=self.shuffle,
             mode=self.partition,
         )
-
-    def _my_shards(self) -> set[Shard]:
-        return set(self._rank_shards(self.layout))
 
     def _quota(self, worker: int, workers: int, done: int) -> int | None:
         """epoch_size's share of one worker (None: no epoch_size), after ``done`` samples per
@@ -345,6 +325,7 @@ class ShardDataset(IterableDataset[Sample]):
                 if position < start:
                     continue
                 self._positions[worker] = position + 1
+                self._consumed.add(pending.shard.url, pending.ordinal)
                 try:
                     sample = pending.load(self.source)
                     if self.decoder is not None:
@@ -359,6 +340,7 @@ class ShardDataset(IterableDataset[Sample]):
                     return
                 sample["__worker__"] = worker
                 sample["__index__"] = position
+                sample["__ordinal__"] = pending.ordinal
                 yield sample
         finally:
             self.source.flush()
@@ -382,7 +364,7 @@ class ShardDataset(IterableDataset[Sample]):
         for pass_ in range(1 if want is None else 1 << 30):
             stream = self._grouped(mine, replay, hints)
             if skip and pass_ == 0:
-                stream = (p for p in stream if (p.shard.path, p.ordinal) not in skip)
+                stream = (p for p in stream if (p.shard.url, p.ordinal) not in skip)
             if self.shuffle:
                 rng = random.Random(f"samples:{self.seed}:{self.epoch}:{rank}:{worker}:{pass_}")
                 stream = _shuffled(stream, self.shuffle_buffer, rng)
@@ -452,6 +434,13 @@ class ShardDataset(IterableDataset[Sample]):
 
 def _layout(state: dict[str, Any]) -> Layout:
     return Layout(**state["layout"])
+
+
+def _ranges(pairs: frozenset[tuple[str, int]]) -> dict[str, list[list[int]]]:
+    consumed = Consumed()
+    for url, ordinal in sorted(pairs):
+        consumed.add(url, ordinal)
+    return consumed.state()
 
 
 def _shuffled(stream: Iterator[_Pending], size: int, rng: random.Random) -> Iterator[_Pending]:

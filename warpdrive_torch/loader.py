@@ -2,8 +2,10 @@
 
 Workers run in other processes, so only the batches tell the training process how far each
 worker got: every sample carries ``__worker__`` and ``__index__`` (its position in that worker's
-stream), and the loader keeps, per worker, one past the last position it handed out. That is
-exactly what :meth:`ShardDataset.load_state_dict` needs to replay the rest of the epoch.
+stream), and the loader keeps, per worker, one past the last position it handed out — what
+:meth:`ShardDataset.load_state_dict` needs to replay the rest of the epoch on the same layout.
+Samples also carry ``__url__`` and ``__ordinal__`` (which shard, which sample of it): the loader
+keeps those as ranges, so that any other layout can skip them.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from warpdrive_torch.dataset import ShardDataset
+from warpdrive_torch.progress import Consumed
 
 
 class ResumableLoader:
     """``DataLoader(dataset, **kwargs)`` with ``state_dict()``/``load_state_dict()``.
 
-    The collate function must keep the ``__worker__`` and ``__index__`` fields (the default
-    one does, as tensors). ``persistent_workers`` is refused: workers that outlive an epoch
-    would not see ``set_epoch`` or a loaded state."""
+    The collate function must keep the ``__worker__``, ``__index__``, ``__url__`` and
+    ``__ordinal__`` fields (the default one does). ``persistent_workers`` is refused: workers
+    that outlive an epoch would not see ``set_epoch`` or a loaded state."""
 
     def __init__(self, dataset: ShardDataset, **kwargs: Any) -> None:
         if kwargs.get("persistent_workers"):
@@ -30,9 +33,9 @@ class ResumableLoader:
         self.loader: DataLoader[Any] = DataLoader(dataset, **kwargs)
         self.num_workers = self.loader.num_workers
         # A pending resume's positions; otherwise this epoch starts from the beginning.
-        self._positions: dict[int, int] = (
-            dict(dataset._positions) if dataset._resume is not None else {}
-        )
+        resuming = dataset._resume is not None
+        self._positions: dict[int, int] = dict(dataset._positions) if resuming else {}
+        self._consumed = Consumed(dataset._consumed.state()) if resuming else Consumed()
 
     def __iter__(self) -> Generator[Any, None, None]:
         it = iter(self.loader)
@@ -47,11 +50,11 @@ class ResumableLoader:
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.dataset.epoch:
-            self._positions = {}
+            self._positions, self._consumed = {}, Consumed()
         self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict(self._positions, self.num_workers)
+        return self.dataset.state_dict(self._positions, self.num_workers, self._consumed)
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
         """This rank's state (same layout and workers), or every rank's (any layout)."""
@@ -64,24 +67,35 @@ class ResumableLoader:
             )
         self.dataset.load_state_dict(state, num_workers=self.num_workers)
         self._positions = dict(self.dataset._positions)
+        self._consumed = Consumed(self.dataset._consumed.state())
 
     def _note(self, batch: Any) -> None:
-        for worker, index in _tags(batch):
+        for worker, index, url, ordinal in _tags(batch):
             if index + 1 > self._positions.get(worker, 0):
                 self._positions[worker] = index + 1
+            self._consumed.add(url, ordinal)
 
 
-def _tags(batch: Any) -> list[tuple[int, int]]:
+TAGS = ("__worker__", "__index__", "__url__", "__ordinal__")
+
+
+def _tags(batch: Any) -> list[tuple[int, int, str, int]]:
     if isinstance(batch, Mapping):
-        if "__worker__" not in batch or "__index__" not in batch:
+        lost = [tag for tag in TAGS if tag not in batch]
+        if lost:
             raise ValueError(
-                "ResumableLoader: batches lost the __worker__/__index__ fields; "
+                f"ResumableLoader: batches lost the {'/'.join(lost)} field(s); "
                 "keep them in collate_fn"
             )
-        workers, indices = batch["__worker__"], batch["__index__"]
+        workers, indices, urls, ordinals = (batch[tag] for tag in TAGS)
         if isinstance(workers, int):
-            return [(workers, int(indices))]
-        return [(int(w), int(i)) for w, i in zip(_list(workers), _list(indices), strict=True)]
+            return [(workers, int(indices), str(urls), int(ordinals))]
+        return [
+            (int(w), int(i), str(u), int(o))
+            for w, i, u, o in zip(
+                _list(workers), _list(indices), _list(urls), _list(ordinals), strict=True
+            )
+        ]
     if isinstance(batch, list | tuple):
         return [t for item in batch for t in _tags(item)]
     raise ValueError(f"ResumableLoader: cannot find sample tags in a {type(batch).__name__}")

@@ -294,6 +294,26 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
     assert code == 1 and log.count("systemctl restart warpdrive-agent") == 1
     assert not any(c.startswith("warpdrive-ctl warm") for c in log)
     assert "still unhealthy after a restart" in (tmp_path / "prolog.log").read_text()
+    # A dataset's shard URLs: this node's share only, numbered as Slurm numbers the job's nodes.
+    (tmp_path / "healthy").touch()
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\necho "scontrol $*" >> {calls}\nprintf "gpu-a\\ngpu-b\\ngpu-c\\n"\n'
+    )
+    (bin_dir / "scontrol").chmod(0o755)
+    shards = (
+        "warpdrive://datasets-cac/train/shard-{000000..000099..2}.tar /wd/datasets-wus3/train/*.tar"
+    )
+    env.update(WARPDRIVE_WARMUP_SHARDS=shards, WARPDRIVE_WARMUP_SEED="7",
+               SLURM_JOB_NODELIST="gpu-[a-c]", SLURMD_NODENAME="gpu-b")  # fmt: skip
+    expected = (
+        "warpdrive-ctl warm --num-nodes 3 --node-rank 1 --seed 7 --max-size 50GB --workers 32 "
+        f"--json -- {shards}"
+    )
+    code, log = run()
+    assert code == 0 and expected in log, log
+    env.update(SLURM_NODEID="2", SLURM_NNODES="4")
+    code, log = run()
+    assert code == 0 and expected.replace("3 --node-rank 1", "4 --node-rank 2") in log, log
     epilog = subprocess.run(["bash", str(DEPLOY / "slurm" / "warpdrive-epilog.sh")], env=env | {"SLURM_JOB_USER": "alice"},
                             capture_output=True, text=True)  # fmt: skip
     assert epilog.returncode == 0

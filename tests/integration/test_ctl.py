@@ -707,3 +707,50 @@ def test_job_report_counts_the_jobs_reads_and_reaches_the_control_plane(
     assert set(got) == {"7", "8"}
     assert all(p == "/api/v1/jobs" and a == "Bearer s3cret" for p, a, _ in got.values())
     assert got["8"][2]["user"] == "bob" and got["8"][2]["status"] == 1
+
+
+def test_warm_one_nodes_share_of_a_dataset(tmp_path: Path, local_store: Store) -> None:
+    config, _, _ = write_config(tmp_path, local_store.backend_yaml)
+    data = put_all(local_store, "train", 10, 2000, seed=3)
+    urls = [
+        f"warpdrive://{local_store.name}/train/shard-{{000..009..2}}.tar",
+        f"/{local_store.name}/train/shard-00[13579].tar",
+    ]
+    shares = []
+    for node in range(3):
+        plan = ctl_json(config, "warm", "--num-nodes", "3", "--node-rank", str(node),
+                        "--seed", "7", "--dry-run", *urls)  # fmt: skip
+        shares.append((plan["objects"], plan["bytes_to_fetch"]))
+    # The three shares are 4 + 3 + 3 shards: the whole dataset, each shard once.
+    assert sorted(n for n, _ in shares) == [3, 3, 4]
+    assert sum(b for _, b in shares) == sum(map(len, data.values()))
+    one = ctl_json(config, "warm", "--num-nodes", "3", "--node-rank", "1", "--seed", "7", *urls)
+    assert (one["objects"], one["bytes_fetched"]) == shares[1]
+    again = ctl_json(config, "warm", "--num-nodes", "3", "--node-rank", "1", "--seed", "7", *urls)
+    assert again["bytes_fetched"] == 0 and again["bytes_already_cached"] == shares[1][1]
+    # Another seed is another division.
+    other = [
+        ctl_json(
+            config,
+            "warm",
+            "--num-nodes",
+            "3",
+            "--node-rank",
+            "1",
+            "--seed",
+            str(s),
+            "--dry-run",
+            *urls,
+        )["bytes_cached"]
+        for s in range(1, 6)
+    ]
+    assert any(cached != shares[1][1] for cached in other)
+    for args, message in [
+        (["--node-rank", "1", *urls], "--node-rank and --num-nodes go together"),
+        (["--num-nodes", "3", "--node-rank", "3", *urls], "--node-rank 3 --num-nodes 3"),
+        (["--num-nodes", "2", "--node-rank", "0", "--backend", local_store.name], "shard URLs"),
+        (["--num-nodes", "2", "--node-rank", "0", f"/{local_store.name}/nothing-*.tar"],
+         "no shard matches"),
+    ]:  # fmt: skip
+        done = ctl(config, "warm", *args, expect=2)
+        assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

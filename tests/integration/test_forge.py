@@ -126,7 +126,7 @@ def test_fifty_steps_through_the_cache_cold_then_warm_and_through_the_mount(
     cached = ["--reader", "warpdrive", "--warpdrive-config", str(regions)]
     cold_log, cold = train(regions, *roots, *cached)
     assert [step for step, _ in cold_log] == [10, 20, 30, 40, 50]
-    assert set(cold) == {"config", "roots", "summary", "log", "metrics"}
+    assert set(cold) == {"config", "roots", "summary", "log", "metrics", "layout"}
     assert cold["roots"] == {roots[1]: SHARDS // 2, roots[3]: SHARDS // 2}
     summary = cold["summary"]
     assert summary["steps"] == 50 and summary["images"] == 800

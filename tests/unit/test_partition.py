@@ -16,6 +16,7 @@ from warpdrive.partition import (
     share,
 )
 from warpdrive_torch import NodeSampler
+from warpdrive_torch.progress import Consumed
 from warpdrive_torch.world import rank_and_world, resolve
 
 
@@ -217,3 +218,24 @@ def test_node_sampler_gives_equal_steps_and_keeps_each_node_on_its_items() -> No
             assert epochs[0] == epochs[1]  # each node samples the same items every epoch
     with pytest.raises(ValueError, match="partition='x'"):
         NodeSampler(data, partition="x")
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a.tar", "b.tar"]), st.integers(0, 60)), max_size=120))
+def test_consumed_keeps_exact_ranges_in_any_order(pairs: list[tuple[str, int]]) -> None:
+    consumed = Consumed()
+    for url, ordinal in pairs:
+        consumed.add(url, ordinal)
+    assert set(consumed.pairs()) == set(pairs) and len(consumed) == len(set(pairs))
+    for ranges in consumed.state().values():  # sorted, disjoint and not touching
+        assert all(a < b for a, b in ranges)
+        assert all(ranges[i][1] < ranges[i + 1][0] for i in range(len(ranges) - 1))
+    again = Consumed(consumed.state())
+    assert again.state() == consumed.state()
+    assert set(again.pairs(["b.tar", "c.tar"])) == {p for p in pairs if p[0] == "b.tar"}
+
+
+def test_a_shard_read_to_its_end_is_one_range() -> None:
+    consumed = Consumed()
+    for ordinal in (3, 0, 2, 5, 1, 4):
+        consumed.add("s.tar", ordinal)
+    assert consumed.state() == {"s.tar": [[0, 6]]}

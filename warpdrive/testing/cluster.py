@@ -118,12 +118,35 @@ class Cluster:
         extra_env: dict[str, str] | None = None,
     ) -> list[EpochReport]:
         """Run :mod:`warpdrive.testing.cluster_rank` with ``spec`` on ``nodes`` (default: all)
-        under torchrun; the epochs' reports, in order. RuntimeError with the logs' tails if a
-        node fails."""
-        nodes = list(self.members if nodes is None else nodes)
+        under torchrun; the epochs' reports, in order."""
         out = self.root / f"run-{time.monotonic_ns()}"
         out.mkdir()
-        spec = {**spec, "out": str(out)}
+        program = ["-m", "warpdrive.testing.cluster_rank", json.dumps({**spec, "out": str(out)})]
+        self.torchrun(program, out, nodes, ranks_per_node, rdzv, timeout, extra_env)
+        reports = []
+        for path in sorted(out.glob("epoch-*.json"), key=lambda p: int(p.stem.split("-")[1])):
+            data = json.loads(path.read_text())
+            nodes_seen = {int(k): v for k, v in data["nodes"].items()}
+            reports.append(
+                EpochReport(
+                    data["epoch"], nodes_seen, data["samples"], data["resumed"], data["partial"]
+                )
+            )
+        return reports
+
+    def torchrun(
+        self,
+        program: Sequence[str],
+        out: Path,
+        nodes: Sequence[Node] | None = None,
+        ranks_per_node: int = 2,
+        rdzv: str = "c10d",
+        timeout: float = 600,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``torchrun … PROGRAM`` on each of ``nodes`` (default: all), its log in ``out``;
+        RuntimeError with the logs' tails if a node fails."""
+        nodes = list(self.members if nodes is None else nodes)
         port = free_port()
         rendezvous = (
             ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
@@ -141,9 +164,7 @@ class Cluster:
                 f"--node-rank={i}",
                 f"--nproc-per-node={ranks_per_node}",
                 *rendezvous,
-                "-m",
-                "warpdrive.testing.cluster_rank",
-                json.dumps(spec),
+                *program,
             ]
             env = self.env(node, extra_env)
             procs.append((node, log, subprocess.Popen(argv, env=env, stdout=log, stderr=log)))
@@ -164,16 +185,6 @@ class Cluster:
                     proc.kill()
                     proc.wait()
             raise RuntimeError("; ".join(failed))
-        reports = []
-        for path in sorted(out.glob("epoch-*.json"), key=lambda p: int(p.stem.split("-")[1])):
-            data = json.loads(path.read_text())
-            nodes_seen = {int(k): v for k, v in data["nodes"].items()}
-            reports.append(
-                EpochReport(
-                    data["epoch"], nodes_seen, data["samples"], data["resumed"], data["partial"]
-                )
-            )
-        return reports
 
     def checkpoint(self, run: Path | None = None) -> Path:
         """The all-rank state file the last run with ``stop`` left."""

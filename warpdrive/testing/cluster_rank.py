@@ -35,18 +35,16 @@ MOUNT_COUNTERS = {
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {
-        "__key__": [s["__key__"] for s in samples],
-        "__worker__": [s["__worker__"] for s in samples],
-        "__index__": [s["__index__"] for s in samples],
-        "digest": [sample_digest(s) for s in samples],
-    }
+    tags = ("__key__", "__worker__", "__index__", "__url__", "__ordinal__")
+    batch = {tag: [s[tag] for s in samples] for tag in tags}
+    batch["digest"] = [sample_digest(s) for s in samples]
+    return batch
 
 
 def node_counters(ds: ShardDataset) -> dict[str, int]:
     """What this node's cache fetched and served so far (cumulative)."""
     url = os.environ.get("WARPDRIVE_METRICS_URL")
-    if url:
+    if url:  # the mount's own counters
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         totals = dict.fromkeys(MOUNT_COUNTERS.values(), 0)
         for family in text_string_to_metric_families(text):
@@ -55,8 +53,7 @@ def node_counters(ds: ShardDataset) -> dict[str, int]:
                 totals[MOUNT_COUNTERS[family.name]] = int(total)
         return totals
     assert isinstance(ds.source, CacheSource)
-    ds.source.wd.flush()
-    counters = ds.source.wd.index.counters()
+    counters = ds.source.wd.index.counters()  # every rank of the node has flushed
     return {name: int(counters.get(name, 0)) for name in MOUNT_COUNTERS.values()}
 
 
@@ -78,7 +75,8 @@ def main() -> int:
         ds, batch_size=spec["batch_size"], num_workers=spec["workers"], collate_fn=collate
     )
     local_lead = ds.layout.local_rank == 0
-    start = node_counters(ds) if local_lead else None  # before a resume reads tar headers
+    dist.barrier()  # every rank's counters so far are in the index
+    start = node_counters(ds) if local_lead else None  # before a resume reads anything
     first = 0
     if spec.get("resume"):
         loader.load_state_dict(json.loads(Path(spec["resume"]).read_text()))
@@ -103,6 +101,8 @@ def main() -> int:
                 break
         batches.close()  # DataLoader workers exit now: their counters reach the node's index
         gc.collect()
+        if isinstance(ds.source, CacheSource):
+            ds.source.wd.flush()  # and this process's own (a same-layout resume replays here)
         seconds = time.perf_counter() - began
         mine = {
             "node": ds.layout.node,
