@@ -10,7 +10,8 @@ user-space WAN emulator (default 30 ms / 200 Mbit/s and 60 ms / 150 Mbit/s, the 
 The same run, in one process and on the same data, for ``partition="node"`` (each node the
 same shards every epoch) and ``partition="global"`` (a new share each epoch): per node and
 epoch, the bytes its cache fetched, its hit ratio (block reads served from its cache over all
-block reads) and the slowest of its ranks' epoch time; then the bytes fetched over all epochs
+block reads; blocks a hint or readahead brought in before the read count as hits) and the
+slowest of its ranks' epoch time; then the bytes fetched over all epochs
 as a multiple of the dataset. Then elasticity: a checkpoint taken in the middle of epoch 1 on
 ``--nodes`` nodes is resumed on one node fewer (node-aware mode), and the bytes fetched again
 are reported; and the reuse the partitioning allows when the node count changes (the share of
@@ -120,7 +121,12 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--shards", type=int, default=32)
     p.add_argument("--shard-mb", type=float, default=4.0, help="shard size (11 for shard-sized)")
-    p.add_argument("--mounts", action="store_true", help="read through each node's FUSE mount")
+    p.add_argument(
+        "--mounts",
+        action="store_true",
+        help="read through each node's FUSE mount (the page cache is dropped after each epoch, "
+        "else later epochs never reach the mounts)",
+    )
     p.add_argument("--rtt-a", default="30ms")
     p.add_argument("--bw-a", default="200mbit")
     p.add_argument("--rtt-b", default="60ms")
@@ -147,7 +153,8 @@ def main() -> int:
             urls = [f"warpdrive://{r}/train/shard-*.tar" for r in REGIONS]
         spec = {"urls": urls, "seed": 42, "epochs": args.epochs, "workers": args.workers,
                 "batch_size": 16, "shuffle_buffer": 64, "prefetch_shards": 2,
-                "reader": "posix" if args.mounts else "warpdrive"}  # fmt: skip
+                "reader": "posix" if args.mounts else "warpdrive",
+                "drop_page_cache": args.mounts}  # fmt: skip
         print(
             f"{args.shards} shards, {total / MB:,.1f} MB in two regions "
             f"({args.rtt_a}/{args.bw_a}, {args.rtt_b}/{args.bw_b}); {args.nodes} nodes × "
@@ -187,7 +194,8 @@ def main() -> int:
                     args.nodes,
                     lambda c, pt, port: node_config(endpoints, c, pt, port),
                 ) as cluster:
-                    elastic = {**spec, "reader": "warpdrive", "epochs": 3, "partition": "node"}
+                    elastic = {**spec, "reader": "warpdrive", "epochs": 3, "partition": "node",
+                               "drop_page_cache": False}  # fmt: skip
                     elastic["urls"] = [f"warpdrive://{r}/train/shard-*.tar" for r in REGIONS]
                     steps = max(1, args.shards * samples // (args.nodes * args.ranks * 16) // 2)
                     first = cluster.train(

@@ -157,8 +157,8 @@ def test_resume_on_two_nodes_from_a_three_node_checkpoint(data: Regions) -> None
     check_exactly_once(after[1].samples, data)
     check_exactly_once(after[2].samples, data)
     # The survivors kept their shards and read nothing to find what was consumed: after the
-    # resume they fetched exactly the third node's share (each shard once, by its new owner:
-    # the unconsumed samples at once, the rest in the next epoch), then nothing.
+    # resume they fetched exactly the third node's share (each shard once, by its new owner),
+    # then nothing.
     third_share = fetched(first)[0][str(c.members[2].config)]
     refetched = fetched(after)
     assert sum(sum(epoch.values()) for epoch in refetched) == third_share > 0, refetched

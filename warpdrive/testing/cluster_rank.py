@@ -3,7 +3,8 @@
 ``python -m warpdrive.testing.cluster_rank SPEC`` where SPEC is JSON: ``urls``, ``seed``,
 ``epochs``, ``workers``, ``batch_size``, ``out`` and optionally ``reader`` ("warpdrive" or
 "posix"), ``partition``, ``shuffle_buffer``, ``prefetch_shards``, ``epoch_size``, ``step_ms``
-(a training step's time, slept per batch), ``stop`` ([epoch, batches]: checkpoint every rank's
+(a training step's time, slept per batch), ``drop_page_cache`` (after every epoch, as on
+nodes whose data outgrows memory; needs root), ``stop`` ([epoch, batches]: checkpoint every rank's
 state there and exit) and ``resume`` (a checkpoint file to continue from). The node's WarpDrive
 config comes from ``WARPDRIVE_CONFIG``; with a mount, ``{mount}`` in a URL is its mount point
 (``WARPDRIVE_MOUNT``) and its counters come from ``WARPDRIVE_METRICS_URL``.
@@ -136,8 +137,11 @@ def main() -> int:
             if stopped:
                 states = [info["state"] for info, _ in ranks]
                 (out / "state.json").write_text(json.dumps(states))
+            if spec.get("drop_page_cache"):
+                Path("/proc/sys/vm/drop_caches").write_text("1\n")
         if stopped:
             break
+        dist.barrier()  # the next epoch starts on every node after rank 0's bookkeeping
     dist.destroy_process_group()
     return 0
 
