@@ -81,14 +81,7 @@ class Layout:
 def base_order(groups: Sequence[Sequence[int]], seed: int, shuffle: bool) -> list[int]:
     """The run's fixed order of all shards: each group (region) permuted by the seed alone, the
     groups taken in turn, so every node gets a share of every region."""
-    if not shuffle:
-        return [s for group in groups for s in group]
-    orders = []
-    for g, group in enumerate(groups):
-        order = list(group)
-        random.Random(f"partition:{seed}:{g}").shuffle(order)
-        orders.append(order)
-    return _interleave(orders)
+    return _permuted(groups, f"partition:{seed}", shuffle)
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,14 +105,7 @@ def node_sets(count: int, nodes: int) -> tuple[tuple[int, ...], ...]:
 def epoch_order(groups: Sequence[Sequence[int]], seed: int, epoch: int, shuffle: bool) -> list[int]:
     """The shards of ``groups`` in the order of ``epoch``: each group permuted by (seed, epoch),
     the groups taken in turn."""
-    if not shuffle:
-        return [s for group in groups for s in group]
-    orders = []
-    for g, group in enumerate(groups):
-        order = list(group)
-        random.Random(f"shards:{seed}:{epoch}:{g}").shuffle(order)
-        orders.append(order)
-    return _interleave(orders)
+    return _permuted(groups, f"shards:{seed}:{epoch}", shuffle)
 
 
 def node_shards(
@@ -172,6 +158,19 @@ def quotas(total: int, weights: Sequence[int]) -> list[int]:
     for i in order[: total - sum(parts)]:
         parts[i] += 1
     return parts
+
+
+def _permuted(groups: Sequence[Sequence[int]], key: str, shuffle: bool) -> list[int]:
+    """Each group permuted by the RNG named ``key`` and its index, then the groups in turn;
+    without ``shuffle``, the groups one after another as listed."""
+    if not shuffle:
+        return [s for group in groups for s in group]
+    orders = []
+    for g, group in enumerate(groups):
+        order = list(group)
+        random.Random(f"{key}:{g}").shuffle(order)
+        orders.append(order)
+    return _interleave(orders)
 
 
 def _numbered(groups: Sequence[Sequence[T]]) -> tuple[list[T], list[list[int]]]:

@@ -195,8 +195,6 @@ class ShardDataset(IterableDataset[Sample]):
             "epoch": self.epoch,
             "partition": self.partition,
             "layout": self.layout.as_dict(),
-            "rank": self.rank,
-            "world_size": self.world_size,
             "num_workers": max(1, num_workers),
             "epoch_size": self.epoch_size,
             "shards": len(self.shards),
@@ -318,7 +316,7 @@ class ShardDataset(IterableDataset[Sample]):
         self, mine: list[Shard], worker: int, want: int | None, start: int
     ) -> Iterator[Sample]:
         replay = _Replay(start)
-        stream = self._ordered(mine, self.rank, worker, want, replay, self._skip, True)
+        stream = self._ordered(mine, worker, want, replay)
         try:
             for position, pending in enumerate(stream):
                 replay.emitted = position + 1
@@ -346,27 +344,23 @@ class ShardDataset(IterableDataset[Sample]):
             self.source.flush()
 
     def _ordered(
-        self,
-        mine: list[Shard],
-        rank: int,
-        worker: int,
-        want: int | None,
-        replay: _Replay,
-        skip: frozenset[tuple[str, int]],
-        hints: bool,
+        self, mine: list[Shard], worker: int, want: int | None, replay: _Replay
     ) -> Iterator[_Pending]:
-        """This worker's samples in output order (before decoding): all of them but those in
-        ``skip``, or exactly ``want`` (epoch_size's share), cut short or padded by further
-        passes (which repeat skipped samples too)."""
+        """This worker's samples in output order (before decoding): all of them but those
+        handed out before a change of layout, or exactly ``want`` (epoch_size's share), cut
+        short or padded by further passes (which may repeat any sample)."""
+        skip = self._skip
         produced = 0
         if want == 0:
             return
         for pass_ in range(1 if want is None else 1 << 30):
-            stream = self._grouped(mine, replay, hints)
+            stream = self._grouped(mine, replay)
             if skip and pass_ == 0:
                 stream = (p for p in stream if (p.shard.url, p.ordinal) not in skip)
             if self.shuffle:
-                rng = random.Random(f"samples:{self.seed}:{self.epoch}:{rank}:{worker}:{pass_}")
+                rng = random.Random(
+                    f"samples:{self.seed}:{self.epoch}:{self.rank}:{worker}:{pass_}"
+                )
                 stream = _shuffled(stream, self.shuffle_buffer, rng)
             before = produced
             for pending in stream:
@@ -377,11 +371,11 @@ class ShardDataset(IterableDataset[Sample]):
             if want is None or produced >= want or produced == before:
                 return
 
-    def _grouped(self, mine: list[Shard], replay: _Replay, hints: bool) -> Iterator[_Pending]:
+    def _grouped(self, mine: list[Shard], replay: _Replay) -> Iterator[_Pending]:
         """Samples of each shard in turn, hinting the next shards to the cache as it goes."""
         hinted = 0
         for j, shard in enumerate(mine):
-            ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards] if hints else []
+            ahead = mine[max(hinted, j + 1) : j + 1 + self.prefetch_shards]
             if ahead:
                 self.source.prefetch(ahead)
                 hinted = j + 1 + self.prefetch_shards
