@@ -127,19 +127,25 @@ class WarpDriveFS:
 
     # -- metadata --------------------------------------------------------------------------
 
-    def lookup(self, parent: int, name: str) -> Attr:
-        """Attributes of ``name`` in directory ``parent``; counts one kernel reference."""
+    def lookup(self, parent: int, name: str, nowait: bool = False) -> Attr | None:
+        """Attributes of ``name`` in directory ``parent``; counts one kernel reference. With
+        ``nowait``: None, having done nothing, if that needs a backend call."""
         if not name or "/" in name or name in (".", ".."):
             raise InvalidPathError(f"invalid name {name!r}")
         path = self.path_of(parent).rstrip("/") + "/" + name
-        info = self.wd.stat(path)
+        info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
+        if info is None:
+            return None
         with self._lock:
             ino = self._inode_locked(info.path)
             self._refs[ino] += 1
         return self._attr(info, ino)
 
-    def getattr(self, ino: int) -> Attr:
-        return self._attr(self.wd.stat(self.path_of(ino)), ino)
+    def getattr(self, ino: int, nowait: bool = False) -> Attr | None:
+        """With ``nowait``: None if the attributes need a backend call."""
+        path = self.path_of(ino)
+        info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
+        return None if info is None else self._attr(info, ino)
 
     def statfs(self) -> FsStats:
         cfg = self.wd.config.cache
@@ -186,14 +192,23 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, uid: int | None = None) -> tuple[int, bool]:
+    def open(
+        self, ino: int, flags: int, uid: int | None = None, nowait: bool = False
+    ) -> tuple[int, bool] | None:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
-        etag is the one the previous open saw)."""
+        etag is the one the previous open saw). With ``nowait``: None, having done nothing, if
+        opening needs a backend call (the object's metadata is not cached)."""
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
         user, team = self.wd.user_and_team(uid)
-        handle = self.wd.open_handle(self.path_of(ino), team, user)
+        path = self.path_of(ino)
+        if nowait:
+            handle = self.wd.open_cached(path, team, user)
+            if handle is None:
+                return None
+        else:
+            handle = self.wd.open_handle(path, team, user)
         with self._lock:
             keep_cache = self._served_etag.get(ino) == handle.obj.etag
             self._served_etag[ino] = handle.obj.etag

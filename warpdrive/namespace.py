@@ -121,6 +121,18 @@ class Namespace:
             raise IsDirectoryError(f"{loc.path!r} is a directory")
         return loc.backend, self._meta_for(loc.backend, loc.key)
 
+    def cached_stat(self, path: str) -> FileInfo | None:
+        """What :meth:`stat` would answer, when that needs no backend call (the object's
+        metadata is known and fresh); None otherwise. Never blocks."""
+        loc = self.locate(path)
+        if loc.backend is None or not loc.key:
+            return FileInfo(loc.path, is_dir=True)
+        cached = self._meta.get((loc.backend.name, loc.key))
+        if cached is None or cached[0] <= time.monotonic():
+            return None
+        meta = cached[1]
+        return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
+
     def _meta_for(self, backend: Backend, key: str, refresh: bool = False) -> ObjectMeta:
         now = time.monotonic()
         cached = None if refresh else self._meta.get((backend.name, key))

@@ -29,6 +29,7 @@ can hint far ahead without flooding the backend or the cache.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import queue
@@ -160,6 +161,9 @@ class Prefetcher:
         # Files opened lately per directory, to see a reader walking it in sorted order.
         self._opened: OrderedDict[str, deque[str]] = OrderedDict()
         self._scanned: set[str] = set()  # directories whose scan (or a mirror's) began
+        # Per scanned directory: the file the reader was at and the last file handed to the
+        # fetcher, so that each open extends the window instead of walking all of it again.
+        self._scan_ahead: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._advice: queue.Queue[tuple[ObjectVersion, int] | None] = queue.Queue()
@@ -281,25 +285,40 @@ class Prefetcher:
                 if mirror not in self._scanned:
                     self._scanned.add(mirror)
                     with contextlib.suppress(WarpDriveError):
-                        self._prefetch_files(dirs.listdir(mirror), "", budget, resolve, team)
-        self._prefetch_files(files, name, budget, resolve, team)
+                        entries = dirs.listdir(mirror)
+                        self._prefetch_files(mirror, entries, "", budget, resolve, team)
+        self._prefetch_files(parent, files, name, budget, resolve, team)
 
     def _prefetch_files(
         self,
+        directory: str,
         entries: list[FileInfo],
         after: str,
         budget: int,
         resolve: Resolver,
         team: str | None,
     ) -> None:
-        """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes."""
-        files = [info for info in entries if not info.is_dir and info.name > after]
+        """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes
+        ahead of it; those an earlier call of this scan handed over already are not looked at
+        again (with small files, one open would otherwise check hundreds of them)."""
+        was_at, done = self._scan_ahead.get(directory, ("", ""))
+        if after < was_at:
+            done = ""  # the reader started over: a new pass over the directory
+        names = [info.name for info in entries]
         ahead = 0
-        for info in files:
+        for info in entries[bisect.bisect_right(names, after) :]:
+            if info.is_dir:
+                continue
             if ahead and ahead + info.size > budget:
-                return
+                break
             ahead += info.size
-            self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team, "scan")
+            if info.name > done:
+                self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team, "scan")
+                done = info.name
+        self._scan_ahead[directory] = (after, done)
+        self._scan_ahead.move_to_end(directory)
+        if len(self._scan_ahead) > MAX_TRACKED_DIRS:
+            self._scan_ahead.popitem(last=False)
 
     # -- hints -----------------------------------------------------------------------------
 

@@ -71,12 +71,22 @@ class _Core:
         self._access_lock = threading.Lock()
 
     def open_handle(
-        self, path: str, team: str | None = None, user: str | None = None, scan: bool = True
-    ) -> Handle:
+        self,
+        path: str,
+        team: str | None = None,
+        user: str | None = None,
+        scan: bool = True,
+        nowait: bool = False,
+    ) -> Handle | None:
         """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
         process's user and team); tells the prefetcher a file opened (``scan``; none when the
-        config's ``scan_prefetch`` is off)."""
+        config's ``scan_prefetch`` is off). With ``nowait``: None, having done nothing, unless
+        the object's metadata is cached (then nothing here blocks)."""
         norm = self.namespace.normalize(path)
+        if nowait:
+            info = self.namespace.cached_stat(norm)
+            if info is None or info.is_dir:
+                return None
         obj = self.version(norm)
         if user is None:
             user, team = self.user, self.team
@@ -440,7 +450,7 @@ class WarpDrive:
         ``scan``: as in :meth:`open_handle`)."""
         if mode not in ("rb", "r"):
             raise ValueError(f"WarpDrive is read-only: mode {mode!r} not supported (use 'rb')")
-        handle = self._core.open_handle(path, scan=scan)
+        handle = self.open_handle(path, scan=scan)
         if buffering == 0:
             return handle
         return io.BufferedReader(handle, buffering if buffering > 1 else DEFAULT_BUFFER)
@@ -456,7 +466,16 @@ class WarpDrive:
         directory read in name order). A loader that deals a directory's files out to several
         workers or ranks must pass it: each worker would otherwise prefetch the files dealt to
         the others, and the processes, each with its own fetcher, fetch the same blocks twice."""
-        return self._core.open_handle(path, team, user, scan)
+        handle = self._core.open_handle(path, team, user, scan)
+        assert handle is not None  # only nowait opens give None
+        return handle
+
+    def open_cached(
+        self, path: str, team: str | None = None, user: str | None = None
+    ) -> Handle | None:
+        """:meth:`open_handle`, but only if it needs no backend call (the object's metadata is
+        cached and fresh): the FUSE loop opens such files without a thread hand-off."""
+        return self._core.open_handle(path, team, user, True, nowait=True)
 
     @property
     def cache_root(self) -> str:
@@ -535,6 +554,10 @@ class WarpDrive:
 
     def stat(self, path: str) -> FileInfo:
         return self._core.namespace.stat(path)
+
+    def stat_cached(self, path: str) -> FileInfo | None:
+        """:meth:`stat`'s answer when it needs no backend call; None otherwise (never blocks)."""
+        return self._core.namespace.cached_stat(path)
 
     def listdir(self, path: str = "/") -> list[FileInfo]:
         return self._core.namespace.listdir(path)
