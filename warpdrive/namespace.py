@@ -6,22 +6,37 @@ and paths under the configured mount point (``/wd/datasets-cac/...``) mean the s
 its backend's prefix. Directories above the mount paths (``/`` itself, ``/regions`` for
 ``/regions/a``) are virtual.
 
-Object metadata (size, etag) is trusted for ``cache.stale_ttl`` seconds, listings for
-``cache.list_ttl``; listings also refresh the metadata of the objects they show.
+Object metadata (size, etag) is fresh for ``cache.stale_ttl`` seconds, listings for
+``cache.list_ttl``; listings also refresh the metadata of the objects they show. Past its
+``stale_ttl``, known metadata is still answered at once (stale-while-revalidate) while one
+background listing of the object's directory refreshes it and every sibling — a page of a
+listing names up to thousands of objects, where a re-stat per open is a round trip each. What
+this process never saw, it takes from the cache index (the version some process last cached),
+revalidated the same way; only an object known nowhere is stat'ed before it is opened. Objects
+under a backend's ``immutable`` prefixes are never revalidated; with ``stale_ttl: 0`` every open
+asks the backend (no stale answers). A handle pins the version it opened and reads only its
+bytes, so versions never mix; an open within one revalidation of a change may still get the old
+version.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import overload
 
 from warpdrive.backends import Backend, Entry, ObjectMeta
 from warpdrive.config import Config
 from warpdrive.errors import InvalidPathError, IsDirectoryError, NotDirectoryError, NotFoundError
 
+log = logging.getLogger(__name__)
+
 URL_SCHEME = "warpdrive://"
+RELIST_BACKOFF = 5.0  # seconds before a directory whose revalidation failed is listed again
 MAX_COMPONENT = 1024
 MAX_PATH = 4096
 MAX_CACHED_LISTING = 10_000
@@ -50,8 +65,16 @@ class Location:
     path: str  # the normalised mount-relative path
 
 
+KnownVersions = Callable[[str, str], ObjectMeta | None]  # (backend, key) → what the index holds
+
+
 class Namespace:
-    def __init__(self, config: Config, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        known: KnownVersions | None = None,
+    ) -> None:
         self.mount_point = config.mount_point
         self.stale_ttl = config.cache.stale_ttl
         self.list_ttl = config.cache.list_ttl
@@ -62,6 +85,18 @@ class Namespace:
         self._meta: dict[tuple[str, str], tuple[float, ObjectMeta]] = {}
         self._listings: dict[str, tuple[float, list[FileInfo]]] = {}
         self._lock = threading.Lock()
+        self._known = known
+        self._immutable = {b.name: b.immutable for b in config.backends}
+        # Directories being listed to revalidate their objects' metadata (one at a time each),
+        # and when a failed one may be tried again; the keys whose opens asked for it. Guarded
+        # by _lock.
+        self._relisting: dict[tuple[str, str], float] = {}
+        self._asked: dict[tuple[str, str], set[str]] = {}
+        # Directories (backend, key) seen in listings or stats, until when (list_ttl); a
+        # stale one is still a directory while its parent is listed again. GIL-guarded.
+        self._dirs: dict[tuple[str, str], float] = {}
+        self._relists: queue.SimpleQueue[tuple[Backend, str] | None] = queue.SimpleQueue()
+        self._relister: threading.Thread | None = None
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -123,37 +158,145 @@ class Namespace:
 
     def cached_stat(self, path: str) -> FileInfo | None:
         """What :meth:`stat` would answer, when that needs no backend call (the object's
-        metadata is known and fresh); None otherwise. Never blocks."""
+        metadata or the directory is known); None otherwise. Never blocks."""
         loc = self.locate(path)
-        if loc.backend is None or not loc.key:
+        if loc.backend is None or not loc.key or self._known_dir(loc.backend, loc.key):
             return FileInfo(loc.path, is_dir=True)
-        cached = self._meta.get((loc.backend.name, loc.key))
-        if cached is None or cached[0] <= time.monotonic():
+        meta = self._meta_for(loc.backend, loc.key, nowait=True)
+        if meta is None:
             return None
-        meta = cached[1]
         return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
 
-    def _meta_for(self, backend: Backend, key: str, refresh: bool = False) -> ObjectMeta:
+    @overload
+    def _meta_for(self, backend: Backend, key: str) -> ObjectMeta: ...
+    @overload
+    def _meta_for(self, backend: Backend, key: str, nowait: bool) -> ObjectMeta | None: ...
+
+    def _meta_for(self, backend: Backend, key: str, nowait: bool = False) -> ObjectMeta | None:
+        """Fresh metadata; else the known version, revalidated in the background; else (unless
+        ``nowait``: then None) the backend's answer."""
         now = time.monotonic()
-        cached = None if refresh else self._meta.get((backend.name, key))
+        cached = self._meta.get((backend.name, key))
         if cached is not None and cached[0] > now:
             return cached[1]
+        known = None
+        if self.stale_ttl > 0:  # 0: every open asks the backend (strict)
+            known = cached[1] if cached is not None else self._from_index(backend, key, now)
+        if known is not None:
+            if not self._immutable_key(backend.name, key):
+                self._revalidate(backend, key)  # meanwhile the known version is the answer
+            return known
+        if nowait:
+            return None
         meta = backend.stat(key)
         self._remember(backend.name, meta, now)
         return meta
 
-    def _remember(self, backend: str, meta: ObjectMeta, now: float) -> None:
+    def _from_index(self, backend: Backend, key: str, now: float) -> ObjectMeta | None:
+        """The version of ``key`` the cache index holds, remembered as stale (or, under an
+        immutable prefix, as fresh for good)."""
+        meta = self._known(backend.name, key) if self._known is not None else None
+        if meta is not None:
+            self._remember(backend.name, meta, now, stale=True)
+        return meta
+
+    def _remember(self, backend: str, meta: ObjectMeta, now: float, stale: bool = False) -> None:
         if len(self._meta) >= MAX_META_ENTRIES:
             self._meta.clear()  # crude but bounded; entries are cheap to fetch again
-        self._meta[(backend, meta.key)] = (now + self.stale_ttl, meta)
+        if self._immutable_key(backend, meta.key):
+            until = float("inf")  # never changes: never asked for again
+        else:
+            until = now if stale else now + self.stale_ttl
+        self._meta[(backend, meta.key)] = (until, meta)
+
+    def _remember_dir(self, backend: str, key: str, now: float) -> None:
+        if len(self._dirs) >= MAX_META_ENTRIES:
+            self._dirs.clear()  # bounded, as the object metadata
+        self._dirs[(backend, key)] = now + self.list_ttl
+
+    def _known_dir(self, backend: Backend, key: str) -> bool:
+        """Whether ``key`` is a directory seen lately (a stale one revalidated meanwhile)."""
+        until = self._dirs.get((backend.name, key))
+        if until is None or self.stale_ttl <= 0:
+            return False
+        if until <= time.monotonic():
+            self._revalidate(backend, key)
+        return True
+
+    def _immutable_key(self, backend: str, key: str) -> bool:
+        return any(key.startswith(p) for p in self._immutable.get(backend, ()))
+
+    # -- revalidation ----------------------------------------------------------------------
+
+    def _revalidate(self, backend: Backend, key: str) -> None:
+        """List ``key``'s directory in the background (unless that is under way, or failed
+        moments ago): fresh metadata for it and its siblings, a page at a time."""
+        directory = key.rpartition("/")[0]
+        job, now = (backend.name, directory), time.monotonic()
+        with self._lock:
+            self._asked.setdefault(job, set()).add(key)
+            if self._relisting.get(job, 0.0) > now:
+                return
+            self._relisting[job] = float("inf")  # under way
+            if self._relister is None:
+                self._relister = threading.Thread(
+                    target=self._relist_loop, name="warpdrive-revalidate", daemon=True
+                )
+                self._relister.start()
+        self._relists.put((backend, directory))
+
+    def _relist_loop(self) -> None:
+        while (job := self._relists.get()) is not None:
+            backend, directory = job
+            retry_at = 0.0
+            try:
+                self._relist(backend, directory)
+            except Exception as exc:  # the known versions stay the answer meanwhile
+                log.warning("revalidating %s:%s/ failed: %s", backend.name, directory, exc)
+                retry_at = time.monotonic() + RELIST_BACKOFF
+            with self._lock:
+                self._relisting[(backend.name, directory)] = retry_at
+
+    def _relist(self, backend: Backend, directory: str) -> None:
+        prefix = f"{directory}/" if directory else ""
+        listed: set[str] = set()
+        for page in backend.list_pages(prefix):
+            now = time.monotonic()
+            for entry in page:
+                if not _nameable(entry.name):
+                    continue
+                key = prefix + entry.name
+                if entry.is_dir:
+                    listed.add(key)
+                    self._remember_dir(backend.name, key, now)
+                    continue
+                if entry.etag is None:
+                    continue
+                listed.add(key)
+                self._remember(
+                    backend.name, ObjectMeta(key, entry.size, entry.etag, entry.mtime), now
+                )
+        # Asked-for objects the listing no longer names are gone (or never were listable):
+        # forgotten, so that the next open asks the backend itself.
+        with self._lock:
+            asked = self._asked.pop((backend.name, directory), set())
+        for key in asked - listed:
+            self._meta.pop((backend.name, key), None)
+            self._dirs.pop((backend.name, key), None)
+
+    def close(self) -> None:
+        """Stop the background revalidation; idempotent."""
+        if self._relister is not None:
+            self._relists.put(None)
 
     def stat(self, path: str) -> FileInfo:
         loc = self.locate(path)
-        if loc.backend is None or not loc.key:
+        if loc.backend is None or not loc.key or self._known_dir(loc.backend, loc.key):
             return FileInfo(loc.path, is_dir=True)
         try:
             meta = self._meta_for(loc.backend, loc.key)
         except IsDirectoryError:
+            self._remember_dir(loc.backend.name, loc.key, time.monotonic())
             return FileInfo(loc.path, is_dir=True)
         return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
 
@@ -216,6 +359,7 @@ class Namespace:
     def _info(self, base: str, backend: str, prefix: str, entry: Entry, now: float) -> FileInfo:
         path = f"{base}/{entry.name}"
         if entry.is_dir:
+            self._remember_dir(backend, prefix + entry.name, now)
             return FileInfo(path, is_dir=True, mtime=entry.mtime)
         if entry.etag is not None:
             meta = ObjectMeta(prefix + entry.name, entry.size, entry.etag, entry.mtime)

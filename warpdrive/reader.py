@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from warpdrive.backends import Backend, ClientWrapper, make_backend
+from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
 from warpdrive.cache import BlockCache, BlockView, CacheIndex, ObjectVersion, Quota, Usage
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
@@ -54,7 +54,7 @@ class _Core:
             for backend in self.backends.values():
                 backend.close()
             raise
-        self.namespace = Namespace(config, self.backends)
+        self.namespace = Namespace(config, self.backends, self._known_version)
         self.fetcher = Fetcher(
             self.cache,
             self.backends,
@@ -93,6 +93,11 @@ class _Core:
         if scan and self.config.cache.scan_prefetch:
             self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
         return Handle(self, norm, obj, team, user)
+
+    def _known_version(self, backend: str, key: str) -> ObjectMeta | None:
+        """The version of ``key`` some process last cached (a new process's first answer)."""
+        rec = self.cache.index.newest(backend, key)
+        return None if rec is None else ObjectMeta(rec.key, rec.size, rec.etag, rec.mtime)
 
     def record_access(self, handle: Handle) -> None:
         """A handle that read something closed: add it to the access records."""
@@ -243,6 +248,7 @@ class _Core:
             access, self._access = self._access, None
         if access is not None:
             access.close()  # writes what is pending
+        self.namespace.close()
         self.prefetcher.close()
         self.fetcher.close()
         self.cache.close()

@@ -169,6 +169,13 @@ class CacheIndex:
             value = txn.get(oid)
         return None if value is None else _obj(oid, value)
 
+    def newest(self, backend: str, key: str) -> ObjectRecord | None:
+        """The newest version of ``key`` this cache holds blocks of (what some process saw)."""
+        with _txn(self.env) as txn:
+            oid = txn.get(_name_key(backend, key), db=self.names)
+            value = None if oid is None else txn.get(bytes(oid), db=self.objects)
+        return None if value is None or oid is None else _obj(bytes(oid), value)
+
     def iter_objects(self) -> Iterator[ObjectRecord]:
         for oid, value in self._scan(self.objects, b""):
             yield _obj(oid, value)

@@ -107,8 +107,27 @@ def parse_backend(sec: Section) -> BackendConfig:
     options = _OPTION_PARSERS[btype](opts)
     auth = parse_auth(sec, btype, opts)
     opts.finish()
-    sec.finish(("name", "type", "mount_path", "config", "auth"))
-    return BackendConfig(name=name, type=btype, mount_path=mount_path, options=options, auth=auth)
+    immutable = _immutable(sec.raw("immutable"), sec.key_path("immutable"))
+    sec.finish(("name", "type", "mount_path", "config", "auth", "immutable"))
+    return BackendConfig(
+        name=name,
+        type=btype,
+        mount_path=mount_path,
+        options=options,
+        auth=auth,
+        immutable=immutable,
+    )
+
+
+def _immutable(raw: object, key_path: str) -> tuple[str, ...]:
+    """``true`` (every object), ``false``, or a list of key prefixes."""
+    if raw is None or raw is False:
+        return ()
+    if raw is True:
+        return ("",)
+    if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
+        return tuple(p.lstrip("/") for p in raw)
+    raise ConfigError(key_path, f"{raw!r}: expected true, false or a list of key prefixes")
 
 
 def normalize_mount_path(path: str, key_path: str) -> str:

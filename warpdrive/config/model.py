@@ -112,6 +112,9 @@ class BackendConfig:
     mount_path: str  # where it appears under the mount, "/datasets-cac"
     options: BackendOptions
     auth: AuthConfig
+    # Key prefixes whose objects never change ("" = all of them): their metadata, once known,
+    # is never asked for again (Mountpoint's --metadata-ttl indefinite, gcsfuse's ttl: -1).
+    immutable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

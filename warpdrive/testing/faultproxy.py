@@ -13,7 +13,8 @@ the next requests that match:
 
 Faults apply to requests whose method and path match (by default: ranged GETs, i.e. block
 reads), ``count`` times (``None``: until cleared). It runs in a background thread of the test
-process; ``injected`` counts what it did, by kind.
+process; ``injected`` counts what it did, by kind, and ``by_method`` every request by HTTP method
+(a stat is a HEAD on Azure and S3).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.by_method: Counter[str] = Counter()  # requests relayed or answered, by HTTP method
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.AbstractServer | None = None
@@ -91,6 +93,7 @@ class FaultProxy:
     def _take(self, method: str, headers: dict[str, str]) -> Fault | None:
         with self._lock:
             self.requests += 1
+            self.by_method[method] += 1
             for fault in self.faults:
                 ranged = "range" in headers or "x-ms-range" in headers  # Azure sends the latter
                 if fault.method != method or (fault.ranged_only and not ranged):
