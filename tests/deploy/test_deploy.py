@@ -401,7 +401,14 @@ def test_config_reference_lists_exactly_the_keys_the_loader_accepts() -> None:
     assert _documented("cache") == set(CacheConfig.__dataclass_fields__) | {"dir"}
     assert _documented("fetch") == set(FetchConfig.__dataclass_fields__)
     assert _documented("governance") == set(GovernanceConfig.__dataclass_fields__)
-    assert _documented("backends[]") == {"name", "type", "mount_path", "config", "auth"}
+    assert _documented("backends[]") == {
+        "name",
+        "type",
+        "mount_path",
+        "config",
+        "auth",
+        "immutable",
+    }
     text = (ROOT / "docs" / "configuration.md").read_text()
     top = text.split("## Top level", 1)[1].split("\n## ", 1)[0]
     documented_top = set()

@@ -369,3 +369,20 @@ def test_arbitrary_yaml_text_never_crashes_the_loader(text: str) -> None:
         parse_config(text, env={})
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_immutable_prefixes_and_scan_prefetch() -> None:
+    def backend(extra: str) -> str:
+        return f"backends:\n  - {{name: ds, type: local, config: {{root: /tmp}}{extra}}}\n"
+
+    assert parse_config(backend(""), env={}).backends[0].immutable == ()
+    assert parse_config(backend(", immutable: true"), env={}).backends[0].immutable == ("",)
+    listed = parse_config(backend(", immutable: [train/, /val/]"), env={})
+    assert listed.backends[0].immutable == ("train/", "val/")
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.immutable: 'yes': expected true"):
+        parse_config(backend(", immutable: 'yes'"), env={})
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.immutable: \[\]"):
+        parse_config(backend(", immutable: []"), env={})
+    assert parse_config("backends: []", env={}).cache.scan_prefetch is True
+    off = parse_config("cache: {scan_prefetch: false}\nbackends: []", env={})
+    assert off.cache.scan_prefetch is False
