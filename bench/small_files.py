@@ -144,6 +144,19 @@ def main() -> int:
         time.sleep(2.5)  # past stale_ttl: the warm passes revalidate, they must not re-stat
         stats = mount.metric("warpdrive_backend_request_duration_seconds_count", operation="stat")
         lists = mount.metric("warpdrive_backend_request_duration_seconds_count", operation="list")
+        ops = ("lookup", "getattr", "open", "read", "release")
+
+        def handler_time() -> dict[str, tuple[float, float]]:
+            name = "warpdrive_fuse_operation_duration_seconds"
+            return {
+                op: (
+                    mount.metric(f"{name}_sum", operation=op),  # type: ignore[union-attr]
+                    mount.metric(f"{name}_count", operation=op),  # type: ignore[union-attr]
+                )
+                for op in ops
+            }
+
+        handlers = handler_time()
         passes: list[tuple[str, Callable[[list[Path]], int], list[Path]]] = [
             ("warm_name_order", name_order, mounted),
             ("local_name_order", name_order, local),
@@ -154,6 +167,11 @@ def main() -> int:
             for name, fn, paths in passes:
                 measured = rate(n, lambda f=fn, q=paths: f(q))  # type: ignore[misc]
                 results[name] = max(results.get(name, 0.0), measured)
+        after = handler_time()
+        for op in ops:
+            count = after[op][1] - handlers[op][1]
+            if count:
+                results[f"warm_{op}_us"] = (after[op][0] - handlers[op][0]) / count * 1e6
         results["warm_stats"] = (
             mount.metric("warpdrive_backend_request_duration_seconds_count", operation="stat")
             - stats
@@ -205,7 +223,8 @@ def main() -> int:
     print(
         f"\nls -R: {r['ls_R_first_s']:.2f} s first, {r['ls_R_again_s']:.2f} s again; "
         f"warm passes asked the backend {r['warm_stats']:.0f} stats and "
-        f"{r['warm_listings']:.0f} listing pages"
+        f"{r['warm_listings']:.0f} listing pages; mount handler time per request: "
+        + ", ".join(f"{op} {r[f'warm_{op}_us']:.0f} us" for op in ops if f"warm_{op}_us" in r)
     )
     write_json(args.json, args, results)
     return 0
