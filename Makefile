@@ -25,6 +25,7 @@ bench: deps
 	$(PYTHON) bench/torch_loader.py
 	$(PYTHON) bench/forge_warm.py
 	$(PYTHON) bench/cluster.py
+	$(PYTHON) bench/small_files.py
 
 demo: deps
 	$(PYTHON) demo/local_demo.py
