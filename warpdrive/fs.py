@@ -201,13 +201,14 @@ class WarpDriveFS:
         opening needs a backend call (the object's metadata is not cached)."""
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
-        user, team = self.wd.user_and_team(uid)
         path = self.path_of(ino)
-        if nowait:
-            handle = self.wd.open_cached(path, team, user)
+        if nowait:  # no backend call, and no passwd/NSS lookup (LDAP on clusters) either
+            who = self.wd.known_user_and_team(uid if uid is not None else os.getuid())
+            handle = None if who is None else self.wd.open_cached(path, who[1], who[0])
             if handle is None:
                 return None
         else:
+            user, team = self.wd.user_and_team(uid)
             handle = self.wd.open_handle(path, team, user)
         with self._lock:
             keep_cache = self._served_etag.get(ino) == handle.obj.etag

@@ -156,6 +156,15 @@ class Namespace:
             raise IsDirectoryError(f"{loc.path!r} is a directory")
         return loc.backend, self._meta_for(loc.backend, loc.key)
 
+    def known_meta(self, path: str) -> tuple[Backend, ObjectMeta] | None:
+        """:meth:`object_meta`, when that needs no backend call; None otherwise (never blocks,
+        and a directory is None too: the blocking call says what it is)."""
+        loc = self.locate(path)
+        if loc.backend is None or not loc.key:
+            return None
+        meta = self._meta_for(loc.backend, loc.key, nowait=True)
+        return None if meta is None else (loc.backend, meta)
+
     def cached_stat(self, path: str) -> FileInfo | None:
         """What :meth:`stat` would answer, when that needs no backend call (the object's
         metadata or the directory is known); None otherwise. Never blocks."""

@@ -84,10 +84,12 @@ class _Core:
         the object's metadata is cached (then nothing here blocks)."""
         norm = self.namespace.normalize(path)
         if nowait:
-            info = self.namespace.cached_stat(norm)
-            if info is None or info.is_dir:
+            known = self.namespace.known_meta(norm)
+            if known is None:
                 return None
-        obj = self.version(norm)
+            obj = self._version_of(*known)
+        else:
+            obj = self.version(norm)
         if user is None:
             user, team = self.user, self.team
         if scan and self.config.cache.scan_prefetch:
@@ -114,7 +116,9 @@ class _Core:
         )
 
     def version(self, path: str) -> ObjectVersion:
-        backend, meta = self.namespace.object_meta(path)
+        return self._version_of(*self.namespace.object_meta(path))
+
+    def _version_of(self, backend: Backend, meta: ObjectMeta) -> ObjectVersion:
         return ObjectVersion(
             backend.name, meta.key, meta.etag, meta.size, meta.mtime, self.config.cache.block_size
         )
@@ -504,6 +508,10 @@ class WarpDrive:
     def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
         """The user name of ``uid`` (default: this process's) and their team."""
         return self._core.teams.user_and_team(uid)
+
+    def known_user_and_team(self, uid: int) -> tuple[str, str | None] | None:
+        """:meth:`user_and_team` if answered lately; None rather than a passwd/NSS lookup."""
+        return self._core.teams.known(uid)
 
     @property
     def backends(self) -> Mapping[str, Backend]:

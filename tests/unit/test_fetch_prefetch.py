@@ -346,4 +346,10 @@ def test_the_mount_core_answers_from_known_metadata_without_the_backend(
         assert opened is not None
         assert bytes(fs.read(opened[0], 0, 1000) or b"") == b"a" * 1000
         fs.release(opened[0])
+        # A user never seen lately needs a passwd/NSS lookup (LDAP on clusters): not on the loop.
+        assert fs.open(a.ino, os.O_RDONLY, uid=54321, nowait=True) is None
+        fs.release(fs.open(a.ino, os.O_RDONLY, uid=54321)[0])  # type: ignore[index]
+        again = fs.open(a.ino, os.O_RDONLY, uid=54321, nowait=True)
+        assert again is not None
+        fs.release(again[0])
         assert sum(c.calls["stat"] for c in made) == before

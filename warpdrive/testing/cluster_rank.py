@@ -76,7 +76,6 @@ def main() -> int:
         ds, batch_size=spec["batch_size"], num_workers=spec["workers"], collate_fn=collate
     )
     local_lead = ds.layout.local_rank == 0
-    dist.barrier()  # every rank's counters so far are in the index
     start = node_counters(ds) if local_lead else None  # before a resume reads anything
     first = 0
     if spec.get("resume"):
