@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
-from warpdrive.cache import BlockCache, BlockView, CacheIndex, ObjectVersion, Quota, Usage
+from warpdrive.cache import BlockCache, CacheIndex, ObjectFile, ObjectVersion, Quota, Usage
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.fetch import BlockData, Fetcher, Priority
@@ -35,7 +35,6 @@ from warpdrive.namespace import FileInfo, Namespace
 from warpdrive.prefetch import HintItem, Prefetcher, Readahead
 
 DEFAULT_BUFFER = 1 << 20
-_IDLE_CURSORS = 4
 _MAX_VERIFY_RETRIES = 3
 
 
@@ -129,9 +128,13 @@ class _Core:
         offset: int,
         dst: memoryview,
         ra: Readahead | None = None,
-        cursor: _Cursor | None = None,
+        file: CacheFile | None = None,
     ) -> None:
-        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps)."""
+        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps):
+        what is cached in one read of the object's cache file, then each missing block."""
+        if file is None:
+            with CacheFile(self.cache, obj) as own:
+                return self.read_into(obj, offset, dst, ra, own)
         end = offset + len(dst)
         if ra is not None:
             self.prefetcher.readahead(ra, offset, end)
@@ -142,100 +145,90 @@ class _Core:
             if missing:
                 team = ra.team if ra is not None else self.team
                 self.fetcher.request(obj, missing, Priority.DEMAND, team)
-        pos = offset
-        while pos < end:
-            index = pos // bs
-            lo = pos - index * bs
-            hi = min(end - index * bs, obj.block_len(index))
-            chunk = dst[pos - offset : pos - offset + hi - lo]
-            self._block(obj, index, lo, hi - lo, ra, cursor, chunk)
-            pos += hi - lo
+        opened = file.get()
+        unfilled = (
+            self.cache.read_into(obj, opened, offset, dst)
+            if opened is not None
+            else list(range(first, last + 1))
+        )
+        todo = iter(unfilled)
+        next_miss = next(todo, -1)
+        for index in range(first, last + 1):
+            lo, hi = max(offset, index * bs), min(end, index * bs + bs)
+            if index != next_miss:
+                self._hit(obj, index, hi - lo, ra)
+                continue
+            next_miss = next(todo, -1)
+            part = dst[lo - offset : hi - offset]
+            part[:] = self._miss(obj, index, lo - index * bs, hi - lo, ra, file)
 
     def read(
         self,
         obj: ObjectVersion,
         offset: int,
         n: int,
-        ra: Readahead | None = None,
-        cursor: _Cursor | None = None,
+        ra: Readahead | None,
+        file: CacheFile,
         nowait: bool = False,
     ) -> bytes | bytearray | memoryview | None:
         """``n`` bytes at ``offset`` of ``obj`` (caller clamps), as any bytes-like object.
 
         A read inside one block (the usual FUSE request) allocates no zeroed buffer: a cached
-        block is read with ``pread`` into a fresh bytes object and verified there, a fetched one
-        is returned as a view of the fetched bytes. With ``nowait`` the read is done only if it
-        cannot block (one block, cached, in memory, verified); otherwise None and no effect, so
-        the caller can retry from a thread."""
+        block is read with ``pread`` into a fresh bytes object, a fetched one is returned as a
+        view of the fetched bytes. With ``nowait`` the read is done only if it cannot block
+        (one block, cached, verified, in memory); otherwise None and no effect, so the caller
+        can retry from a thread."""
         bs = obj.block_size
         index = offset // bs
         if (offset + n - 1) // bs != index:
             if nowait:
                 return None
             buf = bytearray(n)
-            self.read_into(obj, offset, memoryview(buf), ra, cursor)
+            self.read_into(obj, offset, memoryview(buf), ra, file)
             return buf
         if ra is not None and not nowait:
             self.prefetcher.readahead(ra, offset, offset + n)
-        data = self._block(obj, index, offset - index * bs, n, ra, cursor, None, nowait)
-        if nowait and data is not None and ra is not None:
-            self.prefetcher.readahead(ra, offset, offset + n)
-        return data
+        lo = offset - index * bs
+        opened = file.get()
+        data = (
+            self.cache.read_block(obj, opened, index, lo, n, nowait) if opened is not None else None
+        )
+        if data is not None:
+            self._hit(obj, index, n, ra)
+            if nowait and ra is not None:
+                self.prefetcher.readahead(ra, offset, offset + n)
+            return data
+        if nowait:
+            return None
+        return self._miss(obj, index, lo, n, ra, file)
 
-    def _block(
+    def _miss(
         self,
         obj: ObjectVersion,
         index: int,
         lo: int,
         n: int,
         ra: Readahead | None,
-        cursor: _Cursor | None,
-        dst: memoryview | None,
-        nowait: bool = False,
-    ) -> bytes | memoryview | None:
-        """Bytes ``[lo, lo+n)`` of block ``index``: into ``dst`` (returns None), or returned.
-        With ``nowait`` (and no ``dst``): None unless it is cached and in memory."""
+        file: CacheFile,
+    ) -> bytes | memoryview:
+        """Bytes ``[lo, lo+n)`` of block ``index``, which the cache could not serve: fetched,
+        or read from the cache if another reader cached it meanwhile."""
         metrics = self.metrics
+        team = ra.team if ra is not None else self.team
         for _ in range(_MAX_VERIFY_RETRIES):
-            view = cursor.get(index) if cursor is not None else None
-            if view is None:
-                view = self.cache.open_block(obj, index)
-                if view is not None and cursor is not None:
-                    cursor.put(index, view)
-            if nowait:
-                got = view.read_bytes(lo, n, nowait=True) if view is not None else None
-                if view is not None and cursor is None:
-                    view.close()
-                if got is not None:
-                    self._hit(obj, index, n, ra)
-                return got
-            if view is not None:
-                got = None
-                ok = (
-                    view.read_into(lo, dst)
-                    if dst is not None
-                    else (got := view.read_bytes(lo, n)) is not None
-                )
-                if cursor is None:
-                    view.close()
-                if ok:
-                    self._hit(obj, index, n, ra)
-                    return got
-                if cursor is not None:
-                    cursor.drop()
-                self.cache.discard(obj, index, view.nonce)
             metrics.cache_misses.inc()
             if ra is not None and self.prefetcher.prefetched(ra, obj.block_key(index), index):
                 self.prefetcher.late(ra)  # prefetched, but not early enough
-            data = self.fetcher.fetch(obj, index, ra.team if ra is not None else self.team)
-            if data is None:
-                continue  # cached meanwhile by someone else: read it from the cache
-            metrics.served_from_backend.inc(n)
-            self.prefetcher.note_read(ra, obj.block_key(index), index)
-            if dst is None:
+            data = self.fetcher.fetch(obj, index, team)
+            if data is not None:
+                metrics.served_from_backend.inc(n)
+                self.prefetcher.note_read(ra, obj.block_key(index), index)
                 return memoryview(data)[lo : lo + n]
-            dst[:] = memoryview(data)[lo : lo + n]
-            return None
+            opened = file.get(reopen=True)  # cached meanwhile: read it there
+            got = self.cache.read_block(obj, opened, index, lo, n) if opened else None
+            if got is not None:
+                self._hit(obj, index, n, ra)
+                return got
         raise BackendError(
             f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
         )
@@ -260,26 +253,43 @@ class _Core:
             backend.close()
 
 
-class _Cursor:
-    """The one block file a handle keeps open, so sequential reads open each block once."""
+class CacheFile:
+    """The cache file of one object as a handle reads it: opened at the first read that finds
+    it, opened again if it was removed (the handle's copy then holds no cached bytes)."""
 
-    __slots__ = ("index", "view")
+    __slots__ = ("_cache", "_file", "_lock", "_obj")
 
-    def __init__(self) -> None:
-        self.index = -1
-        self.view: BlockView | None = None
+    def __init__(self, cache: BlockCache, obj: ObjectVersion) -> None:
+        self._cache = cache
+        self._obj = obj
+        self._file: ObjectFile | None = None
+        self._lock = threading.Lock()
 
-    def get(self, index: int) -> BlockView | None:
-        return self.view if index == self.index else None
+    def get(self, reopen: bool = False) -> ObjectFile | None:
+        """The open file, or None while the object has none; ``reopen``: check that it is
+        still the cache's file first (after a read it should have served failed)."""
+        file = self._file
+        if file is not None and not reopen:
+            return file
+        with self._lock:
+            if self._file is not None and reopen and self._file.unlinked():
+                self._file.close()
+                self._file = None
+            if self._file is None:
+                self._file = self._cache.open_object(self._obj)
+            return self._file
 
-    def put(self, index: int, view: BlockView) -> None:
-        self.drop()
-        self.index, self.view = index, view
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
-    def drop(self) -> None:
-        if self.view is not None:
-            self.view.close()
-        self.index, self.view = -1, None
+    def __enter__(self) -> CacheFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Handle(io.RawIOBase):
@@ -297,7 +307,7 @@ class Handle(io.RawIOBase):
         self.bytes_read = 0  # what this handle returned, for access records
         self._pos = 0
         self._ra = core.prefetcher.open(obj, team)
-        self._cursors: list[_Cursor] = []  # idle cursors; concurrent reads each take their own
+        self._file = CacheFile(core.cache, obj)
 
     def readable(self) -> bool:
         return True
@@ -321,18 +331,10 @@ class Handle(io.RawIOBase):
         n = min(size, self.size - offset)
         if n <= 0:
             return b""
-        cursors = self._cursors
-        cursor = cursors.pop() if cursors else _Cursor()
-        try:
-            data = self._core.read(self.obj, offset, n, self._ra, cursor, nowait)
-            if data is not None:
-                self.bytes_read += n
-            return data
-        finally:
-            if len(cursors) < _IDLE_CURSORS:
-                cursors.append(cursor)
-            else:
-                cursor.drop()
+        data = self._core.read(self.obj, offset, n, self._ra, self._file, nowait)
+        if data is not None:
+            self.bytes_read += n
+        return data
 
     def pread_into(self, offset: int, buffer: Any) -> int:
         """Read at ``offset`` into ``buffer`` without moving the position; bytes read.
@@ -343,16 +345,8 @@ class Handle(io.RawIOBase):
         n = min(len(dst), self.size - offset)
         if n <= 0:
             return 0
-        cursors = self._cursors
-        cursor = cursors.pop() if cursors else _Cursor()  # list.pop/append are atomic
-        try:
-            self._core.read_into(self.obj, offset, dst[:n], self._ra, cursor)
-            self.bytes_read += n
-        finally:
-            if len(cursors) < _IDLE_CURSORS:
-                cursors.append(cursor)
-            else:
-                cursor.drop()
+        self._core.read_into(self.obj, offset, dst[:n], self._ra, self._file)
+        self.bytes_read += n
         return n
 
     @property
@@ -388,8 +382,7 @@ class Handle(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            while self._cursors:
-                self._cursors.pop().drop()
+            self._file.close()
             self._core.prefetcher.release(self._ra)
             if self.bytes_read:
                 self._core.record_access(self)

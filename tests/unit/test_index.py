@@ -28,12 +28,12 @@ def test_insert_counts_usage_per_backend_and_replacing_a_block_does_not_double_c
     index.insert(a, 1, 2, BS, b"")
     index.insert(b, 0, 3, BS // 2, b"")
     dead, _ = index.insert(a, 1, 4, BS, b"")  # the same block written again (another process)
-    assert dead == [(a.block_key(1), 2)]
+    assert dead == []  # same bytes at the same place: the first record stays
     assert index.usage().bytes == 2 * BS + BS // 2
     assert index.usage().blocks == 3
     assert index.usage("b").bytes == 2 * BS
     assert index.usage("other").blocks == 1
-    assert index.get(a.block_key(1)).nonce == 4  # type: ignore[union-attr]
+    assert index.get(a.block_key(1)).generation == 2  # type: ignore[union-attr]
     index.close()
 
 
@@ -53,8 +53,9 @@ def test_eviction_runs_past_high_water_down_to_low_water_oldest_first(
     dead, evicted = index.insert(obj, 9, 9, BS, b"")
     assert evicted == 5
     assert index.usage().bytes == 5 * BS
-    evicted_idx = sorted(int.from_bytes(k[-4:], "big") for k, _ in dead)
+    evicted_idx = sorted(int.from_bytes(k[-4:], "big") for k, _, _ in dead)
     assert evicted_idx == [2, 3, 4, 5, 6]  # least recently used; touched 0, 1 and new 9 stay
+    assert sorted(dead) == sorted((obj.block_key(i), i * BS, BS) for i in evicted_idx)
     assert index.counters()["evictions"] == 5
     index.close()
 
@@ -65,7 +66,7 @@ def test_new_version_of_a_name_drops_the_old_versions_blocks(tmp_path: Path) -> 
     index.insert(old, 0, 1, BS, b"")
     index.insert(old, 1, 2, BS, b"")
     dead, _ = index.insert(new, 0, 3, BS, b"")
-    assert sorted(dead) == sorted([(old.block_key(0), 1), (old.block_key(1), 2)])
+    assert sorted(dead) == sorted([(old.block_key(0), 0, BS), (old.block_key(1), BS, BS)])
     assert index.get(old.block_key(0)) is None
     assert index.object(old.oid) is None
     assert index.object(new.oid).etag == "v2"  # type: ignore[union-attr]
@@ -73,12 +74,12 @@ def test_new_version_of_a_name_drops_the_old_versions_blocks(tmp_path: Path) -> 
     index.close()
 
 
-def test_remove_checks_the_nonce_and_forgets_empty_objects(tmp_path: Path) -> None:
+def test_remove_checks_the_generation_and_forgets_empty_objects(tmp_path: Path) -> None:
     index = _index(tmp_path, 100 * BS)
     obj = _obj("k")
-    index.insert(obj, 0, 7, BS, b"")
-    assert index.remove(obj.block_key(0), nonce=8) == []  # someone else's newer copy: kept
-    assert index.remove(obj.block_key(0), nonce=7) == [(obj.block_key(0), 7)]
+    index.insert(obj, 2, 7, BS, b"")
+    assert index.remove(obj.block_key(2), generation=8) == []  # a newer write: kept
+    assert index.remove(obj.block_key(2), generation=7) == [(obj.block_key(2), 2 * BS, BS)]
     assert index.object(obj.oid) is None
     assert index.usage().bytes == 0
     index.close()
@@ -86,19 +87,17 @@ def test_remove_checks_the_nonce_and_forgets_empty_objects(tmp_path: Path) -> No
 
 def test_reconcile_drops_records_without_matching_files_and_recounts(tmp_path: Path) -> None:
     index = _index(tmp_path, 100 * BS)
-    a, b = _obj("a"), _obj("b")
+    a, b, c = _obj("a"), _obj("b"), _obj("c")
     for i in range(3):
         index.insert(a, i, 10 + i, BS, b"")
+        index.insert(c, i, 30 + i, BS, b"")
     index.insert(b, 0, 20, BS, b"")
-    files = {
-        a.block_key(0): {10: BS},  # present
-        a.block_key(1): {11: 123},  # wrong size (truncated)
-        a.block_key(2): {99: BS},  # another write's file
-    }
+    files = {a.oid: 8 * BS, c.oid: 2 * BS}  # b has no file; c's is cut after block 1
     dropped, keep = index.reconcile(files)
-    assert dropped == 3
-    assert keep == {(a.block_key(0), 10)}
-    assert index.usage().bytes == BS and index.usage("b").bytes == BS
+    assert dropped == 2
+    assert keep == {a.oid, c.oid}
+    assert index.get(c.block_key(2)) is None and index.get(c.block_key(1)) is not None
+    assert index.usage().bytes == 5 * BS and index.usage("b").bytes == 5 * BS
     assert index.object(b.oid) is None
     index.close()
 

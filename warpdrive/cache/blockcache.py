@@ -1,38 +1,66 @@
 """The block cache as the read path uses it: look up, read verified, store, forget.
 
-Disk layout: ``<cache.path>/v1/{blocks/, index/, users.lock}`` (and the governance store's
-``governance.sqlite``). Every process using the cache holds a shared ``flock`` on
-``users.lock``; a process that can take it exclusively at start is alone, and only then
-reconciles (orphan and temporary files removed, index entries without a file dropped, usage
-recounted), so it never deletes a block another process is writing.
+Disk layout: ``<cache.path>/v2/{objects/, index/, users.lock}`` (and the governance store's
+``governance.sqlite``): one sparse file per object version (:mod:`warpdrive.cache.store`), the
+LMDB index of its blocks (:mod:`warpdrive.cache.index`). A ``v1`` directory (one file per block,
+from older releases) is removed at start when no process uses it; it only held copies.
+
+Every process using the cache holds a shared ``flock`` on ``users.lock``; a process that can
+take it exclusively at start is alone, and only then reconciles (stray files and files of no
+indexed object removed, records whose file is missing or too short dropped, usage recounted), so
+it never deletes what another process is writing.
+
+**When bytes are verified.** Checksums are computed from the fetched bytes before they are
+written. A block is verified (all of it, against its chunk checksums) the first time a process
+reads it from a given file, and again after ``REVERIFY_AFTER``; in between, the process trusts
+it as long as the block's generation in the index is the same before and after each read, which
+proves no eviction freed its range meanwhile (ranges are freed only after their record is gone,
+see the store). So a wrong byte can reach a reader only if the disk changes a verified block's
+bytes under an unchanged record within ``REVERIFY_AFTER``; a machine crash that loses written
+bytes but keeps their records is caught, since a new process verifies before trusting. A
+mismatch is a counted miss (``warpdrive_checksum_errors_total``) and a refetch.
 
 Last-access times and counters are batched in memory and flushed to the index every couple of
-seconds by one background thread, so a cache hit costs one index read and no write.
+seconds by one background thread, so a cache hit costs index reads and no write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warpdrive.cache.accounts import Quota, Usage, quota_status
-from warpdrive.cache.index import CacheIndex, now_ms
-from warpdrive.cache.keys import ObjectVersion
-from warpdrive.cache.store import BlockFile, BlockStore, BlockView, chunk_sums, in_memory
+from warpdrive.cache.index import BlockRecord, CacheIndex, Dead, now_ms
+from warpdrive.cache.keys import OID_LEN, ObjectVersion
+from warpdrive.cache.store import (
+    ObjectFile,
+    ObjectFileEntry,
+    ObjectStore,
+    chunk_sums,
+    in_memory,
+    verify,
+)
 from warpdrive.config import CacheConfig
 from warpdrive.metrics import Metrics
 from warpdrive.units import format_size
 
 log = logging.getLogger(__name__)
-LAYOUT_VERSION = "v1"
+LAYOUT_VERSION = "v2"
+OLD_LAYOUTS = ("v1",)
 QUOTA_CHECK_ROUNDS = 15  # flush rounds between soft-quota checks (30 s at the default 2 s)
+REVERIFY_AFTER = 600.0  # seconds a process trusts a block it verified (same generation)
+MAX_VERIFIED = 1 << 20  # blocks remembered as verified (~100 bytes each), then forgotten
 
 
 class BlockCache:
@@ -44,11 +72,13 @@ class BlockCache:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.cfg = cfg
         self.metrics = metrics
-        self.store = BlockStore(self.root)
+        self.store = ObjectStore(self.root)
         self.index = CacheIndex(self.root, cfg.max_size, cfg.evict_high_water, cfg.evict_low_water)
         self._users = os.open(
             os.path.join(self.root, "users.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
+        # (file inode, block key) -> (generation, trusted until): see "When bytes are verified"
+        self._verified: dict[tuple[int, bytes], tuple[int, float]] = {}
         self.reconciled = self._join()
         self._pending: dict[bytes, int] = {}
         self._reported: dict[str, float] = metrics.totals()  # counted before us: not ours
@@ -67,60 +97,158 @@ class BlockCache:
 
     # -- the read path ---------------------------------------------------------------------
 
-    def open_block(self, obj: ObjectVersion, index: int) -> BlockView | None:
-        """The cached block as a view (verify on read), or None when it is not cached."""
+    def open_object(self, obj: ObjectVersion) -> ObjectFile | None:
+        """The object's cache file for reading, or None when it has none (nothing cached yet,
+        or the file was removed behind the index's back: then its blocks are forgotten)."""
+        file = self.store.open(obj.oid)
+        if file is None and self.index.object(obj.oid) is not None:
+            # A writer creates the file before it indexes anything: if the file is there now,
+            # an eviction removed it and a writer made it again between our two looks.
+            file = self.store.open(obj.oid)
+            if file is None:
+                self.lost(obj)
+        return file
+
+    def read_into(
+        self, obj: ObjectVersion, file: ObjectFile, offset: int, dst: memoryview
+    ) -> list[int]:
+        """Fill ``dst`` with the cached bytes of ``[offset, offset+len(dst))`` (the caller
+        clamps to the object); returns the indices of the blocks it could not fill (not
+        cached, evicted while being read, or failing verification), whose parts of ``dst`` the
+        caller must overwrite.
+
+        Blocks this process verified in this file are read with one ``preadv`` per run straight
+        into ``dst``, and the index is read before and after: a block whose generation changed
+        meanwhile (evicted, its range freed) counts as not filled. Other blocks are read whole
+        and verified first (:meth:`_verified_block`), once per process."""
+        bs, end = obj.block_size, offset + len(dst)
+        first = offset // bs
+        bkeys = [obj.block_key(i) for i in range(first, (end - 1) // bs + 1)]
+        records = self.index.get_many(bkeys)
+        unfilled: list[int] = []
+        trusted: list[int] = []  # positions read without hashing: re-check after reading
+        run: list[memoryview] = []
+        run_pos: list[int] = []
+        run_start = 0
+        for pos, rec in enumerate(records):
+            index = first + pos
+            lo, hi = max(offset, index * bs), min(end, index * bs + bs)
+            part = dst[lo - offset : hi - offset]
+            if rec is not None and rec.size == obj.block_len(index):
+                if self._is_verified(file, bkeys[pos], rec.generation):
+                    if not run:
+                        run_start = lo
+                    run.append(part)
+                    run_pos.append(pos)
+                    continue
+                data = self._verified_block(obj, file, index, rec)
+                if data is not None:
+                    part[:] = memoryview(data)[lo - index * bs : hi - index * bs]
+                else:
+                    unfilled.append(index)
+            else:
+                unfilled.append(index)
+            if run:
+                self._read_run(file, run_start, run, run_pos, first, trusted, unfilled)
+                run, run_pos = [], []
+        if run:
+            self._read_run(file, run_start, run, run_pos, first, trusted, unfilled)
+        if trusted:
+            after = self.index.generations([bkeys[pos] for pos in trusted])
+            now = now_ms()
+            for pos, generation in zip(trusted, after, strict=True):
+                rec = records[pos]
+                assert rec is not None
+                if generation == rec.generation:
+                    self._pending[bkeys[pos]] = now
+                else:
+                    unfilled.append(first + pos)
+            unfilled.sort()
+        return unfilled
+
+    def read_block(
+        self,
+        obj: ObjectVersion,
+        file: ObjectFile,
+        index: int,
+        lo: int,
+        n: int,
+        nowait: bool = False,
+    ) -> bytes | None:
+        """Bytes ``[lo, lo+n)`` of block ``index`` as a new bytes object (no zeroed buffer, no
+        copy when the block is verified already), or None if it cannot be served from the
+        cache. With ``nowait``, None also when it would wait for the disk or for hashing."""
         bkey = obj.block_key(index)
         rec = self.index.get(bkey)
-        if rec is None:
+        if rec is None or rec.size != obj.block_len(index):
             return None
-        view = self.store.open(bkey, rec.nonce, rec.size, rec.sums)
-        if view is None:  # evicted by another process between index read and open
+        if not self._is_verified(file, bkey, rec.generation):
+            if nowait:
+                return None
+            data = self._verified_block(obj, file, index, rec)
+            return None if data is None else data[lo : lo + n]
+        offset = index * obj.block_size + lo
+        if nowait and not (in_memory(file.fd, offset) and in_memory(file.fd, offset + n - 1)):
             return None
-        if rec.size != obj.block_len(index):
-            view.close()
-            self.discard(obj, index, rec.nonce)
+        try:
+            data = os.pread(file.fd, n, offset)
+        except OSError:
+            return None
+        if len(data) != n or self.index.generations([bkey])[0] != rec.generation:
             return None
         self._pending[bkey] = now_ms()
-        return view
+        return data
 
     def advise(self, obj: ObjectVersion, index: int) -> bool:
-        """If the block is cached, make sure its file is on its way into memory (a sequential
-        reader will want it soon) and return True; False if it is not cached.
+        """If the block is cached, make sure its bytes are on their way into memory (a
+        sequential reader will want them soon) and return True; False if it is not cached.
 
         The last byte is probed without blocking (RWF_NOWAIT); only when it is not resident is
-        the kernel asked to read the file ahead, since WILLNEED on resident pages is not free."""
-        bkey = obj.block_key(index)
-        rec = self.index.get(bkey)
+        the kernel asked to read the range ahead, since WILLNEED on resident pages is not free."""
+        rec = self.index.get(obj.block_key(index))
         if rec is None:
             return False
-        try:
-            fd = os.open(self.store.path(bkey, rec.nonce), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        file = self.store.open(obj.oid)
+        if file is None:
             return False
         try:
-            if not in_memory(fd, rec.size - 1):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            offset = index * obj.block_size
+            if not in_memory(file.fd, offset + rec.size - 1):
+                os.posix_fadvise(file.fd, offset, rec.size, os.POSIX_FADV_WILLNEED)
         finally:
-            os.close(fd)
+            file.close()
         return True
 
     def contains(self, obj: ObjectVersion, index: int) -> bool:
         return self.index.contains(obj.block_key(index))
 
-    def discard(self, obj: ObjectVersion, index: int, nonce: int | None = None) -> None:
-        """Forget a block whose file failed verification; the next read refetches it."""
+    def discard(self, obj: ObjectVersion, index: int, generation: int | None = None) -> None:
+        """Forget a block that failed verification; the next read refetches it."""
         self.metrics.checksum_errors.inc()
-        self._unlink(self.index.remove(obj.block_key(index), nonce))
+        self._free(self.index.remove(obj.block_key(index), generation))
+
+    def lost(self, obj: ObjectVersion) -> None:
+        """Forget every block of an object whose cache file is gone (removed by hand, say)."""
+        log.warning(
+            "cache file of %s:%s is missing: its blocks will be fetched again", obj.backend, obj.key
+        )
+        self.metrics.checksum_errors.inc()
+        self._free(self.index.evict_objects([obj.oid])[0])
 
     def put(
         self, obj: ObjectVersion, index: int, data: bytes | memoryview, team: str | None = None
     ) -> bool:
         """Store a block fetched for ``team``; False (and counted) if the disk would not take it."""
-        bkey = obj.block_key(index)
         sums = chunk_sums(data)
+        generation = secrets.randbits(64)
+        offset = index * obj.block_size
+
+        def commit() -> tuple[list[tuple[bytes, int, int]], int]:
+            return self.index.insert(obj, index, generation, len(data), sums, team)
+
         for attempt in (1, 2):
             try:
-                nonce = self.store.write(bkey, data)
+                dead, evicted = self.store.write(obj.oid, obj.size, offset, data, commit)
                 break
             except OSError as exc:
                 reason = "nospace" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
@@ -130,11 +258,60 @@ class BlockCache:
                     return False
                 dead, evicted = self.index.evict(4 * len(data))
                 self.metrics.cache_evictions.inc(evicted)
-                self._unlink(dead)
-        dead, evicted = self.index.insert(obj, index, nonce, len(data), sums, team)
+                self._free(dead)
         self.metrics.cache_evictions.inc(evicted)
-        self._unlink(dead)
+        self._free(dead)
         return True
+
+    def _is_verified(self, file: ObjectFile, bkey: bytes, generation: int) -> bool:
+        known = self._verified.get((file.ino, bkey))
+        return known is not None and known[0] == generation and known[1] > time.monotonic()
+
+    def _verified_block(
+        self, obj: ObjectVersion, file: ObjectFile, index: int, rec: BlockRecord
+    ) -> bytes | None:
+        """The whole block, read and checked against its checksums, or None. A block that
+        fails is discarded (counted) unless it changed meanwhile (evicted: no fault) or the
+        file was removed under the caller (then it must open the object again)."""
+        bkey = obj.block_key(index)
+        try:
+            data = os.pread(file.fd, rec.size, index * obj.block_size)
+        except OSError:
+            data = b""
+        if len(data) == rec.size and verify(data, rec.sums):
+            if len(self._verified) >= MAX_VERIFIED:
+                self._verified.clear()
+            self._verified[(file.ino, bkey)] = (rec.generation, time.monotonic() + REVERIFY_AFTER)
+            self._pending[bkey] = now_ms()
+            return data
+        if not file.unlinked() and self.index.generations([bkey])[0] == rec.generation:
+            self.discard(obj, index, rec.generation)
+        return None
+
+    def _read_run(
+        self,
+        file: ObjectFile,
+        offset: int,
+        buffers: list[memoryview],
+        positions: list[int],
+        first: int,
+        trusted: list[int],
+        unfilled: list[int],
+    ) -> None:
+        """One ``preadv`` of adjacent verified blocks into their parts of the caller's buffer;
+        their positions join ``trusted``, or ``unfilled`` if the read came up short (the file
+        was cut behind our back). Then this process forgets that the file's blocks were
+        verified, so the retry verifies them and finds the damage."""
+        try:
+            got = os.preadv(file.fd, buffers, offset)
+        except OSError:
+            got = -1
+        if got == sum(len(b) for b in buffers):
+            trusted += positions
+            return
+        unfilled += [first + pos for pos in positions]
+        for key in [k for k in self._verified if k[0] == file.ino]:
+            self._verified.pop(key, None)
 
     def usage(self) -> Usage:
         return self.index.usage()
@@ -143,14 +320,14 @@ class BlockCache:
         """Drop every cached block of these objects (and their files); how many blocks went."""
         dead, evicted = self.index.evict_objects(oids)
         self.metrics.cache_evictions.inc(evicted)
-        self._unlink(dead)
+        self._free(dead)
         return evicted
 
     def set_quota(self, quota: Quota) -> int:
         """Store a quota; blocks evicted at once because the team was already over it."""
         dead, evicted = self.index.set_quota(quota)
         self.metrics.cache_evictions.inc(evicted)
-        self._unlink(dead)
+        self._free(dead)
         return evicted
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,18 +354,16 @@ class BlockCache:
     def reconcile(self) -> tuple[int, int]:
         """Make index and files agree (see module doc). Returns (records dropped, files removed).
         Only safe while no other process uses the cache: :meth:`_join` checks that."""
-        files: dict[bytes, dict[int, int]] = {}
         strays: list[str] = []
-        found: list[BlockFile] = []
+        found: list[ObjectFileEntry] = []
         for item in self.store.scan():
             if isinstance(item, str):
                 strays.append(item)
             else:
                 found.append(item)
-                files.setdefault(item.bkey, {})[item.nonce] = item.size
-        dropped, keep = self.index.reconcile(files)
+        dropped, keep = self.index.reconcile({f.oid: f.size for f in found})
         removed = 0
-        for path in strays + [f.path for f in found if (f.bkey, f.nonce) not in keep]:
+        for path in strays + [f.path for f in found if f.oid not in keep]:
             try:
                 if os.path.isdir(path) and not os.path.islink(path):
                     continue
@@ -215,17 +390,61 @@ class BlockCache:
             fcntl.flock(self._users, fcntl.LOCK_SH)
             return False
         try:
+            self._remove_old_layouts()
             self.reconcile()
         finally:
             fcntl.flock(self._users, fcntl.LOCK_SH)  # may wait if another joins meanwhile
         return True
 
-    def _unlink(self, dead: list[tuple[bytes, int]]) -> None:
-        for bkey, nonce in dead:
+    def _remove_old_layouts(self) -> None:
+        """Remove caches of older layouts no process uses (they are only copies); the
+        governance records move over."""
+        for name in OLD_LAYOUTS:
+            old = os.path.join(self.cfg.path, name)
+            if not os.path.isdir(old):
+                continue
             try:
-                self.store.remove(bkey, nonce)
+                lock = os.open(os.path.join(old, "users.lock"), os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                lock = -1
+            try:
+                if lock >= 0:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("cache %s (older layout) is in use: left in place", old)
+                os.close(lock)
+                continue
+            if not os.path.exists(os.path.join(self.root, "governance.sqlite")):
+                for name in ("governance.sqlite", "governance.sqlite-wal", "governance.sqlite-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(os.path.join(old, name), os.path.join(self.root, name))
+            shutil.rmtree(old, ignore_errors=True)
+            if lock >= 0:
+                os.close(lock)
+            log.info("removed cache %s of an older layout (%s now)", old, LAYOUT_VERSION)
+
+    def _free(self, dead: Dead) -> None:
+        """Give back the disk space of blocks the index no longer names: a whole file when
+        its object left the index, else each block's range (see the store for the locking)."""
+        index, store = self.index, self.store
+        gone: set[bytes] = set()
+        for bkey, offset, length in dead:
+            oid = bkey[:OID_LEN]
+            try:
+                if oid in gone or index.object(oid) is None:
+                    if oid not in gone:
+                        gone.add(oid)
+                        store.remove(oid, partial(self._object_gone, oid))
+                    continue
+                store.punch(oid, offset, length, partial(self._block_gone, bkey))
             except OSError as exc:
-                log.warning("cannot remove evicted block file: %s", exc.strerror)
+                log.warning("cannot free evicted blocks: %s", exc.strerror)
+
+    def _object_gone(self, oid: bytes) -> bool:
+        return self.index.object(oid) is None
+
+    def _block_gone(self, bkey: bytes) -> bool:
+        return not self.index.contains(bkey)
 
     def _flush_loop(self, interval: float) -> None:
         rounds = 0

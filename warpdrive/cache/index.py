@@ -2,22 +2,25 @@
 
 Sub-databases (schema 2):
 
-``blocks``   block key (oid + index) → nonce u64, size u32, last access ms u64, team id u32,
-             chunk checksums
+``blocks``   block key (oid + index) → generation u64, size u32, last access ms u64, team id u32,
+             chunk checksums (the generation is new for every write of a block: a reader that
+             sees the same generation before and after reading saw the same bytes)
 ``lru``      last access ms (8 bytes, big-endian) + block key → ``b""``, oldest first
 ``objects``  oid → JSON {backend, key, etag, size, mtime, block_size, cached_at}
 ``names``    backend NUL key → oid of the newest version cached
 ``counters`` name → u64 (hits, misses, evictions, … summed over every process)
 ``usage``, ``teams``, ``quotas``: see :mod:`warpdrive.cache.accounts`
 
-Rules: a block is indexed only after its file is complete and renamed into place, so the index
-never names a partial block. Inserting a block and evicting happen in one write transaction: a
-team over its hard quota first loses its own least recently used blocks, then the cache as a whole
-is brought down to the low watermark once past the high one, so neither limit stays exceeded. The
-files of evicted blocks are unlinked after commit. Inserting a block of a new version of a name
-drops every block of the old version. LMDB serialises writers across processes; readers never
-block. Commits skip fsync (``sync=False``): a crash of the process loses nothing, a crash of the
-machine may lose the last commits, which reconciliation at the next start turns into orphan files.
+Rules: a block is indexed only after its bytes are in its object file, so the index never names
+a partial block. Inserting a block and evicting happen in one write transaction: a team over its
+hard quota first loses its own least recently used blocks, then the cache as a whole is brought
+down to the low watermark once past the high one, so neither limit stays exceeded. The ranges of
+evicted blocks are freed after commit (see :mod:`warpdrive.cache.store`). Inserting a block of a
+new version of a name drops every block of the old version. LMDB serialises writers across
+processes; readers never block. Commits skip fsync (``sync=False``): a crash of the process loses
+nothing; a crash of the machine may lose the last commits (those blocks are fetched again), or
+keep commits whose bytes the disk lost: every process verifies a block before it trusts it, so
+those are found and fetched again.
 """
 
 from __future__ import annotations
@@ -42,14 +45,14 @@ from warpdrive.cache.accounts import (
     team_backend_key,
     team_key,
 )
-from warpdrive.cache.keys import OID_LEN, ObjectVersion
+from warpdrive.cache.keys import OID_LEN, ObjectVersion, split_block_key
 from warpdrive.cache.lmdbenv import txn as _txn
 
 SCHEMA = b"2"
 QUOTA_TARGET = 0.95  # a team over its hard limit is brought down to this fraction of it
-_REC = struct.Struct("<QIQI")  # nonce, size, atime_ms, team id
+_REC = struct.Struct("<QIQI")  # generation, size, atime_ms, team id
 _U64 = struct.Struct("<Q")
-Dead = list[tuple[bytes, int]]  # (block key, nonce) of files to unlink after commit
+Dead = list[tuple[bytes, int, int]]  # (block key, offset, length) of ranges to free after commit
 
 __all__ = ["BlockRecord", "CacheIndex", "ObjectRecord", "Quota", "Usage", "now_ms"]
 
@@ -60,7 +63,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class BlockRecord:
-    nonce: int
+    generation: int
     size: int
     atime_ms: int
     team_id: int
@@ -80,13 +83,13 @@ class ObjectRecord:
 
 
 def _rec(value: bytes | memoryview) -> BlockRecord:
-    nonce, size, atime, team = _REC.unpack_from(value)
-    return BlockRecord(nonce, size, atime, team, bytes(value[_REC.size :]))
+    generation, size, atime, team = _REC.unpack_from(value)
+    return BlockRecord(generation, size, atime, team, bytes(value[_REC.size :]))
 
 
 def _pack(rec: BlockRecord, atime_ms: int | None = None) -> bytes:
     atime = rec.atime_ms if atime_ms is None else atime_ms
-    return _REC.pack(rec.nonce, rec.size, atime, rec.team_id) + rec.sums
+    return _REC.pack(rec.generation, rec.size, atime, rec.team_id) + rec.sums
 
 
 def _lru_key(atime_ms: int, bkey: bytes) -> bytes:
@@ -131,6 +134,18 @@ class CacheIndex:
         with _txn(self.env, db=self.blocks) as txn:
             value = txn.get(bkey)
         return None if value is None else _rec(value)
+
+    def get_many(self, bkeys: list[bytes]) -> list[BlockRecord | None]:
+        """The records of several blocks, as of one moment."""
+        with _txn(self.env, db=self.blocks) as txn:
+            values = [txn.get(bkey) for bkey in bkeys]
+        return [None if value is None else _rec(value) for value in values]
+
+    def generations(self, bkeys: list[bytes]) -> list[int | None]:
+        """Each block's generation (None: not cached), as of one moment."""
+        with _txn(self.env, db=self.blocks) as txn:
+            values = [txn.get(bkey) for bkey in bkeys]
+        return [None if value is None else _U64.unpack_from(value)[0] for value in values]
 
     def contains(self, bkey: bytes) -> bool:
         with _txn(self.env, db=self.blocks) as txn:
@@ -253,26 +268,25 @@ class CacheIndex:
         self,
         obj: ObjectVersion,
         index: int,
-        nonce: int,
+        generation: int,
         size: int,
         sums: bytes,
         team: str | None = None,
     ) -> tuple[Dead, int]:
-        """Index a complete block file, fetched on behalf of ``team``; then enforce the team's
-        quotas and the cache's watermarks (see the module doc).
+        """Index a block whose bytes are written, fetched on behalf of ``team``; then enforce
+        the team's quotas and the cache's watermarks (see the module doc).
 
-        Returns the (block key, nonce) of files to unlink (evicted, replaced, or of an old
-        version of the object) and how many blocks were evicted."""
+        Returns the ranges to free (blocks evicted, or of an old version of the object) and how
+        many blocks were evicted. A block indexed already keeps its record (same bytes)."""
         bkey, atime = obj.block_key(index), now_ms()
         dead: Dead = []
         with _txn(self.env, write=True) as txn:
             if txn.get(obj.oid, db=self.objects) is None:
                 self._add_object(txn, obj, dead)
-            old = txn.get(bkey, db=self.blocks)
-            if old is not None:
-                self._delete_block(txn, bkey, _rec(old), obj.backend, dead)
+            if txn.get(bkey, db=self.blocks) is not None:
+                return dead, 0
             team_id = self.accounts.team_id(txn, team, create=True)
-            txn.put(bkey, _REC.pack(nonce, size, atime, team_id) + sums, db=self.blocks)
+            txn.put(bkey, _REC.pack(generation, size, atime, team_id) + sums, db=self.blocks)
             txn.put(_lru_key(atime, bkey), b"", db=self.lru)
             total = self.accounts.add(txn, obj.backend, team, size, 1)
             evicted = 0
@@ -283,15 +297,16 @@ class CacheIndex:
                 evicted += self._evict(txn, total - self.low_bytes, dead, keep=bkey)
         return dead, evicted
 
-    def remove(self, bkey: bytes, nonce: int | None = None) -> Dead:
-        """Drop one block (for instance one whose file failed its checksum)."""
+    def remove(self, bkey: bytes, generation: int | None = None) -> Dead:
+        """Drop one block (for instance one that failed its checksum), if it is still of
+        ``generation``."""
         dead: Dead = []
         with _txn(self.env, write=True) as txn:
             value = txn.get(bkey, db=self.blocks)
             if value is not None:
                 rec = _rec(value)
-                if nonce is None or rec.nonce == nonce:
-                    self._delete_block(txn, bkey, rec, self._backend_of(txn, bkey), dead)
+                if generation is None or rec.generation == generation:
+                    self._delete_block(txn, bkey, rec, self._owner(txn, bkey[:OID_LEN]), dead)
                     self._drop_object_if_empty(txn, bkey[:OID_LEN])
         return dead
 
@@ -310,7 +325,7 @@ class CacheIndex:
                 value = txn.get(oid, db=self.objects)
                 if value is None:
                     continue
-                self._drop_object_blocks(txn, oid, _obj(oid, value).backend, dead)
+                self._drop_object_blocks(txn, oid, dead)
                 self._drop_object_if_empty(txn, oid)
             self._count_evictions(txn, len(dead))
         return dead, len(dead)
@@ -341,35 +356,34 @@ class CacheIndex:
                 value = txn.get(key)
                 txn.put(key, _U64.pack((_U64.unpack(value)[0] if value else 0) + delta))
 
-    def reconcile(
-        self, files: Mapping[bytes, Mapping[int, int]]
-    ) -> tuple[int, set[tuple[bytes, int]]]:
-        """Make the index agree with the block files on disk (``bkey → {nonce: size}``).
+    def reconcile(self, files: Mapping[bytes, int]) -> tuple[int, set[bytes]]:
+        """Make the index agree with the object files on disk (``oid → file size``).
 
-        Drops records whose file is missing or of another size, drops LRU entries and objects
-        left without blocks, and recounts usage. Returns how many records were dropped and the
-        (bkey, nonce) of every file the index still names."""
+        Drops records whose object has no file, or a file too short to hold them, drops LRU
+        entries and objects left without blocks, and recounts usage. Returns how many records
+        were dropped and the oids of every file the index still names."""
         dropped, keep = 0, set()
         totals: dict[bytes, list[int]] = {}
         with _txn(self.env, write=True) as txn:
-            backends: dict[bytes, str] = {}
+            backends: dict[bytes, tuple[str, int]] = {}
             teams: dict[int, str | None] = {}
             cursor = txn.cursor(db=self.blocks)
             found = cursor.first()
             while found:
                 bkey, rec = bytes(cursor.key()), _rec(cursor.value())
-                if files.get(bkey, {}).get(rec.nonce) != rec.size:
+                oid, index = split_block_key(bkey)
+                if oid not in backends:
+                    backends[oid] = self._owner(txn, oid)
+                end = index * backends[oid][1] + rec.size
+                if files.get(oid, -1) < end:
                     txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
                     found = _delete(cursor)
                     dropped += 1
                     continue
-                keep.add((bkey, rec.nonce))
-                oid = bkey[:OID_LEN]
-                if oid not in backends:
-                    backends[oid] = self._backend_of(txn, bkey)
+                keep.add(oid)
                 if rec.team_id not in teams:
                     teams[rec.team_id] = self.accounts.team_name(txn, rec.team_id)
-                backend, team = backends[oid], teams[rec.team_id]
+                backend, team = backends[oid][0], teams[rec.team_id]
                 keys = [ALL, backend.encode()]
                 if team:
                     keys += [team_key(team), team_backend_key(team, backend)]
@@ -396,7 +410,7 @@ class CacheIndex:
         name = _name_key(obj.backend, obj.key)
         previous = txn.get(name, db=self.names)
         if previous is not None and previous != obj.oid:
-            self._drop_object_blocks(txn, bytes(previous), obj.backend, dead)
+            self._drop_object_blocks(txn, bytes(previous), dead)
             txn.delete(previous, db=self.objects)
         record = {
             "backend": obj.backend,
@@ -410,9 +424,8 @@ class CacheIndex:
         txn.put(obj.oid, json.dumps(record).encode(), db=self.objects)
         txn.put(name, obj.oid, db=self.names)
 
-    def _drop_object_blocks(
-        self, txn: lmdb.Transaction, oid: bytes, backend: str, dead: Dead
-    ) -> None:
+    def _drop_object_blocks(self, txn: lmdb.Transaction, oid: bytes, dead: Dead) -> None:
+        backend, block_size = self._owner(txn, oid)
         cursor = txn.cursor(db=self.blocks)
         found = cursor.set_range(oid)
         while found and bytes(cursor.key()).startswith(oid):
@@ -420,16 +433,22 @@ class CacheIndex:
             txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
             team = self.accounts.team_name(txn, rec.team_id)
             self.accounts.add(txn, backend, team, -rec.size, -1)
-            dead.append((bkey, rec.nonce))
+            dead.append(_range(bkey, block_size, rec.size))
             found = _delete(cursor)
 
     def _delete_block(
-        self, txn: lmdb.Transaction, bkey: bytes, rec: BlockRecord, backend: str, dead: Dead
+        self,
+        txn: lmdb.Transaction,
+        bkey: bytes,
+        rec: BlockRecord,
+        owner: tuple[str, int],
+        dead: Dead,
     ) -> None:
         txn.delete(bkey, db=self.blocks)
         txn.delete(_lru_key(rec.atime_ms, bkey), db=self.lru)
-        self.accounts.add(txn, backend, self.accounts.team_name(txn, rec.team_id), -rec.size, -1)
-        dead.append((bkey, rec.nonce))
+        team = self.accounts.team_name(txn, rec.team_id)
+        self.accounts.add(txn, owner[0], team, -rec.size, -1)
+        dead.append(_range(bkey, owner[1], rec.size))
 
     def _enforce_quotas(
         self, txn: lmdb.Transaction, team: str, backend: str | None, dead: Dead, keep: bytes | None
@@ -477,7 +496,7 @@ class CacheIndex:
             if bkey == keep or (team_id is not None and rec.team_id != team_id):
                 found = cursor.next()
                 continue
-            owner = self._backend_of(txn, bkey)
+            owner, block_size = self._owner(txn, bkey[:OID_LEN])
             if backend is not None and owner != backend:
                 found = cursor.next()
                 continue
@@ -485,7 +504,7 @@ class CacheIndex:
             found = _delete(cursor)
             team = self.accounts.team_name(txn, rec.team_id)
             self.accounts.add(txn, owner, team, -rec.size, -1)
-            dead.append((bkey, rec.nonce))
+            dead.append(_range(bkey, block_size, rec.size))
             touched.add(bkey[:OID_LEN])
             freed += rec.size
             count += 1
@@ -533,9 +552,18 @@ class CacheIndex:
             else:
                 found = names.next()
 
-    def _backend_of(self, txn: lmdb.Transaction, bkey: bytes) -> str:
-        value = txn.get(bkey[:OID_LEN], db=self.objects)
-        return str(json.loads(bytes(value))["backend"]) if value is not None else ""
+    def _owner(self, txn: lmdb.Transaction, oid: bytes) -> tuple[str, int]:
+        """(backend, block size) of a cached object."""
+        value = txn.get(oid, db=self.objects)
+        if value is None:
+            return "", 0
+        record = json.loads(bytes(value))
+        return str(record["backend"]), int(record["block_size"])
+
+
+def _range(bkey: bytes, block_size: int, size: int) -> tuple[bytes, int, int]:
+    """(block key, offset, length) of a block in its object file."""
+    return bkey, split_block_key(bkey)[1] * block_size, size
 
 
 def _delete(cursor: lmdb.Cursor) -> bool:

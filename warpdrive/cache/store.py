@@ -1,31 +1,47 @@
-"""Block files on local disk: written whole to a temporary name, renamed into place, read back
-only after their checksums match.
+"""Object files on local disk: one sparse file per cached object version, blocks at their offsets.
 
-Layout under ``<cache.path>/v1/blocks/``: ``<oid[:2]>/<oid>.<index>.<nonce>``. The nonce makes
-every write of a block a new file, so evicting one copy can never delete a newer one that another
-process just wrote. Files are 0600 in 0700 directories.
+Layout under ``<cache.path>/v2/objects/``: ``<oid[:2]>/<oid>``, files 0600 in 0700 directories.
+A file is as long as its object from its first block on; blocks not cached are holes. Which
+blocks are present is the index's business, never the file's: a hole reads as zeros, so the
+index names a block only after its bytes are written, and reads trust the bytes only as far as
+:mod:`warpdrive.cache.blockcache` says (checksums, generations).
 
-Checksums are xxh3-64 over 64 KiB chunks, kept in the index. A read verifies exactly the chunks
-it touches: the interior of the range lands straight in the caller's buffer, partial chunks at the
-ends go through a small scratch buffer. A mismatch or a short file is reported, never returned.
+Writing a block and freeing one are ordered by open-file-description (OFD) byte-range locks on
+the block's range, which exclude threads as well as processes: a writer holds the lock from its
+``pwrite`` until the index has the block; an evictor takes it after the index dropped the block,
+checks that no writer indexed the block again meanwhile, and only then punches the hole. So a
+hole is never punched under bytes the index names. Removing a whole file takes a lock on all of
+it and the same re-check; a writer that finds its file unlinked under it opens the new one.
+
+Checksums are xxh3-64 over 64 KiB chunks, kept in the index (:func:`chunk_sums`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
+import logging
 import os
-import secrets
+import struct
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import xxhash
 
 from warpdrive.cache.keys import OID_LEN
 
+log = logging.getLogger(__name__)
+
 CHUNK = 64 * 1024
 _hash = xxhash.xxh3_64_intdigest
-_TMP_PREFIX = ".tmp-"
+_FLOCK = struct.Struct("hhxxxxqqixxxx")  # struct flock (64-bit Linux); l_pid 0 for OFD locks
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)  # os has no fallocate(2) with flags
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+R = TypeVar("R")
 
 
 def chunk_sums(data: bytes | memoryview) -> bytes:
@@ -35,167 +51,130 @@ def chunk_sums(data: bytes | memoryview) -> bytes:
     return sums.tobytes()
 
 
+def verify(data: bytes | bytearray | memoryview, sums: bytes) -> bool:
+    """Whether ``data`` (a whole block) matches its packed chunk checksums."""
+    view = memoryview(data)
+    expected = array("Q")
+    expected.frombytes(sums)
+    if len(expected) != -(-len(view) // CHUNK):
+        return False
+    return all(
+        _hash(view[i : i + CHUNK]) == expected[i // CHUNK] for i in range(0, len(view), CHUNK)
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class BlockFile:
-    """A block file found on disk by :meth:`BlockStore.scan`."""
+class ObjectFileEntry:
+    """An object file found on disk by :meth:`ObjectStore.scan`."""
 
     path: str
-    bkey: bytes
-    nonce: int
+    oid: bytes
     size: int
-    mtime: float
 
 
-class BlockView:
-    """An open, verified-on-read block file. Not thread-safe: one per handle/caller."""
+class ObjectFile:
+    """An open object file for reading. ``pread``/``preadv`` on one descriptor are thread-safe."""
 
-    __slots__ = ("_fd", "_sums", "nonce", "size")
+    __slots__ = ("fd", "ino")
 
-    def __init__(self, fd: int, size: int, sums: bytes, nonce: int = 0) -> None:
-        self._fd = fd
-        self.size = size
-        self.nonce = nonce
-        self._sums = array("Q")
-        self._sums.frombytes(sums)
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.ino = os.fstat(fd).st_ino
 
-    def read_into(self, offset: int, dst: memoryview) -> bool:
-        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of the block, verified.
-
-        False if the file is short or any touched chunk fails its checksum; ``dst`` then holds
-        garbage that the caller must overwrite. One ``preadv`` per call."""
-        end, size = offset + len(dst), self.size
-        if end > size or not dst:
-            return end <= size
-        first, last = offset // CHUNK, (end - 1) // CHUNK
-        first_lo, last_lo = first * CHUNK, last * CHUNK
-        first_hi, last_hi = min(first_lo + CHUNK, size), min(last_lo + CHUNK, size)
-        head_partial = offset > first_lo or (first == last and end < last_hi)
-        tail_partial = first != last and end < last_hi
-        buffers: list[memoryview] = []
-        head = tail = None
-        if head_partial:
-            head = bytearray(first_hi - first_lo)
-            buffers.append(memoryview(head))
-        inner_lo = first_hi if head_partial else offset
-        inner_hi = last_lo if tail_partial else end
-        if inner_hi > inner_lo:
-            buffers.append(dst[inner_lo - offset : inner_hi - offset])
-        if tail_partial:
-            tail = bytearray(last_hi - last_lo)
-            buffers.append(memoryview(tail))
+    def unlinked(self) -> bool:
+        """Whether the file was removed since it was opened (its bytes are not the cache's)."""
         try:
-            got = os.preadv(self._fd, buffers, first_lo if head_partial else offset)
+            return os.fstat(self.fd).st_nlink == 0
         except OSError:
-            return False
-        if got != sum(len(b) for b in buffers):
-            return False
-        sums = self._sums
-        if head is not None:
-            if _hash(head) != sums[first]:
-                return False
-            dst[: min(end, first_hi) - offset] = memoryview(head)[
-                offset - first_lo : min(end, first_hi) - first_lo
-            ]
-        if inner_hi > inner_lo:
-            inner = dst[inner_lo - offset : inner_hi - offset]
-            base = inner_lo // CHUNK
-            for i in range(0, len(inner), CHUNK):
-                if _hash(inner[i : i + CHUNK]) != sums[base + i // CHUNK]:
-                    return False
-        if tail is not None:
-            if _hash(tail) != sums[last]:
-                return False
-            dst[last_lo - offset :] = memoryview(tail)[: end - last_lo]
-        return True
-
-    def read_bytes(self, offset: int, n: int, nowait: bool = False) -> bytes | None:
-        """Bytes ``[offset, offset+n)`` of the block, verified, or None (as :meth:`read_into`).
-
-        One ``pread`` of the whole chunks covering the range, into a new bytes object: no
-        zeroed buffer, and no copy at all when the range is chunk-aligned. With ``nowait``,
-        None also when the range's first or last page is not in memory (the read would wait
-        for the disk)."""
-        end = offset + n
-        if end > self.size or n <= 0:
-            return b"" if n == 0 and end <= self.size else None
-        first = offset // CHUNK
-        span_lo, span_hi = first * CHUNK, min(-(-end // CHUNK) * CHUNK, self.size)
-        if nowait and not (in_memory(self._fd, span_lo) and in_memory(self._fd, span_hi - 1)):
-            return None
-        try:
-            data = os.pread(self._fd, span_hi - span_lo, span_lo)
-        except OSError:
-            return None
-        if len(data) != span_hi - span_lo:
-            return None
-        view, sums = memoryview(data), self._sums
-        for i in range(0, len(data), CHUNK):
-            if _hash(view[i : i + CHUNK]) != sums[first + i // CHUNK]:
-                return None
-        if span_lo == offset and span_hi == end:
-            return data
-        return data[offset - span_lo : end - span_lo]
+            return True
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-class BlockStore:
-    """The block files under ``<root>/blocks``."""
+class ObjectStore:
+    """The object files under ``<root>/objects``."""
 
     def __init__(self, root: str) -> None:
-        self.dir = os.path.join(root, "blocks")
+        self.dir = os.path.join(root, "objects")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._punch_warned = False
 
-    def path(self, bkey: bytes, nonce: int) -> str:
-        oid = bkey[:OID_LEN].hex()
-        index = int.from_bytes(bkey[OID_LEN:], "big")
-        return f"{self.dir}/{oid[:2]}/{oid}.{index}.{nonce:016x}"
+    def path(self, oid: bytes) -> str:
+        name = oid.hex()
+        return f"{self.dir}/{name[:2]}/{name}"
 
-    def write(self, bkey: bytes, data: bytes | memoryview) -> int:
-        """Store ``data`` as a new file for ``bkey``; returns its nonce. Atomic: the final name
-        only ever holds complete data (temp file, then rename)."""
-        nonce = secrets.randbits(64)
-        final = self.path(bkey, nonce)
-        shard, name = os.path.split(final)
-        tmp = os.path.join(shard, _TMP_PREFIX + name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    def open(self, oid: bytes) -> ObjectFile | None:
+        """The object's file for reading, or None if there is none."""
         try:
-            fd = os.open(tmp, flags, 0o600)
+            return ObjectFile(os.open(self.path(oid), os.O_RDONLY | os.O_CLOEXEC))
         except FileNotFoundError:
-            os.makedirs(shard, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, flags, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            _unlink(tmp)
-            raise
-        os.close(fd)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            _unlink(tmp)
-            raise
-        return nonce
-
-    def open(self, bkey: bytes, nonce: int, size: int, sums: bytes) -> BlockView | None:
-        """The block file as a :class:`BlockView`, or None if it is gone."""
-        try:
-            fd = os.open(self.path(bkey, nonce), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
             return None
-        return BlockView(fd, size, sums, nonce)
 
-    def remove(self, bkey: bytes, nonce: int) -> None:
-        _unlink(self.path(bkey, nonce))
+    def write(
+        self, oid: bytes, size: int, offset: int, data: bytes | memoryview, commit: Callable[[], R]
+    ) -> R:
+        """Write ``data`` at ``offset`` of the object's file (made ``size`` long and sparse if
+        new), then run ``commit`` (which indexes it) before the range is unlocked; its result."""
+        path = self.path(oid)
+        while True:
+            fd = self._open_for_write(path)
+            try:
+                _lock(fd, offset, len(data), fcntl.F_WRLCK)
+                if os.fstat(fd).st_nlink == 0:  # removed while we waited: write the new file
+                    continue
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                view, pos = memoryview(data), offset
+                while view:
+                    written = os.pwrite(fd, view, pos)
+                    view, pos = view[written:], pos + written
+                return commit()
+            finally:
+                os.close(fd)  # releases the lock
 
-    def scan(self) -> Iterator[BlockFile | str]:
-        """Every block file (as :class:`BlockFile`) and every stray file (as its path)."""
+    def punch(self, oid: bytes, offset: int, length: int, still_free: Callable[[], bool]) -> None:
+        """Free ``[offset, offset+length)`` of the object's file if ``still_free()`` holds once
+        the range is locked (no writer indexed it again)."""
+        try:
+            fd = os.open(self.path(oid), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            _lock(fd, offset, length, fcntl.F_WRLCK)
+            if still_free() and _libc.fallocate(
+                fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length
+            ):
+                err = ctypes.get_errno()
+                if err not in (errno.EOPNOTSUPP, errno.ENOSYS) or not self._punch_warned:
+                    self._punch_warned = True
+                    log.warning(
+                        "cannot free evicted blocks in %s (%s): their space returns only when "
+                        "their object leaves the cache",
+                        self.dir,
+                        os.strerror(err),
+                    )
+        finally:
+            os.close(fd)
+
+    def remove(self, oid: bytes, still_unused: Callable[[], bool]) -> None:
+        """Unlink the object's file if ``still_unused()`` holds with the whole file locked."""
+        path = self.path(oid)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            _lock(fd, 0, 0, fcntl.F_RDLCK)
+            if still_unused() and os.fstat(fd).st_nlink:
+                _unlink(path)
+        finally:
+            os.close(fd)
+
+    def scan(self) -> Iterator[ObjectFileEntry | str]:
+        """Every object file (as :class:`ObjectFileEntry`) and every stray file (as its path)."""
         try:
             shards = sorted(os.scandir(self.dir), key=lambda e: e.name)
         except FileNotFoundError:
@@ -206,26 +185,33 @@ class BlockStore:
                 continue
             with os.scandir(shard.path) as entries:
                 for entry in entries:
-                    parsed = _parse_name(entry.name)
-                    if parsed is None or not entry.is_file(follow_symlinks=False):
+                    oid = _parse_name(entry.name)
+                    if oid is None or not entry.is_file(follow_symlinks=False):
                         yield entry.path
                         continue
-                    st = entry.stat(follow_symlinks=False)
-                    yield BlockFile(entry.path, parsed[0], parsed[1], st.st_size, st.st_mtime)
+                    size = entry.stat(follow_symlinks=False).st_size
+                    yield ObjectFileEntry(entry.path, oid, size)
+
+    def _open_for_write(self, path: str) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            return os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            return os.open(path, flags, 0o600)
 
 
-def _parse_name(name: str) -> tuple[bytes, int] | None:
-    parts = name.split(".")
-    if len(parts) != 3 or name.startswith(_TMP_PREFIX):
-        return None
+def _lock(fd: int, start: int, length: int, kind: int) -> None:
+    """Wait for an OFD lock on ``[start, start+length)`` (0: to the end); released by close."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+
+
+def _parse_name(name: str) -> bytes | None:
     try:
-        oid = bytes.fromhex(parts[0])
-        index, nonce = int(parts[1]), int(parts[2], 16)
+        oid = bytes.fromhex(name)
     except ValueError:
         return None
-    if len(oid) != OID_LEN or not 0 <= index < 1 << 32:
-        return None
-    return oid + index.to_bytes(4, "big"), nonce
+    return oid if len(oid) == OID_LEN else None
 
 
 def _unlink(path: str) -> None:

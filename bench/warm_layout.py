@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Warm reads against local files, on shard-sized files and on one large object.
+
+1. In-process: every byte of 24 WebDataset shards of ~11.4 MB, and of one 1 GiB object, read
+   with ``readinto`` of 1 MiB on unbuffered handles from a warm cache vs the same bytes from
+   local files, page cache hot and dropped (``/proc/sys/vm/drop_caches`` before each pass).
+   Passes alternate between the two, medians of ``--runs``.
+2. Loaders, warm, DataLoader with 2 workers: ``ShardDataset`` and ``webdataset.WebDataset``
+   over ``warpdrive://`` vs webdataset on the local files (samples/s), and the time from
+   ``iter(loader)`` to the first batch (the workers' start-up: imports, backend clients, cache).
+
+Prints a table and writes bench/out/warm_layout.json. Run: ``python bench/warm_layout.py
+[--work DIR] [--runs 3] [--big-mib 1024]``. Needs root (drop_caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import shutil
+import statistics
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import webdataset
+from torch.utils.data import DataLoader
+
+from bench.report import print_table, row, write_json
+from warpdrive import WarpDrive, parse_config
+from warpdrive_torch import ShardDataset, register_webdataset
+
+MIB = 1 << 20
+SHARDS = 24
+SAMPLES = 100  # ~114 KB each: ~11.4 MB shards
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def make_shard(index: int) -> bytes:
+    rnd = random.Random(index)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(SAMPLES):
+            size = rnd.randrange(57_000, 171_000)
+            for ext, data in (("jpg", rnd.randbytes(size)), ("cls", b"%d" % rnd.randrange(10))):
+                info = tarfile.TarInfo(f"{index:06d}{i:05d}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def read_all(paths: list[str], opener: Callable[[str], Any]) -> int:
+    buf = bytearray(MIB)
+    total = 0
+    for path in paths:
+        with opener(path) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total
+
+
+def paired(
+    local: Callable[[], int], ours: Callable[[], int], runs: int, drop: bool
+) -> tuple[float, float]:
+    """Median MB/s of (local, ours), passes interleaved."""
+    rates: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, out in ((local, rates[0]), (ours, rates[1])):
+            if drop:
+                drop_caches()
+            started = time.perf_counter()
+            nbytes = fn()
+            out.append(nbytes / (time.perf_counter() - started) / 1e6)
+    return statistics.median(rates[0]), statistics.median(rates[1])
+
+
+def digest(batches: Iterable[list[dict[str, Any]]]) -> tuple[int, int, float]:
+    """(samples, jpg bytes, seconds to the first batch) of one pass over a loader."""
+    started = time.perf_counter()
+    first = 0.0
+    n = total = 0
+    for batch in batches:
+        if not first:
+            first = time.perf_counter() - started
+        for sample in batch:
+            n += 1
+            total += len(sample["jpg"])
+    return n, total, first
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="warm reads vs local files")
+    p.add_argument("--work", default="/var/tmp/wd-bench-warm")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--big-mib", type=int, default=1024)
+    p.add_argument("--json", default=str(Path(__file__).parent / "out" / "warm_layout.json"))
+    args = p.parse_args()
+    work = Path(args.work)
+    source = work / "source"
+    if not (source / "big.bin").exists():
+        shutil.rmtree(work, ignore_errors=True)
+        (source / "train").mkdir(parents=True)
+        for i in range(SHARDS):
+            (source / "train" / f"shard-{i:06d}.tar").write_bytes(make_shard(i))
+        with open(source / "big.bin", "wb") as f:
+            for _ in range(args.big_mib):
+                f.write(os.urandom(MIB))
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    config = parse_config(
+        f"cache: {{path: {work / 'cache'}, max_size: {args.big_mib + 1024}MB, block_size: 4MB}}\n"
+        f"backends:\n  - {{name: ds, type: local, config: {{root: {source}}}}}\n",
+        env={},
+    )
+    shards = sorted(str(p) for p in (source / "train").iterdir())
+    sets = {
+        "24 shards of 11.4 MB": shards,
+        f"one {args.big_mib} MiB object": [str(source / "big.bin")],
+    }
+    results: dict[str, float] = {}
+    rows = []
+    with WarpDrive(config) as wd:
+        for local_paths in sets.values():  # cold pass fills the cache
+            for path in local_paths:
+                wd.read("/ds/" + os.path.relpath(path, source))
+        wd.flush()
+        for label, local_paths in sets.items():
+            ours = ["/ds/" + os.path.relpath(p, source) for p in local_paths]
+            for drop in (False, True):
+                local_rate, our_rate = paired(
+                    partial(read_all, local_paths, io.FileIO),
+                    partial(read_all, ours, partial(wd.open, buffering=0)),
+                    args.runs,
+                    drop,
+                )
+                case = f"in-process, {label}, page cache {'dropped' if drop else 'hot'}"
+                results[f"{case}: local MB/s"] = local_rate
+                results[f"{case}: warpdrive MB/s"] = our_rate
+                rows.append(row(case, our_rate, local_rate, "local files"))
+        print("\nWarm in-process reads (MB/s)")
+        print_table(rows, ("case", "WarpDrive MB/s", "local MB/s", "ratio"))
+
+        register_webdataset(config)
+        urls = f"warpdrive://ds/train/shard-{{000000..{SHARDS - 1:06d}}}.tar"
+        wds_urls = [f"warpdrive://ds/train/shard-{i:06d}.tar" for i in range(SHARDS)]
+
+        def loader(ds: Any) -> DataLoader[Any]:
+            return DataLoader(ds, batch_size=32, num_workers=2, collate_fn=list)
+
+        makers: dict[str, Callable[[], DataLoader[Any]]] = {
+            "webdataset, local files": lambda: loader(
+                webdataset.WebDataset(shards, shardshuffle=False, empty_check=False)
+            ),
+            "ShardDataset": lambda: loader(
+                ShardDataset(urls, wd=wd, shuffle=False, prefetch_shards=0)
+            ),
+            "webdataset over warpdrive://": lambda: loader(
+                webdataset.WebDataset(wds_urls, shardshuffle=False, empty_check=False)
+            ),
+        }
+        rates: dict[str, list[float]] = {k: [] for k in makers}
+        firsts: dict[str, list[float]] = {k: [] for k in makers}
+        expected = None
+        for _ in range(args.runs):
+            for name, make in makers.items():
+                dl = make()
+                started = time.perf_counter()
+                n, total, first = digest(dl)
+                elapsed = time.perf_counter() - started
+                if expected is None:
+                    expected = (n, total)
+                elif (n, total) != expected:
+                    raise SystemExit(f"{name}: saw {(n, total)}, expected {expected}")
+                rates[name].append(n / elapsed)
+                firsts[name].append(first)
+        base = "webdataset, local files"
+        rows = []
+        for name in makers:
+            rate, first = statistics.median(rates[name]), statistics.median(firsts[name])
+            results[f"loader warm 2 workers, {name}: samples/s"] = rate
+            results[f"loader warm 2 workers, {name}: first batch s"] = first
+            rows.append(row(f"{name}, samples/s", rate, statistics.median(rates[base]), base))
+            rows.append(
+                row(f"{name}, first batch s", first, statistics.median(firsts[base]), base, 2)
+            )
+        print("\nWarm loaders, DataLoader with 2 workers (ratio: ours / baseline)")
+        print_table(rows, ("case", "value", "baseline", "ratio"))
+    write_json(args.json, args, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
