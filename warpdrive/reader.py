@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import multiprocessing.util
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -104,6 +105,8 @@ class _Core:
         """A handle that read something closed: add it to the access records."""
         access = self._access
         if access is None:
+            if sys.is_finalizing():  # a handle left open, closed by the exiting interpreter:
+                return  # no new thread can start now (it would wait for ever)
             with self._access_lock:
                 if self._access is None:
                     interval = self.config.governance.access_flush_interval

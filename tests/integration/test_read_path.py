@@ -7,6 +7,8 @@ import multiprocessing as mp
 import os
 import random
 import shutil
+import subprocess
+import sys
 from hashlib import sha256
 from pathlib import Path
 
@@ -382,3 +384,21 @@ def test_concurrent_random_readers_under_eviction_stay_exact(store: Store) -> No
         assert errors == []
         assert wd._core.cache.usage().bytes <= 3 * 1024 * 1024
         assert wd.metrics.cache_evictions._value.get() > 0
+
+
+def test_a_handle_left_open_does_not_hang_the_exiting_interpreter(tmp_path: Path) -> None:
+    """The interpreter closes it while finalizing, when no thread can start any more: the
+    access records it would have added must not wait for one."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.bin").write_bytes(os.urandom(1000))
+    config = tmp_path / "wd.yaml"
+    config.write_text(
+        f"cache: {{path: {tmp_path / 'cache'}}}\n"
+        f"backends: [{{name: b, type: local, config: {{root: {tmp_path / 'src'}}}}}]\n"
+    )
+    script = (
+        "import sys; from warpdrive import WarpDrive; "
+        "h = WarpDrive(sys.argv[1]).open('/b/f.bin', buffering=0); assert len(h.read(10)) == 10"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(config)], timeout=60)
+    assert done.returncode == 0

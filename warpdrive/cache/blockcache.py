@@ -44,6 +44,7 @@ from warpdrive.cache.accounts import Quota, Usage, quota_status
 from warpdrive.cache.index import BlockRecord, CacheIndex, Dead, now_ms
 from warpdrive.cache.keys import OID_LEN, ObjectVersion
 from warpdrive.cache.store import (
+    EvictionClock,
     ObjectFile,
     ObjectFileEntry,
     ObjectStore,
@@ -73,6 +74,7 @@ class BlockCache:
         self.cfg = cfg
         self.metrics = metrics
         self.store = ObjectStore(self.root)
+        self.clock = EvictionClock(self.root)
         self.index = CacheIndex(self.root, cfg.max_size, cfg.evict_high_water, cfg.evict_low_water)
         self._users = os.open(
             os.path.join(self.root, "users.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -118,52 +120,71 @@ class BlockCache:
         caller must overwrite.
 
         Blocks this process verified in this file are read with one ``preadv`` per run straight
-        into ``dst``, and the index is read before and after: a block whose generation changed
-        meanwhile (evicted, its range freed) counts as not filled. Other blocks are read whole
-        and verified first (:meth:`_verified_block`), once per process."""
+        into ``dst``. They are trusted without hashing because the eviction clock shows that
+        no range was freed since the index was read (else the index is read again, after the
+        read, and a block whose generation changed meanwhile counts as not filled). Other
+        blocks are read whole and verified first (:meth:`_verified_block`), once per process."""
         bs, end = obj.block_size, offset + len(dst)
-        first = offset // bs
-        bkeys = [obj.block_key(i) for i in range(first, (end - 1) // bs + 1)]
-        records = self.index.get_many(bkeys)
+        first, last = offset // bs, (end - 1) // bs
+        before = self.clock.now()
+        present = file.present
+        if file.seen_at != before:  # something was evicted somewhere: look again
+            present.clear()
+            file.seen_at = before
+        records: dict[int, BlockRecord] = {}
+        if any(i not in present for i in range(first, last + 1)):
+            indices = list(range(first, last + 1))
+            for index, rec in zip(
+                indices, self.index.get_many([obj.block_key(i) for i in indices]), strict=True
+            ):
+                if rec is not None and rec.size == obj.block_len(index):
+                    records[index] = rec
+                    present[index] = rec.generation
+                else:
+                    present.pop(index, None)
         unfilled: list[int] = []
-        trusted: list[int] = []  # positions read without hashing: re-check after reading
+        trusted: list[int] = []  # blocks read without hashing
         run: list[memoryview] = []
-        run_pos: list[int] = []
+        run_blocks: list[int] = []
         run_start = 0
-        for pos, rec in enumerate(records):
-            index = first + pos
+        for index in range(first, last + 1):
             lo, hi = max(offset, index * bs), min(end, index * bs + bs)
             part = dst[lo - offset : hi - offset]
-            if rec is not None and rec.size == obj.block_len(index):
-                if self._is_verified(file, bkeys[pos], rec.generation):
+            generation = present.get(index)
+            if generation is not None:
+                if self._is_verified(file, obj.block_key(index), generation):
                     if not run:
                         run_start = lo
                     run.append(part)
-                    run_pos.append(pos)
+                    run_blocks.append(index)
                     continue
-                data = self._verified_block(obj, file, index, rec)
+                rec = records.get(index) or self.index.get(obj.block_key(index))
+                data = None
+                if rec is not None and rec.generation == generation:
+                    data = self._verified_block(obj, file, index, rec)
                 if data is not None:
                     part[:] = memoryview(data)[lo - index * bs : hi - index * bs]
                 else:
+                    present.pop(index, None)
                     unfilled.append(index)
             else:
                 unfilled.append(index)
             if run:
-                self._read_run(file, run_start, run, run_pos, first, trusted, unfilled)
-                run, run_pos = [], []
+                self._read_run(file, run_start, run, run_blocks, trusted, unfilled)
+                run, run_blocks = [], []
         if run:
-            self._read_run(file, run_start, run, run_pos, first, trusted, unfilled)
-        if trusted:
-            after = self.index.generations([bkeys[pos] for pos in trusted])
-            now = now_ms()
-            for pos, generation in zip(trusted, after, strict=True):
-                rec = records[pos]
-                assert rec is not None
-                if generation == rec.generation:
-                    self._pending[bkeys[pos]] = now
-                else:
-                    unfilled.append(first + pos)
+            self._read_run(file, run_start, run, run_blocks, trusted, unfilled)
+        if trusted and self.clock.now() != before:  # a range was freed meanwhile: which?
+            after = self.index.generations([obj.block_key(i) for i in trusted])
+            for index, generation in zip(trusted, after, strict=True):
+                if generation != present.get(index):
+                    present.pop(index, None)
+                    unfilled.append(index)
             unfilled.sort()
+        if trusted:
+            now = now_ms()
+            for index in trusted:
+                self._pending[obj.block_key(index)] = now
         return unfilled
 
     def read_block(
@@ -177,16 +198,31 @@ class BlockCache:
     ) -> bytes | None:
         """Bytes ``[lo, lo+n)`` of block ``index`` as a new bytes object (no zeroed buffer, no
         copy when the block is verified already), or None if it cannot be served from the
-        cache. With ``nowait``, None also when it would wait for the disk or for hashing."""
+        cache (checked as in :meth:`read_into`). With ``nowait``, None also when it would wait
+        for the disk or for hashing."""
         bkey = obj.block_key(index)
-        rec = self.index.get(bkey)
-        if rec is None or rec.size != obj.block_len(index):
-            return None
-        if not self._is_verified(file, bkey, rec.generation):
+        before = self.clock.now()
+        if file.seen_at != before:
+            file.present.clear()
+            file.seen_at = before
+        generation = file.present.get(index)
+        rec = None
+        if generation is None:
+            rec = self.index.get(bkey)
+            if rec is None or rec.size != obj.block_len(index):
+                return None
+            file.present[index] = generation = rec.generation
+        if not self._is_verified(file, bkey, generation):
             if nowait:
                 return None
-            data = self._verified_block(obj, file, index, rec)
-            return None if data is None else data[lo : lo + n]
+            rec = rec or self.index.get(bkey)
+            whole = None
+            if rec is not None and rec.generation == generation:
+                whole = self._verified_block(obj, file, index, rec)
+            if whole is None:
+                file.present.pop(index, None)
+                return None
+            return whole[lo : lo + n]
         offset = index * obj.block_size + lo
         if nowait and not (in_memory(file.fd, offset) and in_memory(file.fd, offset + n - 1)):
             return None
@@ -194,7 +230,10 @@ class BlockCache:
             data = os.pread(file.fd, n, offset)
         except OSError:
             return None
-        if len(data) != n or self.index.generations([bkey])[0] != rec.generation:
+        if len(data) != n or (
+            self.clock.now() != before and self.index.generations([bkey])[0] != generation
+        ):
+            file.present.pop(index, None)
             return None
         self._pending[bkey] = now_ms()
         return data
@@ -293,23 +332,23 @@ class BlockCache:
         file: ObjectFile,
         offset: int,
         buffers: list[memoryview],
-        positions: list[int],
-        first: int,
+        blocks: list[int],
         trusted: list[int],
         unfilled: list[int],
     ) -> None:
         """One ``preadv`` of adjacent verified blocks into their parts of the caller's buffer;
-        their positions join ``trusted``, or ``unfilled`` if the read came up short (the file
-        was cut behind our back). Then this process forgets that the file's blocks were
-        verified, so the retry verifies them and finds the damage."""
+        the blocks join ``trusted``, or ``unfilled`` if the read came up short (the file was
+        cut behind our back). Then this process forgets that the file's blocks were verified,
+        so the retry verifies them and finds the damage."""
         try:
             got = os.preadv(file.fd, buffers, offset)
         except OSError:
             got = -1
         if got == sum(len(b) for b in buffers):
-            trusted += positions
+            trusted += blocks
             return
-        unfilled += [first + pos for pos in positions]
+        unfilled += blocks
+        file.present.clear()
         for key in [k for k in self._verified if k[0] == file.ino]:
             self._verified.pop(key, None)
 
@@ -349,6 +388,7 @@ class BlockCache:
             self.index.sync()  # commits skip fsync; a clean close makes them durable
         finally:
             self.index.close()
+            self.clock.close()
             os.close(self._users)
 
     def reconcile(self) -> tuple[int, int]:
@@ -426,6 +466,9 @@ class BlockCache:
     def _free(self, dead: Dead) -> None:
         """Give back the disk space of blocks the index no longer names: a whole file when
         its object left the index, else each block's range (see the store for the locking)."""
+        if not dead:
+            return
+        self.clock.advance()  # before any range is freed: readers in flight will look again
         index, store = self.index, self.store
         gone: set[bytes] = set()
         for bkey, offset, length in dead:

@@ -22,6 +22,7 @@ import ctypes
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import struct
 from array import array
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 _hash = xxhash.xxh3_64_intdigest
+_U64 = struct.Struct("<Q")
 _FLOCK = struct.Struct("hhxxxxqqixxxx")  # struct flock (64-bit Linux); l_pid 0 for OFD locks
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 _libc = ctypes.CDLL(None, use_errno=True)  # os has no fallocate(2) with flags
@@ -73,13 +75,18 @@ class ObjectFileEntry:
 
 
 class ObjectFile:
-    """An open object file for reading. ``pread``/``preadv`` on one descriptor are thread-safe."""
+    """An open object file for reading. ``pread``/``preadv`` on one descriptor are thread-safe.
 
-    __slots__ = ("fd", "ino")
+    ``present`` remembers, for the reader's sake, the generation of blocks the index named as of
+    eviction-clock value ``seen_at`` (see :class:`EvictionClock`)."""
+
+    __slots__ = ("fd", "ino", "present", "seen_at")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.ino = os.fstat(fd).st_ino
+        self.present: dict[int, int] = {}
+        self.seen_at = -1
 
     def unlinked(self) -> bool:
         """Whether the file was removed since it was opened (its bytes are not the cache's)."""
@@ -92,6 +99,35 @@ class ObjectFile:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class EvictionClock:
+    """A counter shared by every process of a cache (an 8-byte file, memory-mapped), advanced
+    after the index drops blocks and before their ranges are freed. A reader that sees the same
+    value before and after a read knows no range was freed meanwhile, and that what the index
+    said at the first look still holds: the check costs two memory loads, not two index reads."""
+
+    def __init__(self, root: str) -> None:
+        self._fd = os.open(
+            os.path.join(root, "evictions"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        if os.fstat(self._fd).st_size < _U64.size:
+            os.ftruncate(self._fd, _U64.size)
+        self._map = mmap.mmap(self._fd, _U64.size)
+
+    def now(self) -> int:
+        return int(_U64.unpack_from(self._map)[0])
+
+    def advance(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # advances from several processes never merge
+        try:
+            _U64.pack_into(self._map, 0, self.now() + 1)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
 
 
 class ObjectStore:
