@@ -26,6 +26,7 @@ bench: deps
 	$(PYTHON) bench/forge_warm.py
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/small_files.py
+	$(PYTHON) bench/warm_layout.py
 
 demo: deps
 	$(PYTHON) demo/local_demo.py
