@@ -7,11 +7,11 @@ Readahead lifecycle of one handle (:class:`ReadPattern`)::
       ▲                                                        ▲                    │
       └────────────────────────────────────────────────────────┴── expected offset ─┘
 
-In SEQUENTIAL, each read keeps a window of blocks past it requested at READAHEAD priority, and
-the files of the next two cached blocks are announced to the kernel (``WILLNEED``, from a
-background thread) so that a warm read does not wait on the disk one request at a time. The
-window starts at ``readahead_blocks`` and doubles, up to 4×, each time the reader still has to
-wait for a block it prefetched, so a far region gets more requests in flight than a near one; new
+In SEQUENTIAL, each read keeps a window of blocks past it requested at READAHEAD priority.
+Cached blocks need nothing here: an object's cached blocks are one file, which the kernel reads
+ahead of a sequential reader by itself. The window starts at ``readahead_blocks`` and doubles,
+up to 4×, each time the reader still has to wait for a block it prefetched, so a far region
+gets more requests in flight than a near one; new
 handles on that backend start at the grown window. A jump away from the expected offset switches
 to RANDOM and stops scheduling; reading at the expected offset again resumes. Blocks a handle
 prefetched and then read count as readahead hits; those unread when it closes count as wasted.
@@ -64,8 +64,6 @@ MAX_TRACKED_DIRS = 1024
 MAX_TRACKED_HINTS = 1 << 16
 GROWTH_LIMIT = 4  # a late readahead window grows to at most this many times readahead_blocks
 HINT_SLOTS = 2  # prefetches (hints, next files) in flight per backend, until a deeper window
-DISK_AHEAD = 4  # cached blocks whose files are read ahead from disk for a sequential reader
-MAX_PENDING_ADVICE = 256
 
 
 class ReadPattern(Enum):
@@ -79,7 +77,6 @@ class Readahead:
     send several reads of one handle at once."""
 
     __slots__ = (
-        "_advised",
         "_ahead",
         "_next",
         "lock",
@@ -103,7 +100,6 @@ class Readahead:
         self.state = ReadPattern.IDLE
         self._next = 0  # offset a sequential reader reads next
         self._ahead = -1  # highest block index already scheduled or read
-        self._advised = -1  # highest block index whose file the kernel was asked to read ahead
         self.pending: set[int] = set()  # blocks this handle prefetched and has not read yet
         self.lock = threading.Lock()
 
@@ -124,17 +120,6 @@ class Readahead:
         target = min(self.obj.nblocks - 1, last_needed + self.window)
         first = max(self._ahead + 1, last_needed + 1)
         self._ahead = max(self._ahead, target)
-        return range(first, target + 1)
-
-    def disk_ahead(self, end: int) -> range:
-        """Cached blocks a sequential reader at ``end`` needs from disk soon (the next
-        ``DISK_AHEAD`` blocks, each announced once). Local disks need no deep window."""
-        if self.state is not ReadPattern.SEQUENTIAL:
-            return range(0)
-        last_needed = (end - 1) // self.obj.block_size
-        target = min(self.obj.nblocks - 1, last_needed + DISK_AHEAD)
-        first = max(self._advised + 1, last_needed + 1)
-        self._advised = max(self._advised, target)
         return range(first, target + 1)
 
     def late(self) -> int:
@@ -166,8 +151,6 @@ class Prefetcher:
         self._scan_ahead: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._advice: queue.Queue[tuple[ObjectVersion, int] | None] = queue.Queue()
-        self._advisor: threading.Thread | None = None
         self._closed = False
 
     # -- readahead -------------------------------------------------------------------------
@@ -188,12 +171,7 @@ class Prefetcher:
     def readahead(self, ra: Readahead, offset: int, end: int) -> None:
         with ra.lock:
             blocks = ra.on_read(offset, end)
-            disk = ra.disk_ahead(end)
         obj = ra.obj
-        for b in disk:  # asked from another thread: WILLNEED can block on a busy disk queue
-            if self._advice.qsize() < MAX_PENDING_ADVICE:
-                self._advice.put((obj, b))
-                self._start_advisor()
         wanted = [
             b
             for b in blocks
@@ -340,24 +318,8 @@ class Prefetcher:
     def close(self) -> None:
         self._closed = True
         self._queue.put(None)
-        self._advice.put(None)
-        for thread in (self._thread, self._advisor):
-            if thread is not None:
-                thread.join(timeout=10)
-
-    def _start_advisor(self) -> None:
-        if self._advisor is None and not self._closed:
-            self._advisor = threading.Thread(
-                target=self._advise_loop, name="warpdrive-disk-readahead", daemon=True
-            )
-            self._advisor.start()
-
-    def _advise_loop(self) -> None:
-        while (item := self._advice.get()) is not None and not self._closed:
-            try:
-                self.cache.advise(*item)
-            except OSError as exc:
-                log.debug("disk readahead skipped: %s", exc)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def _hint_loop(self) -> None:
         while True:

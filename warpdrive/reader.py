@@ -19,6 +19,7 @@ import multiprocessing.util
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ from typing import Any
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
 from warpdrive.cache import BlockCache, CacheIndex, ObjectFile, ObjectVersion, Quota, Usage
+from warpdrive.cache.store import in_memory
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.fetch import BlockData, Fetcher, Priority
@@ -36,6 +38,8 @@ from warpdrive.namespace import FileInfo, Namespace
 from warpdrive.prefetch import HintItem, Prefetcher, Readahead
 
 DEFAULT_BUFFER = 1 << 20
+WHOLE_CHECK_EVERY = 16  # reads through the read path between looks for a whole cache file
+WHOLE_COUNT_EVERY = 64 << 20  # bytes served straight from a cache file between metric updates
 _MAX_VERIFY_RETRIES = 3
 
 
@@ -311,6 +315,10 @@ class Handle(io.RawIOBase):
         self._pos = 0
         self._ra = core.prefetcher.open(obj, team)
         self._file = CacheFile(core.cache, obj)
+        # Set while every block is cached and verified: reads go straight to the cache file.
+        self._whole: ObjectFile | None = None
+        self._slow_reads = 0  # reads through the read path since the last look for a whole file
+        self._whole_blocks = self._whole_bytes = 0  # served straight, not yet counted
 
     def readable(self) -> bool:
         return True
@@ -334,9 +342,15 @@ class Handle(io.RawIOBase):
         n = min(size, self.size - offset)
         if n <= 0:
             return b""
+        whole = self._whole if self._slow_reads else self._first_look()
+        if whole is not None:
+            served = self._read_whole(whole, offset, n, nowait)
+            if served is not None:
+                return served
         data = self._core.read(self.obj, offset, n, self._ra, self._file, nowait)
         if data is not None:
             self.bytes_read += n
+            self._after_slow_read()
         return data
 
     def pread_into(self, offset: int, buffer: Any) -> int:
@@ -348,9 +362,81 @@ class Handle(io.RawIOBase):
         n = min(len(dst), self.size - offset)
         if n <= 0:
             return 0
+        whole = self._whole if self._slow_reads else self._first_look()
+        if whole is not None and self._read_whole(whole, offset, n, dst=dst[:n]) is not None:
+            return n
         self._core.read_into(self.obj, offset, dst[:n], self._ra, self._file)
         self.bytes_read += n
+        self._after_slow_read()
         return n
+
+    def _read_whole(
+        self,
+        whole: ObjectFile,
+        offset: int,
+        n: int,
+        nowait: bool = False,
+        dst: memoryview | None = None,
+    ) -> bytes | memoryview | None:
+        """A read straight from the cache file, while nothing was evicted since every block
+        was found cached and verified (the eviction clock reads the same before and after) and
+        the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
+        read path (and stop coming here until the file is found whole again)."""
+        clock = self._core.cache.clock
+        at = whole.whole_at
+        data: bytes | memoryview | None = None
+        if clock.now() == at and time.monotonic() < whole.whole_until:
+            try:
+                if dst is not None:
+                    got = os.preadv(whole.fd, [dst], offset)
+                    data = dst if got == n else None
+                elif not nowait or (
+                    in_memory(whole.fd, offset) and in_memory(whole.fd, offset + n - 1)
+                ):
+                    data = os.pread(whole.fd, n, offset)
+                    if len(data) != n:
+                        data = None
+                elif nowait:
+                    return None  # on disk: the caller retries from a thread, through here
+            except OSError:
+                data = None
+            if data is not None and clock.now() == at:
+                bs = self.obj.block_size
+                self.bytes_read += n
+                self._whole_bytes += n
+                self._whole_blocks += (offset + n - 1) // bs - offset // bs + 1
+                if self._whole_bytes >= WHOLE_COUNT_EVERY:
+                    self._count_whole()
+                return data
+        self._whole = None
+        return None
+
+    def _first_look(self) -> ObjectFile | None:
+        """Before the first read: if the object is whole in the cache, no read takes the read
+        path (a warm epoch's files are)."""
+        if self._whole is None and self._core.cache.contains(self.obj, self.obj.nblocks - 1):
+            self._slow_reads = WHOLE_CHECK_EVERY - 1  # the next slow read does not look again
+            file = self._file.get()
+            if file is not None and self._core.cache.whole(self.obj, file):
+                self._whole = file
+        return self._whole
+
+    def _after_slow_read(self) -> None:
+        """Now and then, see whether the read path is still needed (every block cached and
+        verified: then reads go straight to the file)."""
+        self._slow_reads += 1
+        if self._slow_reads % WHOLE_CHECK_EVERY != 1:
+            return
+        file = self._file.get()
+        if file is not None and self._core.cache.whole(self.obj, file):
+            self._whole = file
+
+    def _count_whole(self) -> None:
+        blocks, nbytes = self._whole_blocks, self._whole_bytes
+        if nbytes:
+            self._whole_blocks = self._whole_bytes = 0
+            self._ra.served_cache += nbytes
+            self._core.cache.served_whole(self.obj, blocks, nbytes)
 
     @property
     def cache_bytes(self) -> int:
@@ -385,6 +471,8 @@ class Handle(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            self._count_whole()
+            self._whole = None
             self._file.close()
             self._core.prefetcher.release(self._ra)
             if self.bytes_read:

@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 from hashlib import sha256
 from pathlib import Path
 
@@ -402,3 +403,49 @@ def test_a_handle_left_open_does_not_hang_the_exiting_interpreter(tmp_path: Path
     )
     done = subprocess.run([sys.executable, "-c", script, str(config)], timeout=60)
     assert done.returncode == 0
+
+
+def test_reads_straight_from_a_whole_cache_file_stop_at_the_first_eviction(store: Store) -> None:
+    """Once every block of an object is cached and verified, a handle reads its cache file
+    directly; another thread evicting (punching holes) and re-storing blocks meanwhile never
+    gets a wrong byte to it, and the reads it served directly are counted as cache hits."""
+    data = os.urandom(6 * BS + 777)
+    store.put("whole/obj.bin", data)
+    path = store.path("whole/obj.bin")
+    old = sys.getswitchinterval()
+    with WarpDrive(store.config(readahead_blocks=0)) as wd:
+        assert wd.read(path) == data
+        cache = wd._core.cache
+        obj = wd.version(path)
+        handle = wd.open_handle(path)
+        buf = bytearray(BS // 2)
+        for offset in range(0, len(data), len(buf)):  # warm: straight from the file
+            n = handle.pread_into(offset, buf)
+            assert buf[:n] == data[offset : offset + n]
+        assert handle._whole is not None
+        hits = wd.metrics.cache_hits._value.get()
+        stop = threading.Event()
+
+        def churn() -> None:
+            rnd = random.Random(5)
+            while not stop.is_set():
+                index = rnd.randrange(obj.nblocks)
+                cache._free(cache.index.remove(obj.block_key(index)))
+                block = data[index * BS : (index + 1) * BS]
+                cache.put(obj, index, block)
+
+        sys.setswitchinterval(1e-6)
+        thread = threading.Thread(target=churn)
+        thread.start()
+        try:
+            rnd = random.Random(6)
+            for _ in range(2000):
+                offset = rnd.randrange(len(data))
+                n = handle.pread_into(offset, buf)
+                assert buf[:n] == data[offset : offset + n]
+        finally:
+            stop.set()
+            thread.join()
+            sys.setswitchinterval(old)
+        handle.close()
+        assert wd.metrics.cache_hits._value.get() > hits

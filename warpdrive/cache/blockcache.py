@@ -11,8 +11,9 @@ indexed object removed, records whose file is missing or too short dropped, usag
 it never deletes what another process is writing.
 
 **When bytes are verified.** Checksums are computed from the fetched bytes before they are
-written. A block is verified (all of it, against its chunk checksums) the first time a process
-reads it from a given file, and again after ``REVERIFY_AFTER``; in between, the process trusts
+written (so the writing process knows them verified). A block is verified (all of it, against
+its chunk checksums) the first time a process reads it from a given file, and again after
+``REVERIFY_AFTER``; in between, the process trusts
 it as long as the block's generation in the index is the same before and after each read, which
 proves no eviction freed its range meanwhile (ranges are freed only after their record is gone,
 see the store). So a wrong byte can reach a reader only if the disk changes a verified block's
@@ -187,6 +188,34 @@ class BlockCache:
                 self._pending[obj.block_key(index)] = now
         return unfilled
 
+    def whole(self, obj: ObjectVersion, file: ObjectFile) -> bool:
+        """Whether every block of ``obj`` is cached and verified in ``file``; if so, marks the
+        file so that reads may go straight to it while the eviction clock stands still (the
+        caller checks it before and after each read, and the deadline ``whole_until``)."""
+        before = self.clock.now()
+        bkeys = [obj.block_key(i) for i in range(obj.nblocks)]
+        until = float("inf")
+        for index, (bkey, rec) in enumerate(zip(bkeys, self.index.get_many(bkeys), strict=True)):
+            if rec is None or rec.size != obj.block_len(index):
+                return False
+            known = self._verified.get((file.ino, bkey))
+            if known is None or known[0] != rec.generation:
+                return False
+            until = min(until, known[1])
+        if until <= time.monotonic():
+            return False
+        file.whole_at, file.whole_until = before, until
+        return True
+
+    def served_whole(self, obj: ObjectVersion, blocks: int, nbytes: int) -> None:
+        """Count reads served straight from a whole file (see :meth:`whole`): ``blocks`` block
+        reads of ``nbytes`` in all; its blocks were used now (LRU)."""
+        self.metrics.cache_hits.inc(blocks)
+        self.metrics.served_from_cache.inc(nbytes)
+        now = now_ms()
+        for index in range(obj.nblocks):
+            self._pending[obj.block_key(index)] = now
+
     def read_block(
         self,
         obj: ObjectVersion,
@@ -238,26 +267,6 @@ class BlockCache:
         self._pending[bkey] = now_ms()
         return data
 
-    def advise(self, obj: ObjectVersion, index: int) -> bool:
-        """If the block is cached, make sure its bytes are on their way into memory (a
-        sequential reader will want them soon) and return True; False if it is not cached.
-
-        The last byte is probed without blocking (RWF_NOWAIT); only when it is not resident is
-        the kernel asked to read the range ahead, since WILLNEED on resident pages is not free."""
-        rec = self.index.get(obj.block_key(index))
-        if rec is None:
-            return False
-        file = self.store.open(obj.oid)
-        if file is None:
-            return False
-        try:
-            offset = index * obj.block_size
-            if not in_memory(file.fd, offset + rec.size - 1):
-                os.posix_fadvise(file.fd, offset, rec.size, os.POSIX_FADV_WILLNEED)
-        finally:
-            file.close()
-        return True
-
     def contains(self, obj: ObjectVersion, index: int) -> bool:
         return self.index.contains(obj.block_key(index))
 
@@ -287,7 +296,7 @@ class BlockCache:
 
         for attempt in (1, 2):
             try:
-                dead, evicted = self.store.write(obj.oid, obj.size, offset, data, commit)
+                (dead, evicted), ino = self.store.write(obj.oid, obj.size, offset, data, commit)
                 break
             except OSError as exc:
                 reason = "nospace" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
@@ -300,11 +309,18 @@ class BlockCache:
                 self._free(dead)
         self.metrics.cache_evictions.inc(evicted)
         self._free(dead)
+        # The bytes in the file are the ones just hashed: verified, for this process.
+        self._remember_verified(ino, obj.block_key(index), generation)
         return True
 
     def _is_verified(self, file: ObjectFile, bkey: bytes, generation: int) -> bool:
         known = self._verified.get((file.ino, bkey))
         return known is not None and known[0] == generation and known[1] > time.monotonic()
+
+    def _remember_verified(self, ino: int, bkey: bytes, generation: int) -> None:
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified[(ino, bkey)] = (generation, time.monotonic() + REVERIFY_AFTER)
 
     def _verified_block(
         self, obj: ObjectVersion, file: ObjectFile, index: int, rec: BlockRecord
@@ -318,9 +334,7 @@ class BlockCache:
         except OSError:
             data = b""
         if len(data) == rec.size and verify(data, rec.sums):
-            if len(self._verified) >= MAX_VERIFIED:
-                self._verified.clear()
-            self._verified[(file.ino, bkey)] = (rec.generation, time.monotonic() + REVERIFY_AFTER)
+            self._remember_verified(file.ino, bkey, rec.generation)
             self._pending[bkey] = now_ms()
             return data
         if not file.unlinked() and self.index.generations([bkey])[0] == rec.generation:

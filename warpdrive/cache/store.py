@@ -78,15 +78,19 @@ class ObjectFile:
     """An open object file for reading. ``pread``/``preadv`` on one descriptor are thread-safe.
 
     ``present`` remembers, for the reader's sake, the generation of blocks the index named as of
-    eviction-clock value ``seen_at`` (see :class:`EvictionClock`)."""
+    eviction-clock value ``seen_at`` (see :class:`EvictionClock`); ``whole_at`` is the clock
+    value at which every block was present and verified, trusted until ``whole_until``
+    (monotonic seconds), or -1."""
 
-    __slots__ = ("fd", "ino", "present", "seen_at")
+    __slots__ = ("fd", "ino", "present", "seen_at", "whole_at", "whole_until")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.ino = os.fstat(fd).st_ino
         self.present: dict[int, int] = {}
         self.seen_at = -1
+        self.whole_at = -1
+        self.whole_until = 0.0
 
     def unlinked(self) -> bool:
         """Whether the file was removed since it was opened (its bytes are not the cache's)."""
@@ -151,23 +155,25 @@ class ObjectStore:
 
     def write(
         self, oid: bytes, size: int, offset: int, data: bytes | memoryview, commit: Callable[[], R]
-    ) -> R:
+    ) -> tuple[R, int]:
         """Write ``data`` at ``offset`` of the object's file (made ``size`` long and sparse if
-        new), then run ``commit`` (which indexes it) before the range is unlocked; its result."""
+        new), then run ``commit`` (which indexes it) before the range is unlocked; its result
+        and the file's inode number."""
         path = self.path(oid)
         while True:
             fd = self._open_for_write(path)
             try:
                 _lock(fd, offset, len(data), fcntl.F_WRLCK)
-                if os.fstat(fd).st_nlink == 0:  # removed while we waited: write the new file
+                st = os.fstat(fd)
+                if st.st_nlink == 0:  # removed while we waited: write the new file
                     continue
-                if os.fstat(fd).st_size < size:
+                if st.st_size < size:
                     os.ftruncate(fd, size)
                 view, pos = memoryview(data), offset
                 while view:
                     written = os.pwrite(fd, view, pos)
                     view, pos = view[written:], pos + written
-                return commit()
+                return commit(), st.st_ino
             finally:
                 os.close(fd)  # releases the lock
 
