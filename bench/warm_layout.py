@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tarfile
 import time
@@ -101,7 +102,71 @@ def digest(batches: Iterable[list[dict[str, Any]]]) -> tuple[int, int, float]:
     return n, total, first
 
 
+AZURE_SHARDS = 8
+
+
+def first_batch_child(kind: str, config: str, urls: list[str]) -> None:
+    """In a fresh process (imports done): seconds from making the dataset to the first batch of
+    a 2-worker DataLoader, printed."""
+    started = time.perf_counter()
+    if kind == "local":
+        ds: Any = webdataset.WebDataset(urls, shardshuffle=False, empty_check=False)
+    elif kind == "shard":
+        ds = ShardDataset(urls, wd=config, shuffle=False, prefetch_shards=0)
+    else:
+        register_webdataset(config)
+        ds = webdataset.WebDataset(urls, shardshuffle=False, empty_check=False)
+    loader = DataLoader(ds, batch_size=32, num_workers=2, collate_fn=list)
+    next(iter(loader))
+    print(time.perf_counter() - started)
+
+
+def bench_first_batch_azure(work: Path, shards: list[str], runs: int) -> dict[str, float]:
+    """Time to the first warm batch with the shards behind an Azure backend (Azurite): the
+    DataLoader workers of a fresh process start cold on imports and clients."""
+    from azure.storage.blob import BlobServiceClient
+
+    from warpdrive.testing.servers import AZURITE_KEY, start_azurite
+
+    az = start_azurite()
+    try:
+        container = BlobServiceClient.from_connection_string(
+            az.connection_string()
+        ).create_container("wds")
+        for path in shards[:AZURE_SHARDS]:
+            container.upload_blob(f"train/{Path(path).name}", Path(path).read_bytes())
+        config = work / "azure.yaml"
+        config.write_text(
+            f"cache: {{path: {work / 'azure-cache'}, max_size: 1GB, block_size: 4MB}}\n"
+            "backends:\n  - name: az\n    type: azureblob\n"
+            "    config: {account: devstoreaccount1, container: wds, "
+            f"endpoint: '{az.blob_endpoint()}'}}\n"
+            "    auth: {method: account_key, account_key_env: WD_BENCH_KEY}\n"
+        )
+        env = {**os.environ, "WD_BENCH_KEY": AZURITE_KEY}
+        os.environ["WD_BENCH_KEY"] = AZURITE_KEY
+        urls = [f"warpdrive://az/train/{Path(p).name}" for p in shards[:AZURE_SHARDS]]
+        with WarpDrive(str(config)) as wd:  # warm
+            for url in urls:
+                wd.read(url)
+        kinds = {"local": shards[:AZURE_SHARDS], "shard": urls, "wds": urls}
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        for _ in range(runs):
+            for kind, args in kinds.items():
+                out = subprocess.run(
+                    [sys.executable, __file__, "--first-batch", kind, str(config), *args],
+                    env=env, capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                times[kind].append(float(out.stdout.strip().splitlines()[-1]))
+    finally:
+        az.stop()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> int:
+    if len(sys.argv) > 3 and sys.argv[1] == "--first-batch":
+        first_batch_child(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return 0
     p = argparse.ArgumentParser(description="warm reads vs local files")
     p.add_argument("--work", default="/var/tmp/wd-bench-warm")
     p.add_argument("--runs", type=int, default=3)
@@ -197,6 +262,17 @@ def main() -> int:
             )
         print("\nWarm loaders, DataLoader with 2 workers (ratio: ours / baseline)")
         print_table(rows, ("case", "value", "baseline", "ratio"))
+    first = bench_first_batch_azure(work, shards, args.runs)
+    names = {"shard": "ShardDataset", "wds": "webdataset over warpdrive://"}
+    rows = []
+    for kind, name in names.items():
+        results[f"first batch, Azure backend, {name}: s"] = first[kind]
+        rows.append(row(name, first[kind], first["local"], "webdataset, local files", 2))
+    results["first batch, webdataset on local files: s"] = first["local"]
+    print(
+        "\nWarm, Azure backend (Azurite): seconds from a fresh process's dataset to its first batch"
+    )
+    print_table(rows, ("case", "s", "baseline s", "ratio"))
     write_json(args.json, args, results)
     return 0
 

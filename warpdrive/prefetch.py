@@ -186,6 +186,10 @@ class Prefetcher:
         """Whether the block was asked for ahead of time (by the handle, a hint or a scan)."""
         return index in ra.pending or bkey in self._hinted
 
+    def tracking(self, ra: Readahead) -> bool:
+        """Whether some block might count as a prefetch hit when read (see :meth:`note_read`)."""
+        return bool(ra.pending or self._hinted)
+
     def note_read(self, ra: Readahead | None, bkey: bytes, index: int) -> None:
         """A read used block ``index``: count it as a prefetch hit if it was prefetched."""
         if ra is not None and ra.pending:

@@ -39,7 +39,6 @@ from warpdrive.prefetch import HintItem, Prefetcher, Readahead
 
 DEFAULT_BUFFER = 1 << 20
 WHOLE_CHECK_EVERY = 16  # reads through the read path between looks for a whole cache file
-WHOLE_COUNT_EVERY = 64 << 20  # bytes served straight from a cache file between metric updates
 _MAX_VERIFY_RETRIES = 3
 
 
@@ -240,6 +239,18 @@ class _Core:
             f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
         )
 
+    def whole_hit(self, obj: ObjectVersion, offset: int, n: int, ra: Readahead) -> None:
+        """A read of ``[offset, offset+n)`` served straight from a whole cache file: counted
+        as the read path counts its hits."""
+        bs = obj.block_size
+        first, last = offset // bs, (offset + n - 1) // bs
+        self.metrics.cache_hits.inc(last - first + 1)
+        self.metrics.served_from_cache.inc(n)
+        ra.served_cache += n
+        if self.prefetcher.tracking(ra):
+            for index in range(first, last + 1):
+                self.prefetcher.note_read(ra, obj.block_key(index), index)
+
     def _hit(self, obj: ObjectVersion, index: int, n: int, ra: Readahead | None) -> None:
         self.metrics.cache_hits.inc()
         self.metrics.served_from_cache.inc(n)
@@ -318,7 +329,6 @@ class Handle(io.RawIOBase):
         # Set while every block is cached and verified: reads go straight to the cache file.
         self._whole: ObjectFile | None = None
         self._slow_reads = 0  # reads through the read path since the last look for a whole file
-        self._whole_blocks = self._whole_bytes = 0  # served straight, not yet counted
 
     def readable(self) -> bool:
         return True
@@ -401,12 +411,8 @@ class Handle(io.RawIOBase):
             except OSError:
                 data = None
             if data is not None and clock.now() == at:
-                bs = self.obj.block_size
                 self.bytes_read += n
-                self._whole_bytes += n
-                self._whole_blocks += (offset + n - 1) // bs - offset // bs + 1
-                if self._whole_bytes >= WHOLE_COUNT_EVERY:
-                    self._count_whole()
+                self._core.whole_hit(self.obj, offset, n, self._ra)
                 return data
         self._whole = None
         return None
@@ -430,13 +436,6 @@ class Handle(io.RawIOBase):
         file = self._file.get()
         if file is not None and self._core.cache.whole(self.obj, file):
             self._whole = file
-
-    def _count_whole(self) -> None:
-        blocks, nbytes = self._whole_blocks, self._whole_bytes
-        if nbytes:
-            self._whole_blocks = self._whole_bytes = 0
-            self._ra.served_cache += nbytes
-            self._core.cache.served_whole(self.obj, blocks, nbytes)
 
     @property
     def cache_bytes(self) -> int:
@@ -471,7 +470,6 @@ class Handle(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._count_whole()
             self._whole = None
             self._file.close()
             self._core.prefetcher.release(self._ra)
@@ -573,7 +571,7 @@ class WarpDrive:
 
     @property
     def cache_root(self) -> str:
-        """The versioned cache directory (``<cache.path>/v1``): block files, index, records."""
+        """The versioned cache directory (``<cache.path>/v2``): object files, index, records."""
         return self._core.cache.root
 
     @property

@@ -205,16 +205,10 @@ class BlockCache:
         if until <= time.monotonic():
             return False
         file.whole_at, file.whole_until = before, until
+        now = now_ms()  # in use now (LRU): reads straight from the file are not seen here
+        for bkey in bkeys:
+            self._pending[bkey] = now
         return True
-
-    def served_whole(self, obj: ObjectVersion, blocks: int, nbytes: int) -> None:
-        """Count reads served straight from a whole file (see :meth:`whole`): ``blocks`` block
-        reads of ``nbytes`` in all; its blocks were used now (LRU)."""
-        self.metrics.cache_hits.inc(blocks)
-        self.metrics.served_from_cache.inc(nbytes)
-        now = now_ms()
-        for index in range(obj.nblocks):
-            self._pending[obj.block_key(index)] = now
 
     def read_block(
         self,

@@ -1,6 +1,6 @@
 """The node's governance records in SQLite: who read what, what the backends hold, job reports.
 
-One file per cache, ``<cache.path>/v1/governance.sqlite`` (0600), in WAL mode so the mount writes
+One file per cache, ``<cache.path>/v2/governance.sqlite`` (0600), in WAL mode so the mount writes
 while ``warpdrive-ctl`` reads. Access records arrive aggregated per (backend, key, user, day) —
 never one row per read. Every connection belongs to one thread; open a store per thread.
 """
