@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
 from warpdrive.backends.base import Backend, Entry, ObjectClient, ObjectMeta
 from warpdrive.backends.retry import RetryingBackend, RetryPolicy
@@ -22,13 +24,14 @@ from warpdrive.config import (
     LocalOptions,
     S3Options,
 )
-from warpdrive.errors import ConfigError
+from warpdrive.errors import BackendError, ConfigError
 from warpdrive.metrics import Metrics
 
 __all__ = [
     "Backend",
     "ClientWrapper",
     "Entry",
+    "LazyClient",
     "ObjectClient",
     "ObjectMeta",
     "RetryPolicy",
@@ -94,6 +97,54 @@ def make_client(
     raise ConfigError(f"backends[{backend.name}].type", f"unsupported type {backend.type!r}")
 
 
+class LazyClient(ObjectClient):
+    """A store client made on its first call. A warm epoch (versions from the cache index,
+    bytes from the cache) makes no backend call, so a new process — a DataLoader worker, a
+    restarted job — never pays the client library's import and set-up (adlfs alone takes ~0.5 s
+    here) unless it has to. A failure to make the client is raised by the call that needed it,
+    and by the next one again (nothing is cached but success)."""
+
+    def __init__(self, name: str, type_: str, make: Callable[[], ObjectClient]) -> None:
+        super().__init__(name, type_)
+        self._make = make
+        self._client: ObjectClient | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _get(self) -> ObjectClient:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._closed:
+                    raise BackendError(f"{self.name}: the backend is closed")
+                if self._client is None:
+                    self._client = self._make()
+                client = self._client
+        return client
+
+    def stat(self, key: str) -> ObjectMeta:
+        return self._get().stat(key)
+
+    def list_page(self, prefix: str, token: str | None) -> tuple[list[Entry], str | None]:
+        return self._get().list_page(prefix, token)
+
+    def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        return self._get().read_range(key, start, end, etag)
+
+    def write(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._get().write(key, chunks)
+
+    def delete(self, key: str) -> None:
+        self._get().delete(key)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
 def make_backend(
     backend: BackendConfig,
     config: Config,
@@ -101,8 +152,11 @@ def make_backend(
     wrap: ClientWrapper | None = None,
     env: Mapping[str, str] | None = None,
 ) -> RetryingBackend:
-    """The backend the read path uses: client (optionally wrapped) + retries + metrics."""
-    client = make_client(backend, config, metrics, env)
+    """The backend the read path uses: client (made on first use, optionally wrapped) +
+    retries + metrics."""
+    client: ObjectClient = LazyClient(
+        backend.name, backend.type, partial(make_client, backend, config, metrics, env)
+    )
     if wrap is not None:
         client = wrap(client)
     return RetryingBackend(
