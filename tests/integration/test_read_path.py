@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Store, run_threads
-from warpdrive import ObjectChangedError, WarpDrive
+from warpdrive import ConfigError, ObjectChangedError, WarpDrive, parse_config
 from warpdrive.backends.base import ObjectClient
 from warpdrive.backends.wrappers import CountingClient
 from warpdrive.cache import CacheIndex
@@ -449,3 +449,47 @@ def test_reads_straight_from_a_whole_cache_file_stop_at_the_first_eviction(store
             sys.setswitchinterval(old)
         handle.close()
         assert wd.metrics.cache_hits._value.get() > hits
+
+
+def test_a_new_process_reads_a_warm_object_without_making_a_backend_client(
+    azure_store: Store,
+) -> None:
+    """Versions come from the cache index and bytes from the cache: no client library is
+    imported, no client made (what a DataLoader worker pays at every start otherwise)."""
+    data = os.urandom(3 * BS + 5)
+    azure_store.put("warm/obj.bin", data)
+    path = azure_store.path("warm/obj.bin")
+    with WarpDrive(azure_store.config()) as wd:
+        assert wd.read(path) == data
+    config = azure_store.cache_dir.parent / "wd.yaml"
+    config.write_text(
+        f"cache: {{path: {azure_store.cache_dir}, block_size: 256KB}}\n"
+        f"backends:\n{azure_store.backend_yaml}\n"
+    )
+    script = (
+        "import sys, hashlib; from warpdrive import WarpDrive\n"
+        "wd = WarpDrive(sys.argv[1])\n"
+        "print(hashlib.sha256(wd.read(sys.argv[2])).hexdigest())\n"
+        "assert not [m for m in sys.modules if m.startswith(('adlfs', 'azure.'))], 'imported'\n"
+        "wd.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(config), path],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == sha256(data).hexdigest()
+
+
+def test_a_client_that_cannot_be_made_fails_the_call_that_needs_it(tmp_path: Path) -> None:
+    config = parse_config(
+        f"cache: {{path: {tmp_path / 'cache'}}}\n"
+        "backends:\n  - name: az\n    type: azureblob\n"
+        "    config: {account: acct, container: c}\n"
+        "    auth: {method: account_key, account_key_env: WD_TEST_UNSET_KEY}\n",
+        env={},
+    )
+    with WarpDrive(config) as wd:
+        for _ in range(2):  # and again: only success is kept
+            with pytest.raises(ConfigError, match="'WD_TEST_UNSET_KEY' is not set"):
+                wd.stat("/az/x.bin")
