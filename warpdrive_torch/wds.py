@@ -15,8 +15,6 @@ import threading
 from typing import IO, Any
 
 from warpdrive import Config, WarpDrive
-from warpdrive.backends import import_sdks
-from warpdrive.config import load_config
 from warpdrive_torch.world import rank_and_world
 
 SCHEME = "warpdrive"
@@ -38,11 +36,6 @@ def register_webdataset(config: WarpDrive | Config | str | os.PathLike[str] | No
         else:
             _config, _instance = config, None
     gopen_schemes[SCHEME] = open_url
-    # DataLoader workers forked from here then start with the backends' libraries loaded.
-    if isinstance(_config, Config):
-        import_sdks(_config)
-    elif _config is not None or os.environ.get("WARPDRIVE_CONFIG"):
-        import_sdks(load_config(_config))
 
 
 def open_url(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:

@@ -4,10 +4,7 @@ decoders."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
@@ -133,25 +130,3 @@ def test_decoders() -> None:
     assert custom["cls"] == 2 * int(fields["cls"]) and custom["jpg"] == fields["jpg"]
     with pytest.raises(ValueError, match="decode='jpeg'"):
         make_decoder("jpeg")
-
-
-def test_register_webdataset_loads_the_backend_libraries_before_workers_fork(
-    tmp_path: Path,
-) -> None:
-    """Workers forked after registering start with adlfs imported, not each importing it."""
-    config = tmp_path / "wd.yaml"
-    config.write_text(
-        f"cache: {{path: {tmp_path / 'cache'}}}\n"
-        "backends:\n  - name: az\n    type: azureblob\n"
-        "    config: {account: acct, container: c}\n    auth: {method: anonymous}\n"
-    )
-    script = (
-        "import sys, warpdrive_torch\n"
-        "assert 'adlfs' not in sys.modules\n"
-        "warpdrive_torch.register_webdataset(sys.argv[1])\n"
-        "assert 'adlfs' in sys.modules\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(config)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr

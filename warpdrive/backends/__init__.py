@@ -7,8 +7,6 @@ missing) and wraps it in retries, timeouts and metrics.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -36,31 +34,12 @@ __all__ = [
     "ObjectMeta",
     "RetryPolicy",
     "RetryingBackend",
-    "import_sdks",
     "make_backend",
     "make_client",
 ]
 
 ClientWrapper = Callable[[ObjectClient], ObjectClient]
 _EXTRAS = {"azureblob": "azure", "s3": "s3", "gcs": "gcs"}
-
-
-_SDK_MODULES = {
-    AzureBlobOptions: ("adlfs", "azure.identity.aio"),
-    S3Options: ("s3fs",),
-    GcsOptions: ("gcsfs",),
-}
-
-
-def import_sdks(config: Config) -> None:
-    """Import the client libraries the configured backends use, so that processes forked from
-    this one (DataLoader workers) start with them loaded instead of each paying the import
-    (adlfs alone takes ~0.5 s here). One that is not installed is left for :func:`make_client`
-    to report."""
-    for backend in config.backends:
-        for module in _SDK_MODULES.get(type(backend.options), ()):
-            with contextlib.suppress(ImportError):
-                importlib.import_module(module)
 
 
 def make_client(
