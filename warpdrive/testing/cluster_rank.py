@@ -77,6 +77,7 @@ def main() -> int:
     )
     local_lead = ds.layout.local_rank == 0
     start = node_counters(ds) if local_lead else None  # before a resume reads anything
+    dist.barrier()  # and before any rank of the node reads: else its fetches precede ``start``
     first = 0
     if spec.get("resume"):
         loader.load_state_dict(json.loads(Path(spec["resume"]).read_text()))
