@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
-# FUSE 3, promtool, PostgreSQL and Chromium (apt), Azurite (npm), then PyTorch's CPU build and this project with its extras (pip),
-# and the Azure CLI in a venv of its own (for infra/'s tests).
+# FUSE 3, promtool, PostgreSQL and Chromium (apt), Azurite (npm), then PyTorch's CPU build and this
+# project with its extras (pip; torch held at that build), and the Azure CLI in a venv of its own
+# (for infra/'s tests).
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +37,14 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] !
   "$PYTHON" -m pip install -q "torch==${TORCH_VERSION}"
 fi
 
-echo "==> pip: warpdrive[dev,fuse,torch] (editable)"
-"$PYTHON" -m pip install -q -e '.[dev,fuse,torch]'
+# ... and held there: the extras (lightning, torchdata, datasets in 'integrations') accept any
+# torch 2.x, so without this pin a newer release of one of them could pull another torch in.
+TORCH_PIN="$(mktemp)"
+trap 'rm -f "$TORCH_PIN"' EXIT
+echo "torch==${TORCH_VERSION}" >"$TORCH_PIN"
+
+echo "==> pip: warpdrive[dev,fuse,torch] (editable; torch held at ${TORCH_VERSION})"
+"$PYTHON" -m pip install -q -c "$TORCH_PIN" -e '.[dev,fuse,torch]'
 
 # The Azure CLI for infra/'s upload test, in a venv of its own: its pinned azure-* libraries
 # must not replace the ones WarpDrive uses.

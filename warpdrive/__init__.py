@@ -6,6 +6,8 @@
 ...     header = f.read(512)
 """
 
+from importlib import metadata as _metadata
+
 from warpdrive.config import Config, load_config, parse_config
 from warpdrive.errors import (
     BackendError,
@@ -20,7 +22,12 @@ from warpdrive.errors import (
 from warpdrive.namespace import FileInfo
 from warpdrive.reader import WarpDrive
 
-__version__ = "0.1.0"
+# One source: the version in pyproject.toml, as installed (also warpdrive_torch.__version__ and
+# both tools' --version). A source tree on sys.path that was never installed has none.
+try:
+    __version__ = _metadata.version("warpdrive")
+except _metadata.PackageNotFoundError:
+    __version__ = "0+unknown"
 
 __all__ = [
     "BackendError",

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from warpdrive.cache.blockcache import LAYOUT_VERSION
+from warpdrive.cliargs import FILE, add_version_and_completion, complete
 from warpdrive.config import load_config
 from warpdrive.ctl import cachecmds, govern, jobs, warm
 from warpdrive.ctl import move as mover
@@ -62,11 +63,12 @@ NEED_CACHE |= {"team list", "team rm"}
 
 def parser() -> argparse.ArgumentParser:
     common = Parser(add_help=False)
-    common.add_argument(
+    config = common.add_argument(
         "--config",
         "-c",
         help="config file (default: $WARPDRIVE_CONFIG, /etc/warpdrive/config.yaml)",
     )
+    complete(config, FILE)
     common.add_argument("--format", choices=FORMATS, default="table", help="output format")
     common.add_argument(
         "--json", dest="format", action="store_const", const="json", help="--format json"
@@ -79,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
         "2 could not start (bad arguments, config, path; no cache), 130 interrupted. "
         "Options such as --config and --json go after the command. Details: docs/ctl.md.",
     )
+    add_version_and_completion(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sv = sub.add_parser(
@@ -96,9 +99,10 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--private-reads", action="store_true", help="require the token for reads too")
 
     w = sub.add_parser("warm", parents=[common], help="fetch objects into the cache")
-    w.add_argument(
+    w_paths = w.add_argument(
         "paths", nargs="*", metavar="PATH", help="under the mount, mount-relative, or warpdrive://"
     )
+    complete(w_paths, FILE)
     w.add_argument("--backend", help="the original's form: warm every object of this backend…")
     w.add_argument("--prefix", default="", help="…under this key prefix")
     w.add_argument("--recursive", "-r", action="store_true", help="include subdirectories")
@@ -114,13 +118,16 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--max-size", type=size_arg, help="stop before fetching more than this")
     w.add_argument("--workers", type=int, default=32, help="parallel fetches (default 32)")
     w.add_argument("--dry-run", action="store_true", help="say what would be fetched")
+    w.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress on stderr (the summary stays)"
+    )
     w.set_defaults(run=cmd_warm)
 
     s = sub.add_parser("stats", parents=[common], help="cache size, hits, misses, evictions")
     s.set_defaults(run=cmd_stats)
 
     e = sub.add_parser("evict", parents=[common], help="drop cached blocks of objects")
-    e.add_argument("paths", nargs="+", metavar="PATH")
+    complete(e.add_argument("paths", nargs="+", metavar="PATH"), FILE)
     e.add_argument("--recursive", "-r", action="store_true")
     e.set_defaults(run=cmd_evict)
 
@@ -260,7 +267,7 @@ def cmd_warm(args: argparse.Namespace, wd: WarpDrive) -> int:
             args.format,
         )
         return 0
-    result = warm.run(wd, plan, args.workers)
+    result = warm.run(wd, plan, args.workers, quiet=args.quiet)
     summary = {
         "objects": result.objects,
         "bytes_fetched": result.fetched_bytes,

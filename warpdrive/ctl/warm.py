@@ -4,6 +4,10 @@ Only missing blocks are fetched, so a second warm fetches nothing and an interru
 where it stopped. ``--max-size`` stops before the bytes to fetch would exceed the budget. Blocks
 are fetched ``--workers`` at a time through the read path's fetcher (the same retries, the same
 cache), and count against the team of the user who runs warm.
+
+Progress goes to stderr: on a terminal a tqdm bar, redrawn in place and as wide as the terminal
+(measured again at each redraw, so a resize is followed); otherwise (a log, a pipe) a plain line
+every ``REPORT_EVERY`` seconds; with ``quiet``, nothing. The result is the caller's to print.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from warpdrive.cache import ObjectVersion
 from warpdrive.errors import WarpDriveError
@@ -74,10 +80,18 @@ def plan(wd: WarpDrive, paths: Iterable[str], max_size: int | None) -> Plan:
     return out
 
 
-def run(wd: WarpDrive, work: Plan, workers: int, progress: TextIO | None = None) -> Result:
-    """Fetch the planned blocks, at most ``2 × workers`` requested at once."""
-    progress = progress if progress is not None else sys.stderr
-    meter = _Progress(progress, work.missing_bytes, len(work.todo))
+def run(
+    wd: WarpDrive,
+    work: Plan,
+    workers: int,
+    progress: TextIO | None = None,
+    quiet: bool = False,
+) -> Result:
+    """Fetch the planned blocks, at most ``2 × workers`` requested at once.
+
+    Progress goes to ``progress`` (default stderr), none with ``quiet``."""
+    out = None if quiet else progress if progress is not None else sys.stderr
+    meter = _Progress(out, work.missing_bytes, len(work.todo))
     started = time.monotonic()
     inflight: dict[Future[BlockData], tuple[str, int]] = {}
     failed = dict(work.failed)
@@ -123,43 +137,58 @@ def run(wd: WarpDrive, work: Plan, workers: int, progress: TextIO | None = None)
 
 
 class _Progress:
-    """A bar redrawn in place on a terminal; a plain line every few seconds otherwise."""
+    """A tqdm bar on a terminal, a plain line every few seconds otherwise; nothing without ``out``
+    or without bytes to fetch."""
 
-    def __init__(self, out: TextIO, total: int, files: int) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None, total: int, files: int) -> None:
+        self.out = out if total else None
         self.total = total
         self.files = files
         self.files_done = 0
-        self.tty = out.isatty()
         self.started = time.monotonic()
         self.last = 0.0
+        self.bar: Any = None  # a tqdm (the package has no type information)
+        if self.out is not None and self.out.isatty():
+            self.bar = tqdm(
+                total=total,
+                desc="warm",
+                unit="B",
+                unit_scale=True,
+                file=self.out,
+                dynamic_ncols=True,  # the terminal's width, measured at each redraw
+                mininterval=0.2,
+                postfix=self._files(),
+            )
+
+    def _files(self) -> str:
+        return f"{self.files_done}/{self.files} files"
 
     def file_done(self) -> None:
         self.files_done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._files(), refresh=False)
 
     def update(self, fetched: int, final: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.update(fetched - self.bar.n)  # tqdm redraws at most every mininterval
+            return
+        if self.out is None:
+            return
         now = time.monotonic()
-        if not final and now - self.last < (0.2 if self.tty else REPORT_EVERY):
+        if not final and now - self.last < REPORT_EVERY:
             return
         self.last = now
         elapsed = max(now - self.started, 1e-6)
         rate = fetched / elapsed
-        pct = 100.0 * fetched / self.total if self.total else 100.0
+        pct = 100.0 * fetched / self.total
         eta = (self.total - fetched) / rate if rate > 0 else 0.0
-        text = (
-            f"{self.files_done}/{self.files} files  {format_size(fetched)}/"
-            f"{format_size(self.total)}  {pct:5.1f}%  {rate / 1e6:7.1f} MB/s  "
-            f"ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        self.out.write(
+            f"warm: {self._files()}  {format_size(fetched)}/{format_size(self.total)}  "
+            f"{pct:5.1f}%  {rate / 1e6:7.1f} MB/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}\n"
         )
-        if self.tty:
-            filled = int(30 * pct / 100)
-            self.out.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}")
-            if final:
-                self.out.write("\n")
-        else:
-            self.out.write(f"warm: {text}\n")
         self.out.flush()
 
     def finish(self, fetched: int) -> None:
-        if self.total:
-            self.update(fetched, final=True)
+        self.update(fetched, final=True)
+        if self.bar is not None:
+            self.bar.close()

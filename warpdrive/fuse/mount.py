@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
+from warpdrive.cliargs import FILE, add_version_and_completion, complete
 from warpdrive.config import Config, load_config
 from warpdrive.errors import WarpDriveError
 from warpdrive.fuse.health import PROBE_NAME, Health, probe_backend, with_deadline
@@ -268,16 +269,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="warpdrive-mount", description="Mount WarpDrive's backends read-only (FUSE)."
     )
-    p.add_argument(
+    add_version_and_completion(p)
+    config = p.add_argument(
         "--config",
         "-c",
         help="config file (default: $WARPDRIVE_CONFIG or /etc/warpdrive/config.yaml)",
     )
+    complete(config, FILE)
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument(
+    log_file = p.add_argument(
         "--log-file", help="log here in the background (default: <cache.path>/warpdrive-mount.log)"
     )
+    complete(log_file, FILE)
     p.add_argument(
         "--degraded-ok", action="store_true", help="mount even if a backend is unreachable"
     )
