@@ -2,8 +2,8 @@
 
 ``"warpdrive://datasets-cac/train/shard-{000000..000199}.tar"``,
 ``"/wd/datasets-wus3/train/shard-*.tar"`` (a path under the mount point, read in-process all the
-same) and ``["/datasets-cac/a.tar", "/datasets-cac/b.tar"]`` all name shards. Braces expand in
-order (``{a,b}``, ``{0..9}``, ``{000..120..10}``, nested); glob characters (``*``, ``?``,
+same) and ``["/datasets-cac/a.tar", "/datasets-cac/b.tar"]`` all name shards. Braces expand as
+in webdataset (``braceexpand``; ``::`` separates patterns); glob characters (``*``, ``?``,
 ``[…]``) in any path component are matched against listings, sorted by name. Each shard keeps
 the URL it was given as (``__url__`` of its samples) and the mount-relative path it is read at.
 """
@@ -16,11 +16,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from braceexpand import UnbalancedBracesError, braceexpand
+
 from warpdrive.errors import NotFoundError
 from warpdrive.reader import WarpDrive
 
 URL_SCHEME = "warpdrive://"
-_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?$")
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -31,56 +32,14 @@ class Shard:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Every string ``pattern`` names, braces expanded left to right (ranges keep zero padding)."""
-    start = _outer_brace(pattern)
-    if start is None:
-        return [pattern]
-    end = _matching(pattern, start)
-    head, body, tail = pattern[:start], pattern[start + 1 : end], pattern[end + 1 :]
-    options: list[str]
-    m = _RANGE.match(body)
-    if m:
-        lo, hi, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
-        if step <= 0:
-            raise ValueError(f"{pattern!r}: a brace range needs a positive step")
-        width = max(len(m.group(1)), len(m.group(2))) if m.group(1).startswith("0") else 0
-        numbers = range(lo, hi + 1, step) if lo <= hi else range(lo, hi - 1, -step)
-        options = [str(n).zfill(width) for n in numbers]
-    else:
-        options = [o for part in _split_top(body) for o in expand_braces(part)]
-    return [f"{head}{o}{rest}" for o in options for rest in expand_braces(tail)]
-
-
-def _outer_brace(text: str) -> int | None:
-    for i, ch in enumerate(text):
-        if ch == "{":
-            return i
-    return None
-
-
-def _matching(text: str, start: int) -> int:
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if depth == 0:
-            return i
-    raise ValueError(f"{text!r}: unbalanced '{{'")
-
-
-def _split_top(body: str) -> list[str]:
-    """Split a brace body at its top-level commas."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for ch in body:
-        if ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-            continue
-        depth += {"{": 1, "}": -1}.get(ch, 0)
-        current.append(ch)
-    parts.append("".join(current))
-    return parts
+    """Every string ``pattern`` names, as webdataset expands it: ``::`` separates patterns, and
+    braces expand left to right with ``braceexpand`` (bash's rules: ``{a,b}``, ``{0..9}``,
+    ``{000..120..10}``, ``{a..e}``, nesting, ``\\{`` for a literal brace). One expansion for
+    both, so a URL names the same shards in ``webdataset.WebDataset`` and ``ShardDataset``."""
+    try:
+        return [url for part in pattern.split("::") for url in braceexpand(part)]
+    except UnbalancedBracesError:
+        raise ValueError(f"{pattern!r}: unbalanced braces") from None
 
 
 def expand(wd: WarpDrive, urls: str | Iterable[str]) -> list[Shard]:

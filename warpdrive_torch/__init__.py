@@ -13,6 +13,8 @@ cache (see :mod:`warpdrive_torch.wds`).
 
 import contextlib
 
+# The package's version (one source: warpdrive's installed metadata).
+from warpdrive import __version__ as __version__
 from warpdrive.shards import Shard, expand, expand_braces
 from warpdrive_torch.dataset import ShardDataset
 from warpdrive_torch.decode import make_decoder

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import IterableDataset
 
@@ -37,7 +37,7 @@ from warpdrive_torch.handlers import Handler, reraise_exception
 from warpdrive_torch.progress import Consumed
 from warpdrive_torch.sources import CacheSource, FileSource, Source
 from warpdrive_torch.tario import ShardError, iter_members
-from warpdrive_torch.world import resolve, worker_and_count
+from warpdrive_torch.world import Place, worker_and_count
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class ShardDataset(IterableDataset[Sample]):
     epoch of a run, so its cache serves every epoch after the first; ``"global"``: each epoch
     deals a permutation of all shards to all ranks. With one node both give the same order.
     ``rank``/``world_size``, ``node_rank``/``num_nodes``: default from torch.distributed and
-    the launcher (torchrun, Slurm); see :mod:`warpdrive_torch.world`.
+    the launcher (torchrun, Slurm), resolved when iteration starts; see
+    :mod:`warpdrive_torch.world`.
     ``epoch_size``: samples per rank per epoch, for equal steps on every rank: each worker stops
     at its share (the rest of its samples are dropped this epoch) or, when short, pads with a
     further pass over its own shards (repeats); None: every sample once.
@@ -140,7 +141,7 @@ class ShardDataset(IterableDataset[Sample]):
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.partition = partition
-        self.layout = resolve(rank, world_size, node_rank, num_nodes)
+        self._place = Place(rank, world_size, node_rank, num_nodes)
         self.epoch_size = epoch_size
         self.prefetch_shards = prefetch_shards
         self.handler = handler
@@ -156,6 +157,11 @@ class ShardDataset(IterableDataset[Sample]):
         self._done = 0
 
     @property
+    def layout(self) -> Layout:
+        """This process's place in the job, resolved now unless given (see ``world.Place``)."""
+        return self._place.get()
+
+    @property
     def rank(self) -> int:
         return self.layout.rank
 
@@ -163,11 +169,18 @@ class ShardDataset(IterableDataset[Sample]):
     def world_size(self) -> int:
         return self.layout.world_size
 
+    def __bool__(self) -> bool:  # a dataset is there even when its length is unknown
+        return True
+
     def __len__(self) -> int:
         """Samples per epoch on this rank: known only with ``epoch_size``."""
         if self.epoch_size is None:
             raise TypeError("ShardDataset has no length unless epoch_size is given")
         return self.epoch_size
+
+    # Where every ShardDataset of this process takes its epoch from when iteration starts, if
+    # set: the Lightning callback points it at the trainer (warpdrive_torch.lightning).
+    epoch_source: ClassVar[Callable[[], int] | None] = None
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the next iteration reads (its shard and sample order)."""
@@ -182,13 +195,18 @@ class ShardDataset(IterableDataset[Sample]):
     def state_dict(
         self,
         positions: dict[int, int] | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         consumed: Consumed | None = None,
+        next_worker: int = 0,
     ) -> dict[str, Any]:
-        """Where this rank stands in its epoch. Iterating in-process (``num_workers=0``) this
-        is tracked here; with DataLoader workers use :class:`ResumableLoader`, which passes
-        the positions it saw. To resume on another layout, save every rank's state (e.g.
-        ``torch.distributed.all_gather_object``) and load the list."""
+        """Where this rank stands in its epoch. Iterating in-process this is tracked here;
+        inside a DataLoader worker (torchdata's ``StatefulDataLoader`` asks each worker) it is
+        that worker's stream, of as many workers as the loader has; :class:`ResumableLoader`
+        passes the positions it saw in the batches. To resume on another layout, save every
+        rank's state (e.g. ``torch.distributed.all_gather_object``) and load the list.
+        ``next_worker``: the worker stream whose batch a loader takes next (ResumableLoader)."""
+        if num_workers is None:
+            num_workers = worker_and_count()[1]
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
@@ -202,6 +220,7 @@ class ShardDataset(IterableDataset[Sample]):
             "consumed": (consumed if consumed is not None else self._consumed).state(),
             "skipped": _ranges(self._skip),
             "done": self._done,
+            "next_worker": next_worker,
         }
 
     def load_state_dict(
@@ -291,7 +310,19 @@ class ShardDataset(IterableDataset[Sample]):
             return None
         return quotas(max(0, self.epoch_size - done), [1] * workers)[worker]
 
+    def _follow_epoch(self) -> None:
+        source = ShardDataset.epoch_source
+        if source is not None:
+            self.set_epoch(source())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for a spawned DataLoader worker as iteration starts: the epoch as of now (a
+        # forked worker asks the inherited source itself).
+        self._follow_epoch()
+        return dict(self.__dict__)
+
     def __iter__(self) -> Iterator[Sample]:
+        self._follow_epoch()
         worker, workers = worker_and_count()
         start = 0
         if self._resume is not None:
@@ -300,6 +331,10 @@ class ShardDataset(IterableDataset[Sample]):
                     f"cannot resume: the checkpoint was taken with {self._resume['num_workers']} "
                     f"loader worker(s), this loader has {workers}"
                 )
+            # A DataLoader takes batches from its workers in turn starting at worker 0; the
+            # stream whose turn was next at the checkpoint is given to worker 0, so batches
+            # interleave as they would have without the interruption.
+            worker = (worker + int(self._resume.get("next_worker", 0))) % workers
             start = int(self._resume["positions"].get(str(worker), 0))
             self._resume = None  # a later iteration starts the epoch afresh
         mine = share(self._rank_shards(self.layout), worker, workers)

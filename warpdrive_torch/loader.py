@@ -5,7 +5,9 @@ worker got: every sample carries ``__worker__`` and ``__index__`` (its position 
 stream), and the loader keeps, per worker, one past the last position it handed out — what
 :meth:`ShardDataset.load_state_dict` needs to replay the rest of the epoch on the same layout.
 Samples also carry ``__url__`` and ``__ordinal__`` (which shard, which sample of it): the loader
-keeps those as ranges, so that any other layout can skip them.
+keeps those as ranges, so that any other layout can skip them. A DataLoader takes batches from
+its workers in turn; the loader also keeps whose turn is next, and a resumed epoch starts the
+turns there: the batches come in the order they would have without the interruption.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ class ResumableLoader:
         resuming = dataset._resume is not None
         self._positions: dict[int, int] = dict(dataset._positions) if resuming else {}
         self._consumed = Consumed(dataset._consumed.state()) if resuming else Consumed()
+        self._next_worker = self._pending_next_worker()
 
     def __iter__(self) -> Generator[Any, None, None]:
+        self._next_worker = self._pending_next_worker()
         it = iter(self.loader)
         if self.num_workers > 0:
             self.dataset._resume = None  # the workers took their copy; the next epoch is fresh
@@ -50,11 +54,13 @@ class ResumableLoader:
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.dataset.epoch:
-            self._positions, self._consumed = {}, Consumed()
+            self._positions, self._consumed, self._next_worker = {}, Consumed(), 0
         self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.dataset.state_dict(self._positions, self.num_workers, self._consumed)
+        return self.dataset.state_dict(
+            self._positions, self.num_workers, self._consumed, self._next_worker
+        )
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
         """This rank's state (same layout and workers), or every rank's (any layout)."""
@@ -68,12 +74,19 @@ class ResumableLoader:
         self.dataset.load_state_dict(state, num_workers=self.num_workers)
         self._positions = dict(self.dataset._positions)
         self._consumed = Consumed(self.dataset._consumed.state())
+        self._next_worker = self._pending_next_worker()
+
+    def _pending_next_worker(self) -> int:
+        resume = self.dataset._resume
+        return int(resume.get("next_worker", 0)) if resume is not None else 0
 
     def _note(self, batch: Any) -> None:
         for worker, index, url, ordinal in _tags(batch):
             if index + 1 > self._positions.get(worker, 0):
                 self._positions[worker] = index + 1
             self._consumed.add(url, ordinal)
+            # A batch is one worker's: the loader's next turn is the following worker's.
+            self._next_worker = (worker + 1) % max(1, self.num_workers)
 
 
 TAGS = ("__worker__", "__index__", "__url__", "__ordinal__")

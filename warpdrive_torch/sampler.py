@@ -7,7 +7,8 @@ cache holds what its ranks read, and every epoch after the first reads from it.
 
 As ``DistributedSampler``: ``set_epoch(e)`` before each epoch; every rank yields the same number
 of indices (``len(sampler)``), padding with repeats of its own items (or, with ``drop_last``,
-dropping the last few) so that every rank takes the same number of steps.
+dropping the last few) so that every rank takes the same number of steps. The rank is resolved
+when asked (``len``, ``iter``), so a sampler made before the process group exists is right.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Iterator, Sized
 
 from torch.utils.data import Sampler
 
-from warpdrive.partition import MODES, rank_shards
-from warpdrive_torch.world import resolve
+from warpdrive.partition import MODES, Layout, rank_shards
+from warpdrive_torch.world import Place
 
 
 class NodeSampler(Sampler[int]):
@@ -47,10 +48,18 @@ class NodeSampler(Sampler[int]):
             drop_last,
             partition,
         )
-        self.layout = resolve(rank, world_size, node_rank, num_nodes)
-        world = self.layout.world_size
-        self.num_samples = self.size // world if drop_last else math.ceil(self.size / world)
+        self._place = Place(rank, world_size, node_rank, num_nodes)
         self.epoch = 0
+
+    @property
+    def layout(self) -> Layout:
+        """This process's place in the job, resolved now unless given (see ``world.Place``)."""
+        return self._place.get()
+
+    @property
+    def num_samples(self) -> int:
+        world = self.layout.world_size
+        return self.size // world if self.drop_last else math.ceil(self.size / world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -59,19 +68,20 @@ class NodeSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
+        layout, want = self.layout, self.num_samples
         mine = rank_shards(
             [range(self.size)],
-            self.layout,
+            layout,
             seed=self.seed,
             epoch=self.epoch,
             shuffle=self.shuffle,
             mode=self.partition,
         )
-        if self.num_samples and not mine:
+        if want and not mine:
             raise ValueError(
-                f"rank {self.layout.rank} has no item to sample ({self.size} items for "
-                f"{self.layout.world_size} ranks)"
+                f"rank {layout.rank} has no item to sample ({self.size} items for "
+                f"{layout.world_size} ranks)"
             )
-        while len(mine) < self.num_samples:  # repeats of this rank's own items: equal steps
-            mine += mine[: self.num_samples - len(mine)]
-        return iter(mine[: self.num_samples])
+        while len(mine) < want:  # repeats of this rank's own items: equal steps
+            mine += mine[: want - len(mine)]
+        return iter(mine[:want])

@@ -5,8 +5,11 @@ Rank and world size: explicit arguments, else the initialised ``torch.distribute
 explicit arguments, else torchrun's ``GROUP_RANK``/``LOCAL_WORLD_SIZE``/``LOCAL_RANK``, else
 Slurm's ``SLURM_NODEID``/``SLURM_NNODES``/``SLURM_LOCALID``, else one node.
 Explicit ranks pair only with explicit nodes (a rank given by hand is not the launcher's).
-Everything is resolved where the dataset is made, in the training process: DataLoader workers
-have no process group to ask. An inconsistent set is a ValueError naming the variables.
+A dataset resolves its place when iteration starts (:class:`Place`), not where it is made: a
+dataset made before the process group (Lightning's DataModule ``__init__``, before ``fit``) must
+not fix itself as rank 0 of 1. ``WORLD_SIZE`` > 1 with no process group and no ``RANK`` is an
+error (Lightning sets one, not the other, until its group exists). An inconsistent set is a
+ValueError naming the variables.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def resolve(
         raise ValueError("node_rank needs num_nodes")
     explicit = rank is not None
     if rank is None or world_size is None:
-        rank, world_size = _from_torch() or _pair(env, "RANK", "WORLD_SIZE") or (0, 1)
+        rank, world_size = _from_torch() or _pair(env, "RANK", "WORLD_SIZE") or _alone(env)
     if num_nodes is not None:
         layout = Layout.of(rank, world_size, num_nodes)
         if node_rank is not None and node_rank != layout.node:
@@ -48,6 +51,58 @@ def resolve(
         or _slurm(env, rank, world_size)
         or (Layout.of(rank, world_size))
     )
+
+
+def _alone(env: Mapping[str, str]) -> tuple[int, int]:
+    """Rank 0 of 1, unless the environment says the job is larger."""
+    world = _int(env, "WORLD_SIZE")
+    if world is not None and world > 1:
+        raise ValueError(
+            f"WORLD_SIZE={world} but this process has no rank: no torch.distributed process "
+            "group is initialised and RANK is not set; iterate once the group exists (Lightning: "
+            "inside fit), or pass rank= and world_size="
+        )
+    return 0, 1
+
+
+class Place:
+    """Where a dataset or sampler made with these arguments reads: the explicit layout if any
+    argument is given (checked at once), else :func:`resolve` at the time of asking. A DataLoader
+    worker asks in its own process: forked, it inherits the process group; spawned, it gets the
+    layout resolved when the loader pickled the dataset for it, in the training process."""
+
+    def __init__(
+        self,
+        rank: int | None = None,
+        world_size: int | None = None,
+        node_rank: int | None = None,
+        num_nodes: int | None = None,
+    ) -> None:
+        given = (rank, world_size, node_rank, num_nodes)
+        self._fixed = resolve(*given) if any(v is not None for v in given) else None
+        self._pinned: Layout | None = None  # set in a copy pickled for a worker
+
+    def get(self) -> Layout:
+        if self._fixed is not None:
+            return self._fixed
+        if self._pinned is not None and _in_worker():
+            return self._pinned
+        return resolve()
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        if self._fixed is None:
+            try:
+                state["_pinned"] = resolve()
+            except ValueError:  # not resolvable here; the worker will say why when it asks
+                state["_pinned"] = None
+        return state
+
+
+def _in_worker() -> bool:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None
 
 
 def _torchrun(env: Mapping[str, str], rank: int, world: int) -> Layout | None:

@@ -214,12 +214,50 @@ def test_resume_with_dataloader_workers(regions: Regions) -> None:
     assert sorted(seen) == sorted(regions.content) and len(seen) == len(set(seen))
     resumed = by_worker(head + rest)
     assert resumed == by_worker(full)  # each worker's stream continues where it stopped
+    # ... and the workers' batches interleave as they did uninterrupted (7 batches: worker 1's
+    # turn is next, not worker 0's).
+    assert [b["__worker__"][0].item() for b in head + rest] == [
+        b["__worker__"][0].item() for b in full
+    ]
+    assert keys_of(head + rest) == keys_of(full)
     assert again.state_dict()["positions"] == first_positions_at_end(full)
     wrong = ResumableLoader(ShardDataset(regions.urls, wd=wd, seed=5), batch_size=4, num_workers=3)
     with pytest.raises(ValueError, match="2 loader worker"):
         wrong.load_state_dict(state)
     with pytest.raises(ValueError, match=r"seed=5.*seed=6"):
         ShardDataset(regions.urls, wd=wd, seed=6).load_state_dict(state)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stateful_dataloader_resumes_exactly(regions: Regions, workers: int) -> None:
+    """torchdata's StatefulDataLoader, PyTorch's checkpointing loader, asks each worker's dataset
+    for its state and restores the workers' turns itself."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    wd = regions.wd()
+
+    def make(epoch: int = 1) -> tuple[ShardDataset, StatefulDataLoader]:
+        ds = ShardDataset(regions.urls, wd=wd, seed=9, shuffle_buffer=6)
+        ds.set_epoch(epoch)
+        return ds, StatefulDataLoader(ds, batch_size=4, num_workers=workers, collate_fn=keys)
+
+    def keys(batch: list[dict[str, Any]]) -> list[str]:
+        return [s["__key__"] for s in batch]
+
+    full = list(make()[1])
+    next_epoch = list(make(2)[1])
+    assert sorted(k for b in full for k in b) == sorted(regions.content)
+    for n in (1, 6, len(full) - 1):
+        _, first = make()
+        it = iter(first)
+        head = [next(it) for _ in range(n)]
+        state = json.loads(json.dumps(first.state_dict()))  # a checkpoint survives JSON
+        del it
+        ds, again = make(epoch=0)  # the checkpoint's epoch wins
+        again.load_state_dict(state)
+        assert head + list(again) == full, f"after {n} batches"
+        ds.set_epoch(2)  # and the run goes on as if never interrupted
+        assert list(again) == next_epoch
 
 
 def first_positions_at_end(batches: list[Any]) -> dict[str, int]:
@@ -482,17 +520,28 @@ def test_file_dataset_random_access_through_the_cache(azure_store: Store) -> Non
 
 
 DIST_SCRIPT = """
-import json, sys
+import json, os, sys
 import torch.distributed as dist
-from warpdrive_torch import ShardDataset
+from torch.utils.data import DataLoader
+from warpdrive_torch import NodeSampler, ShardDataset
 rank, world, port, config, urls, out = sys.argv[1:7]
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank), world_size=int(world))
+os.environ["WORLD_SIZE"] = world  # as Lightning's launcher: a world size, no RANK
+# Made before the process group exists (a DataModule's __init__): no rank is fixed here ...
 ds = ShardDataset(json.loads(urls), wd=config, seed=1)
-keys = [s["__key__"] for s in ds]
+sampler = NodeSampler(range(10), seed=1)
+try:
+    next(iter(ds))
+    early = ""
+except ValueError as exc:  # ... and reading before it exists is refused
+    early = str(exc)
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank), world_size=int(world))
+# Spawned workers get the layout resolved as the loader starts them.
+loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
+keys = [s["__key__"] for s in loader]
 gathered = [None] * int(world)
-dist.all_gather_object(gathered, keys)
+dist.all_gather_object(gathered, [keys, list(sampler), early])
 if int(rank) == 0:
-    json.dump({"ranks": [ds.rank, ds.world_size], "keys": gathered}, open(out, "w"))
+    json.dump({"ranks": [ds.rank, ds.world_size], "gathered": gathered}, open(out, "w"))
 dist.destroy_process_group()
 """
 
@@ -525,6 +574,110 @@ def test_rank_comes_from_torch_distributed(regions: Regions) -> None:
         assert proc.wait(timeout=120) == 0
     result = json.loads(out.read_text())
     assert result["ranks"] == [0, 2]
-    per_rank = result["keys"]
+    per_rank = [keys for keys, _, _ in result["gathered"]]
     assert len(per_rank[0]) == len(per_rank[1]) == SHARDS * PER_SHARD // 2
     assert sorted(per_rank[0] + per_rank[1]) == sorted(regions.content)
+    indices = [sampled for _, sampled, _ in result["gathered"]]
+    assert len(indices[0]) == len(indices[1]) == 5
+    assert sorted(indices[0] + indices[1]) == list(range(10))
+    for _, _, early in result["gathered"]:
+        assert "WORLD_SIZE=2 but this process has no rank" in early
+
+
+LIGHTNING_SCRIPT = """
+import json, sys
+import lightning as L, torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+from warpdrive_torch import ShardDataset
+from warpdrive_torch.lightning import WarpDriveEpochs
+
+built, config, urls, out, ckpt_dir, resume = sys.argv[1:7]
+
+def make():
+    return ShardDataset(json.loads(urls), wd=config, seed=11, shuffle_buffer=4)
+
+def keys(batch):
+    return [s["__key__"] for s in batch]
+
+class Data(L.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        # "early": made before fit, before Lightning has set any rank or process group.
+        self.ds = make() if built == "early" else None
+
+    def train_dataloader(self):
+        return DataLoader(self.ds or make(), batch_size=5, num_workers=2, collate_fn=keys)
+
+class Model(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = {}
+
+    def training_step(self, batch, i):
+        self.seen.setdefault(self.current_epoch, []).extend(batch)
+        return (self.w - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_train_end(self):
+        with open(f"{out}.{self.global_rank}", "w") as f:
+            json.dump(self.seen, f)
+
+trainer = L.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    callbacks=[WarpDriveEpochs(), ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1)],
+)
+trainer.fit(Model(), datamodule=Data(), ckpt_path=resume or None)
+"""
+
+
+def run_lightning(
+    regions: Regions, built: str, name: str, resume: Path | None = None
+) -> tuple[list[dict[str, list[str]]], Path]:
+    """A 2-process Lightning DDP fit of 2 epochs (CPU, gloo); each rank's keys by epoch."""
+    tmp = regions.tmp / name
+    tmp.mkdir()
+    config = tmp / "wd.yaml"
+    config.write_text(regions.config_text(regions.tmp / "lcache"))
+    script = tmp / "fit.py"
+    script.write_text(LIGHTNING_SCRIPT)
+    launcher = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "MASTER_PORT", "GROUP_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env["WD_TEST_AZURE_KEY"] = AZURITE_KEY
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
+    args = [built, str(config), json.dumps(regions.urls), str(tmp / "seen"), str(tmp / "ckpt")]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args, str(resume or "")],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((tmp / f"seen.{rank}").read_text()) for rank in range(2)]
+    return seen, tmp / "ckpt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("built", ["early", "late"])
+def test_lightning_ddp_reads_each_sample_once_per_epoch(regions: Regions, built: str) -> None:
+    """Lightning's launcher sets WORLD_SIZE but not RANK: a dataset made in a DataModule's
+    __init__ must still find its rank (when iteration starts), and epochs must differ."""
+    seen, checkpoints = run_lightning(regions, built, built)
+    for epoch in ("0", "1"):
+        both = seen[0][epoch] + seen[1][epoch]
+        assert sorted(both) == sorted(regions.content), f"epoch {epoch}"
+    for rank in range(2):
+        assert seen[rank]["0"] != seen[rank]["1"], f"rank {rank}: epoch 1 repeats epoch 0"
+    if built == "late":
+        return
+    # Resumed from the checkpoint of epoch 0, the run reads epoch 1 as it did uninterrupted
+    # (Lightning starts that loader before any epoch hook runs).
+    (first,) = checkpoints.glob("epoch=0-*.ckpt")
+    resumed, _ = run_lightning(regions, built, "resumed", resume=first)
+    assert [r["1"] for r in resumed] == [r["1"] for r in seen]
