@@ -628,13 +628,19 @@ class WarpDrive:
         """Bytes ``[offset, offset+size)`` of ``path`` (to the end when ``size`` < 0)."""
         if offset < 0:
             raise InvalidPathError(f"{path!r}: negative offset {offset}")
-        core = self._core
-        obj = core.version(path)
+        return self.read_version(self._core.version(path), offset, size)
+
+    def read_version(self, obj: ObjectVersion, offset: int = 0, size: int = -1) -> bytes:
+        """:meth:`read` of one version (from :meth:`version`), as a handle pinned to it reads:
+        several reads of one object never mix two versions (ObjectChangedError once the
+        backend holds another). No readahead: the caller names the bytes it wants."""
+        if offset < 0:
+            raise InvalidPathError(f"{obj.key!r}: negative offset {offset}")
         end = obj.size if size < 0 else min(obj.size, offset + size)
         if end <= offset:
             return b""
         buf = bytearray(end - offset)
-        core.read_into(obj, offset, memoryview(buf))
+        self._core.read_into(obj, offset, memoryview(buf))
         return bytes(buf)
 
     def version(self, path: str) -> ObjectVersion:
