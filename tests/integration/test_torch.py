@@ -588,14 +588,16 @@ LIGHTNING_SCRIPT = """
 import json, sys
 import lightning as L, torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader
 from warpdrive_torch import ShardDataset
-from warpdrive_torch.lightning import WarpDriveEpochs
+from warpdrive_torch.lightning import WarpDriveCallback
 
-built, config, urls, out, ckpt_dir, resume = sys.argv[1:7]
+built, config, urls, out, ckpt_dir, resume, stateful = sys.argv[1:8]
 
 def make():
-    return ShardDataset(json.loads(urls), wd=config, seed=11, shuffle_buffer=4)
+    # With a length (epoch_size) Lightning does not read a batch ahead to find the epoch's end,
+    # a batch a mid-epoch checkpoint would count as consumed.
+    size = 60 if stateful else None
+    return ShardDataset(json.loads(urls), wd=config, seed=11, shuffle_buffer=4, epoch_size=size)
 
 def keys(batch):
     return [s["__key__"] for s in batch]
@@ -607,6 +609,10 @@ class Data(L.LightningDataModule):
         self.ds = make() if built == "early" else None
 
     def train_dataloader(self):
+        if stateful:  # Lightning saves and restores its state in mid-epoch checkpoints
+            from torchdata.stateful_dataloader import StatefulDataLoader as DataLoader
+        else:
+            from torch.utils.data import DataLoader
         return DataLoader(self.ds or make(), batch_size=5, num_workers=2, collate_fn=keys)
 
 class Model(L.LightningModule):
@@ -629,14 +635,18 @@ class Model(L.LightningModule):
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    callbacks=[WarpDriveEpochs(), ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1)],
+    callbacks=[
+        WarpDriveCallback(),
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1),  # each epoch's end
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=5),  # mid-epoch
+    ],
 )
 trainer.fit(Model(), datamodule=Data(), ckpt_path=resume or None)
 """
 
 
 def run_lightning(
-    regions: Regions, built: str, name: str, resume: Path | None = None
+    regions: Regions, built: str, name: str, resume: Path | None = None, stateful: bool = False
 ) -> tuple[list[dict[str, list[str]]], Path]:
     """A 2-process Lightning DDP fit of 2 epochs (CPU, gloo); each rank's keys by epoch."""
     tmp = regions.tmp / name
@@ -651,7 +661,7 @@ def run_lightning(
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
     args = [built, str(config), json.dumps(regions.urls), str(tmp / "seen"), str(tmp / "ckpt")]
     proc = subprocess.run(
-        [sys.executable, str(script), *args, str(resume or "")],
+        [sys.executable, str(script), *args, str(resume or ""), "1" if stateful else ""],
         env=env,
         cwd=tmp,
         capture_output=True,
@@ -681,3 +691,15 @@ def test_lightning_ddp_reads_each_sample_once_per_epoch(regions: Regions, built:
     (first,) = checkpoints.glob("epoch=0-*.ckpt")
     resumed, _ = run_lightning(regions, built, "resumed", resume=first)
     assert [r["1"] for r in resumed] == [r["1"] for r in seen]
+
+
+@pytest.mark.slow
+def test_lightning_resumes_mid_epoch_with_a_stateful_dataloader(regions: Regions) -> None:
+    """With torchdata's StatefulDataLoader, Lightning keeps the loader's state in its
+    checkpoints: a run resumed from step 5 of epoch 0 reads exactly the rest of that epoch."""
+    seen, checkpoints = run_lightning(regions, "early", "whole", stateful=True)
+    (step5,) = checkpoints.glob("epoch=0-step=5.ckpt")
+    resumed, _ = run_lightning(regions, "early", "resumed", resume=step5, stateful=True)
+    for rank in range(2):
+        assert resumed[rank]["0"] == seen[rank]["0"][5 * 5 :], f"rank {rank}"
+        assert resumed[rank]["1"] == seen[rank]["1"]
