@@ -55,3 +55,13 @@ if [ ! -x .venv-azcli/bin/az ]; then
   .venv-azcli/bin/pip install -q "azure-cli==${AZURE_CLI_VERSION}" 2>&1 | grep -v '^WARNING: Location' || true
   [ -x .venv-azcli/bin/az ] || { echo "azure-cli did not install" >&2; exit 1; }
 fi
+
+# Ray Data for the integration test that reads warpdrive:// with it (tests/integration/test_ray.py):
+# in a venv of its own over this Python's packages, so its pins cannot move the project's.
+RAY_VERSION="${RAY_VERSION:-2.60.0}"
+if [ ! -x .venv-ray/bin/python ] || ! .venv-ray/bin/python -c "import ray.data" 2>/dev/null; then
+  echo "==> pip: ray[data]==${RAY_VERSION} (in .venv-ray)"
+  "$PYTHON" -m venv --system-site-packages .venv-ray
+  .venv-ray/bin/pip install -q -c "$TORCH_PIN" "ray[data]==${RAY_VERSION}" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv-ray/bin/python -c "import ray.data" || { echo "ray did not install" >&2; exit 1; }
+fi
