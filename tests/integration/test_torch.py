@@ -637,8 +637,10 @@ trainer = L.Trainer(
     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     callbacks=[
         WarpDriveCallback(),
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1),  # each epoch's end
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=-1, every_n_train_steps=5),  # mid-epoch
+        ModelCheckpoint(dirpath=ckpt_dir, filename="end-{epoch}", save_top_k=-1),
+        ModelCheckpoint(
+            dirpath=ckpt_dir, filename="mid-{epoch}-{step}", save_top_k=-1, every_n_train_steps=5
+        ),
     ],
 )
 trainer.fit(Model(), datamodule=Data(), ckpt_path=resume or None)
@@ -688,7 +690,7 @@ def test_lightning_ddp_reads_each_sample_once_per_epoch(regions: Regions, built:
         return
     # Resumed from the checkpoint of epoch 0, the run reads epoch 1 as it did uninterrupted
     # (Lightning starts that loader before any epoch hook runs).
-    (first,) = checkpoints.glob("epoch=0-*.ckpt")
+    first = checkpoints / "end-epoch=0.ckpt"
     resumed, _ = run_lightning(regions, built, "resumed", resume=first)
     assert [r["1"] for r in resumed] == [r["1"] for r in seen]
 
@@ -698,7 +700,7 @@ def test_lightning_resumes_mid_epoch_with_a_stateful_dataloader(regions: Regions
     """With torchdata's StatefulDataLoader, Lightning keeps the loader's state in its
     checkpoints: a run resumed from step 5 of epoch 0 reads exactly the rest of that epoch."""
     seen, checkpoints = run_lightning(regions, "early", "whole", stateful=True)
-    (step5,) = checkpoints.glob("epoch=0-step=5.ckpt")
+    step5 = checkpoints / "mid-epoch=0-step=5.ckpt"
     resumed, _ = run_lightning(regions, "early", "resumed", resume=step5, stateful=True)
     for rank in range(2):
         assert resumed[rank]["0"] == seen[rank]["0"][5 * 5 :], f"rank {rank}"
