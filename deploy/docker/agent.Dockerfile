@@ -1,5 +1,6 @@
-# The WarpDrive agent: warpdrive-mount (FUSE) and warpdrive-ctl. Build from the repository root:
-#   docker build -f deploy/docker/agent.Dockerfile -t warpdrive/agent:1.0.0 .
+# The WarpDrive agent: warpdrive-mount (FUSE) and warpdrive-ctl. Build from the repository root
+# (the tag: the Helm chart's appVersion, the warpdrive version):
+#   docker build -f deploy/docker/agent.Dockerfile -t warpdrive/agent:0.1.0 .
 # It runs privileged with /dev/fuse (see the Helm chart's DaemonSet).
 FROM python:3.11-slim-bookworm
 

@@ -1,5 +1,6 @@
-# The WarpDrive control plane: `warpdrive-ctl serve` (API and dashboard).
-#   docker build -f deploy/docker/control-plane.Dockerfile -t warpdrive/control-plane:1.0.0 .
+# The WarpDrive control plane: `warpdrive-ctl serve` (API and dashboard). Build from the repository
+# root (the tag: the Helm chart's appVersion, the warpdrive version):
+#   docker build -f deploy/docker/control-plane.Dockerfile -t warpdrive/control-plane:0.1.0 .
 FROM python:3.11-slim-bookworm
 
 WORKDIR /src

@@ -7,10 +7,15 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,8 @@ import pytest
 import yaml
 
 from warpdrive import parse_config
-from warpdrive.testing.mounts import start_mount
-from warpdrive.testing.servers import free_port
+from warpdrive.testing.mounts import Mount, start_mount
+from warpdrive.testing.servers import Server, ServerError, free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -55,6 +60,17 @@ CUSTOM = {
 }
 
 
+# Azure workload identity (the identity values.yaml and the operator guide recommend) and the
+# Prometheus Operator's PodMonitor.
+IDENTITY = {
+    "serviceAccount": {"annotations": {"azure.workload.identity/client-id": "0f1e2d3c-client"}},
+    "agent": {"podLabels": {"azure.workload.identity/use": "true"}},
+    "controlPlane": {"podLabels": {"azure.workload.identity/use": "true"}},
+    "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+}
+CRDS = {"PodMonitor"}  # no schema in kubernetes-validate: checked field by field below
+
+
 def render(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The chart rendered offline by Helm's own engine: {kind: [manifests]}."""
     import helm_python as helm
@@ -70,7 +86,9 @@ def render(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any
     return out
 
 
-@pytest.mark.parametrize("values", [None, CUSTOM], ids=["defaults", "custom"])
+@pytest.mark.parametrize(
+    "values", [None, CUSTOM, IDENTITY], ids=["defaults", "custom", "identity+podmonitor"]
+)
 def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> None:
     import helm_python as helm
     import kubernetes_validate
@@ -78,12 +96,13 @@ def test_chart_lints_renders_and_validates(values: dict[str, Any] | None) -> Non
     report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
     assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
     manifests = render(values)
-    for docs in manifests.values():
+    for kind, docs in manifests.items():
         for doc in docs:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            if kind not in CRDS:
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
     expected = {"ConfigMap", "DaemonSet", "Secret", "ServiceAccount", "ClusterRole",
                 "ClusterRoleBinding", "PodDisruptionBudget", "Deployment", "Service"}  # fmt: skip
-    assert set(manifests) == expected
+    assert set(manifests) == expected | ({"PodMonitor"} if values is IDENTITY else set())
 
 
 def test_agent_daemonset_has_what_a_fuse_mount_needs() -> None:
@@ -112,8 +131,15 @@ def test_agent_daemonset_has_what_a_fuse_mount_needs() -> None:
         "type": "DirectoryOrCreate",
     }
     assert volumes["config"]["configMap"]["name"] == "wd-warpdrive-config"
-    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert agent["readinessProbe"]["exec"]["command"] == ["mountpoint", "-q", "/data"]
+    # A backend outage must not restart the agent (or keep it from starting): the cache serves
+    # on. Liveness asks the mount only; readiness is /healthz, which follows the backends.
+    assert agent["command"] == ["warpdrive-mount", "--config", "/etc/warpdrive/config.yaml",
+                                "--foreground", "--degraded-ok"]  # fmt: skip
+    mount_answers = ["sh", "-c", 'mountpoint -q "$1" && ls -a "$1" >/dev/null', "mount-answers",
+                     "/data"]  # fmt: skip
+    assert agent["livenessProbe"]["exec"]["command"] == mount_answers
+    assert agent["startupProbe"]["exec"]["command"] == mount_answers
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert "fusermount3 -u -z /data" in " ".join(agent["lifecycle"]["preStop"]["exec"]["command"])
     assert agent["resources"] == {
         "requests": {"cpu": "1", "memory": "2Gi"},
@@ -165,6 +191,92 @@ def test_custom_values_reach_the_manifests_and_the_config_loads() -> None:
     assert manifests["PodDisruptionBudget"][0]["spec"]["maxUnavailable"] == 1
 
 
+def _pod(manifest: dict[str, Any]) -> dict[str, Any]:
+    template: dict[str, Any] = manifest["spec"]["template"]
+    return template
+
+
+def test_the_pdb_guards_the_control_plane_which_reads_the_agents_config() -> None:
+    manifests = render()
+    (pdb,) = manifests["PodDisruptionBudget"]
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    control_plane = _pod(manifests["Deployment"][0])
+    agent = _pod(manifests["DaemonSet"][0])
+    # Drains do not evict DaemonSet pods: a budget over the agents guards nothing.
+    assert selector.items() <= control_plane["metadata"]["labels"].items()
+    assert not selector.items() <= agent["metadata"]["labels"].items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "PodDisruptionBudget" not in render({"controlPlane": {"enabled": False}})
+    # warpdrive-ctl run in the control plane's pod finds the agents' config and a writable place
+    # for its cache (the pod runs as uid 10001 with no hostPath).
+    (container,) = control_plane["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in control_plane["spec"]["volumes"]}
+    config_dir, _, name = env["WARPDRIVE_CONFIG"].rpartition("/")
+    (config_map,) = manifests["ConfigMap"]
+    config_volume = volumes[mounts[config_dir]["name"]]
+    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert mounts[config_dir]["readOnly"] is True and name in config_map["data"]
+    config = parse_config(config_map["data"][name], env={})
+    assert volumes[mounts[config.cache.path]["name"]] == {"name": "cache", "emptyDir": {}}
+
+
+def test_workload_identity_values_reach_the_service_account_and_both_pods() -> None:
+    manifests = render(IDENTITY)
+    (account,) = manifests["ServiceAccount"]
+    assert account["metadata"]["annotations"] == {
+        "azure.workload.identity/client-id": "0f1e2d3c-client"
+    }
+    for kind, component in (("DaemonSet", "agent"), ("Deployment", "control-plane")):
+        (manifest,) = manifests[kind]
+        pod = _pod(manifest)
+        assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        # Extra pod labels never reach the selector (immutable once installed).
+        assert manifest["spec"]["selector"]["matchLabels"] == {
+            "app.kubernetes.io/name": "warpdrive", "app.kubernetes.io/instance": "wd",
+            "app.kubernetes.io/component": component,
+        }  # fmt: skip
+    assert "annotations" not in render()["ServiceAccount"][0]["metadata"]
+
+
+def test_the_images_are_the_package_version_the_chart_names() -> None:
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version[1]
+    manifests = render()
+    images = [_pod(manifests[k][0])["spec"]["containers"][0]["image"]
+              for k in ("DaemonSet", "Deployment")]  # fmt: skip
+    assert images == [f"warpdrive/agent:{version[1]}", f"warpdrive/control-plane:{version[1]}"]
+    labels = manifests["DaemonSet"][0]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/version"] == version[1]
+    custom = render({"agent": {"image": {"tag": "0.1.0-rc1"}}})
+    assert _pod(custom["DaemonSet"][0])["spec"]["containers"][0]["image"].endswith(":0.1.0-rc1")
+    for name in ("agent", "control-plane"):
+        dockerfile = (DEPLOY / "docker" / f"{name}.Dockerfile").read_text()
+        assert f"-t warpdrive/{name}:{version[1]} ." in dockerfile
+
+
+def test_the_podmonitor_selects_the_agents_and_names_their_job() -> None:
+    manifests = render(IDENTITY)
+    (monitor,) = manifests["PodMonitor"]
+    agent = _pod(manifests["DaemonSet"][0])
+    spec = monitor["spec"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert set(spec) == {"jobLabel", "namespaceSelector", "selector", "podMetricsEndpoints"}
+    assert spec["selector"]["matchLabels"].items() <= agent["metadata"]["labels"].items()
+    assert spec["namespaceSelector"] == {"matchNames": ["gpu"]}
+    # The job is the value of this pod label: "warpdrive", as the alert rules expect.
+    assert agent["metadata"]["labels"][spec["jobLabel"]] == "warpdrive"
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in agent["spec"]["containers"][0]["ports"]}
+    assert set(endpoint) == {"port", "path", "interval", "relabelings"}
+    assert "PodMonitor" not in render()
+
+
 def test_alert_rules_check_and_each_fires_then_resolves() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -201,6 +313,185 @@ def test_alert_rules_check_and_each_fires_then_resolves() -> None:
             "WarpDriveMountDown",
         }
     )
+
+
+def _label_name(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _discovered(pod: dict[str, Any], name: str, ip: str) -> list[dict[str, Any]]:
+    """What Prometheus' Kubernetes discovery (role: pod) finds for a running pod made from this
+    template: one target per container port, with the meta labels its documentation lists."""
+    meta = {
+        "__meta_kubernetes_namespace": "gpu", "__meta_kubernetes_pod_name": name,
+        "__meta_kubernetes_pod_ip": ip, "__meta_kubernetes_pod_node_name": "gpu-node-1",
+        "__meta_kubernetes_pod_phase": "Running", "__meta_kubernetes_pod_ready": "true",
+    }  # fmt: skip
+    for kind, values in (("label", pod["metadata"].get("labels", {})),
+                         ("annotation", pod["metadata"].get("annotations", {}))):  # fmt: skip
+        for key, value in values.items():
+            meta[f"__meta_kubernetes_pod_{kind}_{_label_name(key)}"] = value
+            meta[f"__meta_kubernetes_pod_{kind}present_{_label_name(key)}"] = "true"
+    return [
+        {"targets": [f"{ip}:{port['containerPort']}"],
+         "labels": {**meta, "__meta_kubernetes_pod_container_name": container["name"],
+                    "__meta_kubernetes_pod_container_init": "false",
+                    "__meta_kubernetes_pod_container_port_name": port["name"],
+                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                    "__meta_kubernetes_pod_container_port_protocol": port["protocol"]}}
+        for container in pod["spec"]["containers"]
+        for port in container.get("ports", [])
+    ]  # fmt: skip
+
+
+# A pod-annotation scrape job as Prometheus setups without the Operator commonly have it (the
+# prometheus-community chart's "kubernetes-pods"): pods that ask to be scraped, their pod labels
+# copied onto the targets.
+ANNOTATION_JOB = r"""
+job_name: kubernetes-pods
+kubernetes_sd_configs: [{role: pod}]
+relabel_configs:
+  - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]
+    regex: "true"
+    action: keep
+  - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path]
+    regex: (.+)
+    target_label: __metrics_path__
+  - source_labels: [__address__, __meta_kubernetes_pod_annotation_prometheus_io_port]
+    regex: ([^:]+)(?::\d+)?;(\d+)
+    replacement: $1:$2
+    target_label: __address__
+  - {action: labelmap, regex: __meta_kubernetes_pod_label_(.+)}
+  - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
+  - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
+"""
+
+
+def _operator_job(monitor: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The scrape job the Prometheus Operator makes of a PodMonitor installed in ``namespace``,
+    for the fields the chart's uses (prometheus-operator's pkg/prometheus/promcfg.go,
+    generatePodMonitorConfig)."""
+    spec, name = monitor["spec"], monitor["metadata"]["name"]
+    (endpoint,) = spec["podMetricsEndpoints"]
+    relabel: list[dict[str, Any]] = [
+        {"action": "keep", "regex": f"({value});true",
+         "source_labels": [f"__meta_kubernetes_pod_label_{_label_name(key)}",
+                           f"__meta_kubernetes_pod_labelpresent_{_label_name(key)}"]}
+        for key, value in sorted(spec["selector"]["matchLabels"].items())
+    ]  # fmt: skip
+    relabel += [
+        {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+         "regex": endpoint["port"]},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"target_label": "job", "replacement": f"{namespace}/{name}"},
+        {"source_labels": [f"__meta_kubernetes_pod_label_{_label_name(spec['jobLabel'])}"],
+         "target_label": "job", "regex": "(.+)", "replacement": "${1}"},
+        {"target_label": "endpoint", "replacement": endpoint["port"]},
+    ]  # fmt: skip
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    relabel += [{keys.get(k, k): v for k, v in r.items()} for r in endpoint.get("relabelings", [])]
+    return {"job_name": f"podMonitor/{namespace}/{name}/0",
+            "kubernetes_sd_configs": [{"role": "pod"}], "metrics_path": endpoint["path"],
+            "relabel_configs": relabel}  # fmt: skip
+
+
+def _query(port: int, promql: str) -> list[dict[str, Any]]:
+    import urllib.parse
+    import urllib.request
+
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        result: list[dict[str, Any]] = json.loads(reply.read())["data"]["result"]
+    return result
+
+
+@pytest.mark.integration
+def test_mount_down_fires_for_each_way_prometheus_finds_the_agents(tmp_path: Path) -> None:
+    """A real Prometheus, the chart's pods as Kubernetes discovery shows them, and the scrape
+    jobs users have: a pod-annotation job, deploy/monitoring/prometheus-scrape.yaml, the
+    Operator's job for the chart's PodMonitor. Every agent target is down: each must alert."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("prometheus not installed (apt-get install prometheus)")
+    dead = free_port()  # nothing listens: every scrape of the agent fails, up == 0
+    manifests = render({**IDENTITY, "agent": {"metricsPort": dead}})
+    pods = _discovered(_pod(manifests["DaemonSet"][0]), "wd-warpdrive-agent-x7k2p", "127.0.0.1")
+    pods += _discovered(_pod(manifests["Deployment"][0]), "wd-warpdrive-control-plane-5d9c8",
+                        "127.0.0.1")  # fmt: skip
+    shipped = yaml.safe_load((DEPLOY / "monitoring" / "prometheus-scrape.yaml").read_text())
+    jobs = [yaml.safe_load(ANNOTATION_JOB), *shipped["scrape_configs"],
+            _operator_job(manifests["PodMonitor"][0], "gpu")]  # fmt: skip
+    for job in jobs:  # this Prometheus has no cluster to ask: discovery's answer, given
+        assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
+        job["static_configs"] = pods
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DEPLOY / "monitoring" / "alerts.yaml")],
+        "scrape_configs": jobs,
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        up: list[dict[str, Any]] = []
+        alerts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and (len(up) < 3 or len(alerts) < len(up)):
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+            try:
+                up = _query(port, "up == 0")
+                alerts = _query(port, 'ALERTS{alertname="WarpDriveMountDown"}')
+            except OSError:
+                continue  # not listening yet
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # Three targets, the agent's /metrics once per job; the control plane's pod in none.
+    assert sorted(u["metric"]["job"] for u in up) == ["kubernetes-pods", "warpdrive", "warpdrive"]
+    assert {u["metric"]["instance"] for u in up} == {f"127.0.0.1:{dead}"}
+    assert all(u["metric"].get("app_kubernetes_io_component", "agent") == "agent" for u in up)
+    pending = [{k: v for k, v in a["metric"].items() if k not in ("alertstate", "severity")}
+               for a in alerts]  # fmt: skip
+    wanted = [{**u["metric"], "__name__": "ALERTS", "alertname": "WarpDriveMountDown"} for u in up]
+    key = json.dumps
+    assert sorted(pending, key=key) == sorted(wanted, key=key)
+
+
+def test_dashboard_plots_each_query_on_an_axis_of_its_unit() -> None:
+    dashboard = json.loads((DEPLOY / "monitoring" / "grafana-dashboard.json").read_text())
+
+    def unit(panel: dict[str, Any], ref: str) -> str:
+        found: str = panel["fieldConfig"]["defaults"]["unit"]
+        for override in panel["fieldConfig"]["overrides"]:
+            if override["matcher"] == {"id": "byFrameRefID", "options": ref}:
+                for prop in override["properties"]:
+                    found = prop["value"] if prop["id"] == "unit" else found
+        return found
+
+    def yields(expr: str) -> set[str]:
+        if expr.startswith("histogram_quantile("):
+            return {"s"}
+        if "_ratio" in expr or " / " in expr:
+            return {"percentunit"}  # a ratio, 0..1: Grafana's percentunit shows it as %
+        if "bytes" in expr:
+            return {"Bps"} if "rate(" in expr else {"bytes"}
+        return {"ops", "reqps"}  # rate() of a count
+
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert unit(panel, target["refId"]) in yields(target["expr"]), (panel["title"], target)
+            assert "* 100" not in target["expr"]
+    (latency,) = [p for p in dashboard["panels"] if p["title"] == "FUSE Operation Latency"]
+    quantiles = {t["expr"].split(",")[0] for t in latency["targets"]}
+    assert {"histogram_quantile(0.95", "histogram_quantile(0.99"} <= quantiles
 
 
 def _metric_names(expr: str) -> set[str]:
@@ -249,6 +540,172 @@ def test_dashboard_and_alerts_name_only_metrics_a_live_mount_exposes(tmp_path: P
     }
     missing = sorted(name for name in wanted if name not in exposed)
     assert missing == [], f"not on /metrics: {missing}"
+
+
+def _probe_passes(probe: dict[str, Any], metrics_port: int) -> bool:
+    """Run a rendered probe as the kubelet would, on this machine: an exec probe's command
+    within timeoutSeconds (its process group killed after), an httpGet to 127.0.0.1."""
+    import urllib.error
+    import urllib.request
+
+    timeout = probe.get("timeoutSeconds", 1)
+    if "exec" in probe:
+        proc = subprocess.Popen(probe["exec"]["command"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        try:
+            return proc.wait(timeout=timeout) == 0
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its `ls` may wait on a hung mount
+            proc.wait()
+            return False
+    get = probe["httpGet"]
+    assert get["port"] == "metrics"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{get['path']}",
+                                    timeout=timeout) as reply:  # fmt: skip
+            return 200 <= int(reply.status) < 400
+    except (urllib.error.URLError, OSError):  # HTTPError (a 503) included
+        return False
+
+
+@dataclass
+class ChartAgent:
+    """warpdrive-mount as the chart's DaemonSet runs it (its command's flags, its ConfigMap's
+    config) over an Azurite container, on this machine; its probes run as the kubelet would."""
+
+    azurite: Server
+    files: dict[str, bytes]
+    config: Path
+    point: Path
+    port: int
+    flags: list[str]
+    probes: dict[str, dict[str, Any]]
+
+    def start(self) -> Mount:
+        return start_mount(self.config, self.point, self.port, *self.flags)
+
+    def alive(self) -> bool:
+        return _probe_passes(self.probes["livenessProbe"], self.port)
+
+    def ready(self) -> bool:
+        return _probe_passes(self.probes["readinessProbe"], self.port)
+
+    def read_from_mount(self, key: str) -> bytes:
+        """The file's bytes from the mount process, not the kernel's page cache."""
+        fd = os.open(self.point / "az" / key, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture
+def chart_agent(tmp_path: Path) -> Iterator[ChartAgent]:
+    if not os.path.exists("/dev/fuse") or shutil.which("mountpoint") is None:
+        pytest.skip("needs /dev/fuse and mountpoint (util-linux)")
+    from tests.conftest import _azure_store
+
+    try:
+        azurite = start_azurite()
+    except ServerError as exc:
+        pytest.skip(f"Azurite unavailable: {exc}")
+    try:
+        store = _azure_store(tmp_path, azurite)
+        rnd = random.Random(9)
+        files = {"labels.bin": rnd.randbytes(300_000),
+                 "train/shard-000000.tar": rnd.randbytes(700_000)}  # fmt: skip
+        for key, data in files.items():
+            store.put(key, data)
+        point, port = tmp_path / "wd", free_port()
+        manifests = render({
+            "agent": {"mountPoint": str(point), "cachePath": str(tmp_path / "cache"),
+                      "metricsPort": port},
+            "controlPlane": {"enabled": False},
+            "config": {"cache": {"maxSize": "64MB", "blockSize": "256KB"},
+                       "fetch": {"request_timeout": "2s", "max_attempts": 2,
+                                 "initial_backoff": "20ms"},
+                       "backends": yaml.safe_load(store.backend_yaml)},
+        })  # fmt: skip
+        config = yaml.safe_load(manifests["ConfigMap"][0]["data"]["config.yaml"])
+        config["metrics"]["addr"] = f"127.0.0.1:{port}"  # the chart's ":port": every interface
+        config["allow_other"] = os.getuid() == 0  # needs user_allow_other for anyone else
+        config["cache"].update(stale_ttl="1s", list_ttl="1s")  # metadata soon asks the backend
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        agent = _pod(manifests["DaemonSet"][0])["spec"]["containers"][0]
+        command = agent["command"]
+        assert command[:3] == ["warpdrive-mount", "--config", "/etc/warpdrive/config.yaml"]
+        flags = [a for a in command[3:] if a != "--foreground"]  # start_mount adds it
+        probes = {k: v for k, v in agent.items() if k.endswith("Probe")}
+        yield ChartAgent(azurite, files, tmp_path / "config.yaml", point, port, flags, probes)
+    finally:
+        azurite.stop()
+
+
+@pytest.mark.integration
+def test_the_chart_agent_keeps_serving_its_cache_through_a_backend_outage(
+    chart_agent: ChartAgent,
+) -> None:
+    agent = chart_agent
+    mount = agent.start()
+    try:
+        for key, data in agent.files.items():
+            assert (agent.point / "az" / key).read_bytes() == data  # cached
+        assert agent.alive() and agent.ready()
+        agent.azurite.stop()  # the outage: every request is refused
+        # Past stale_ttl and list_ttl (1 s): the mount asks the backend again, and fails; past
+        # the 2 s for which /healthz reuses an answer (docs/mount.md): it knows the outage.
+        time.sleep(2.5)
+        hits = mount.metric("warpdrive_cache_hit_total")
+        for key, data in agent.files.items():
+            assert agent.read_from_mount(key) == data
+        assert mount.metric("warpdrive_cache_hit_total") > hits
+        assert agent.alive()  # the kubelet leaves it serving
+    finally:
+        mount.cleanup()
+    # Restarted during the outage (a node reboot, an upgrade, a crash): the chart's command
+    # mounts anyway, and what the cache holds is served.
+    mount = agent.start()
+    try:
+        assert agent.alive()
+        assert agent.read_from_mount("labels.bin") == agent.files["labels.bin"]
+        # What liveness is for: a hung agent fails it, then a dead one (ENOTCONN).
+        mount.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert not agent.alive()
+        finally:
+            mount.proc.send_signal(signal.SIGCONT)
+        assert agent.alive()
+        mount.stop(signal.SIGKILL)
+        assert not agent.alive()
+    finally:
+        mount.cleanup()
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    raises=OSError,
+    reason="read path: a mount started while the backend is down looks a directory up in the "
+    "backend (Namespace.stat -> backend.stat) though the cache index holds objects under it, "
+    "so cached objects below the top level of a backend are EIO until the backend is back",
+)
+def test_a_restart_during_an_outage_serves_cached_objects_under_directories(
+    chart_agent: ChartAgent,
+) -> None:
+    agent = chart_agent
+    key = "train/shard-000000.tar"
+    mount = agent.start()
+    try:
+        assert (agent.point / "az" / key).read_bytes() == agent.files[key]
+    finally:
+        mount.cleanup()
+    agent.azurite.stop()
+    mount = agent.start()
+    try:
+        assert agent.read_from_mount(key) == agent.files[key]
+    finally:
+        mount.cleanup()
 
 
 def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:

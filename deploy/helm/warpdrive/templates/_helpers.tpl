@@ -39,3 +39,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "warpdrive.controlPlaneUrl" -}}
 {{- printf "http://%s-control-plane:%v" (include "warpdrive.fullname" .) .Values.controlPlane.port -}}
 {{- end -}}
+
+{{/* The agent's liveness check, an exec command: the mount point is a mount and lists. */}}
+{{- define "warpdrive.mountAnswers" -}}
+["sh", "-c", "mountpoint -q \"$1\" && ls -a \"$1\" >/dev/null", "mount-answers", {{ .Values.agent.mountPoint | quote }}]
+{{- end -}}
