@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A terminal dashboard of a WarpDrive mount's ``/metrics``: FUSE operations, the read-latency
-histogram drawn as bars, the cache (hits, misses, hit rate, evictions, used), readahead hits and
+histogram drawn as bars with the mean read latency under it, the cache (hits, misses, hit rate,
+evictions, the bytes it uses as a share of its disk and of ``max_size``), readahead hits and
 waste, each backend's bytes, requests and errors, credential refreshes.
 
 ``python demo/dashboard.py --url http://localhost:9090/metrics`` once, or ``--watch 2`` to
@@ -24,7 +25,11 @@ BAR = 40
 
 def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=10) as reply:
-        text = reply.read().decode()
+        return parse(reply.read().decode())
+
+
+def parse(text: str) -> Samples:
+    """Prometheus text format → samples by name."""
     out: Samples = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -72,7 +77,31 @@ def latency_bars(samples: Samples, operation: str = "read") -> list[str]:
         label = "+Inf" if le == float("inf") else (f"{le * 1000:g} ms" if le < 1 else f"{le:g} s")
         bar = "█" * max(1 if count else 0, round(BAR * count / peak))
         lines.append(f"    ≤ {label:>8}  {bar:<{BAR}} {count:,.0f}")
+    name = "warpdrive_fuse_operation_duration_seconds"
+    seconds = total(samples, f"{name}_sum", operation=operation)
+    count = total(samples, f"{name}_count", operation=operation)
+    if count:
+        lines.append(f"    Mean: {seconds / count * 1e6:,.0f} μs across {count:,.0f} {operation}s")
     return lines
+
+
+def percent(part: float, whole: float) -> str:
+    """``part`` as a share of ``whole``: one decimal, or two significant digits below 0.1%
+    (a small cache on a large disk is not 0.0%)."""
+    p = part / whole * 100 if whole else 0.0
+    return f"{p:.2g}%" if 0 < p < 0.1 else f"{p:.1f}%"
+
+
+def cache_used(samples: Samples) -> str:
+    """Bytes in the cache, as a share of the disk holding it (``warpdrive_cache_disk_bytes``,
+    from mounts that export it) and of ``max_size``."""
+    used = total(samples, "warpdrive_cache_size_bytes")
+    shares = []
+    disk = total(samples, "warpdrive_cache_disk_bytes")
+    if disk:
+        shares.append(f"{percent(used, disk)} of the {size(disk)} cache disk")
+    shares.append(f"{percent(total(samples, 'warpdrive_cache_utilization_ratio'), 1)} of max_size")
+    return f"{size(used)} ({'; '.join(shares)})"
 
 
 def render(samples: Samples, url: str) -> str:
@@ -86,13 +115,11 @@ def render(samples: Samples, url: str) -> str:
     hits = total(samples, "warpdrive_cache_hit_total")
     misses = total(samples, "warpdrive_cache_miss_total")
     rate = f"{hits / (hits + misses) * 100:.1f}% hit" if hits + misses else "no reads"
-    used = total(samples, "warpdrive_cache_size_bytes")
-    ratio = total(samples, "warpdrive_cache_utilization_ratio")
     lines += [
         "Cache",
         f"    hits / misses  {hits:,.0f} / {misses:,.0f}  ({rate})",
         f"    evictions      {total(samples, 'warpdrive_cache_evictions_total'):,.0f}",
-        f"    used           {size(used)} ({ratio * 100:.1f}% of max_size)",
+        f"    cache used     {cache_used(samples)}",
         f"    readahead      {total(samples, 'warpdrive_readahead_hit_total'):,.0f} hits, "
         f"{total(samples, 'warpdrive_readahead_wasted_total'):,.0f} wasted; "
         f"{total(samples, 'warpdrive_prefetch_hint_hit_total'):,.0f} hint hits",

@@ -6,7 +6,7 @@ regions (``demo/local_demo.py``) or real Azure (``infra/05-run.sh``) run this sa
   Phase 2  cold training (demo/01_train_cold.sh), metrics before and after
   Phase 3  warm training (demo/02_train_warm.sh), same seed and order
   Phase 4  the comparison table, the metrics dashboard, warpdrive-ctl stats / usage / stale
-           while mounted, and a summary of what was shown
+           while mounted, warpdrive-ctl's other commands, and a summary of what was shown
 
 Results land in demo/out/ (cold.json, warm.json, results.json, results.md,
 images_per_sec.png) and the training logs in demo/logs/. The mount is stopped at the end,
@@ -35,6 +35,7 @@ sys.path.insert(0, str(DEMO_DIR.parent))
 from demo import chart, dashboard  # noqa: E402
 from forge import compare  # noqa: E402
 from warpdrive import load_config  # noqa: E402
+from warpdrive.ctl.main import parser as ctl_parser  # noqa: E402
 from warpdrive.metrics_server import parse_addr  # noqa: E402
 from warpdrive.testing.mounts import Mount, find_mount, start_mount  # noqa: E402
 
@@ -148,7 +149,8 @@ def train(phase: str, script: str, env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def ctl(config_path: Path, *args: str) -> None:
+def ctl(config_path: Path, *args: str) -> str:
+    """Run ``warpdrive-ctl ARGS`` and show its output; returns the command's name."""
     print(f"  {DIM}$ warpdrive-ctl {' '.join(args)}{RESET}", flush=True)
     entry = "import sys; from warpdrive.cli import ctl_main; sys.exit(ctl_main())"
     done = subprocess.run(
@@ -159,6 +161,22 @@ def ctl(config_path: Path, *args: str) -> None:
     for line in (done.stdout + done.stderr).rstrip().splitlines():
         print(f"    {line}")
     print(flush=True)
+    return args[0]
+
+
+def ctl_commands() -> dict[str, str]:
+    """warpdrive-ctl's commands and their one-line help, read from its own parser."""
+    sub = next(a for a in ctl_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {choice.dest: choice.help or "" for choice in sub._choices_actions}
+
+
+def other_commands(ran: set[str]) -> str:
+    """The original's "Other available commands": those of warpdrive-ctl the demo did not run."""
+    rest = {name: text for name, text in ctl_commands().items() if name not in ran}
+    width = max(map(len, rest), default=0)
+    return f"  {BOLD}Other available commands:{RESET}\n" + "".join(
+        f"    {YELLOW}warpdrive-ctl {name:<{width}}{RESET}  {text}\n" for name, text in rest.items()
+    )
 
 
 def phase4(
@@ -188,12 +206,15 @@ def phase4(
     banner("WarpDrive observability & governance")
     print(dashboard.render(dashboard.scrape(url), url), "\n", flush=True)
     print(f"  {BOLD}warpdrive-ctl{RESET}: the cache and its governance, while mounted\n")
-    ctl(config_path, "stats")
-    ctl(config_path, "usage", "--group-by", "backend")
-    ctl(config_path, "crawl")
+    ran = {
+        ctl(config_path, "stats"),
+        ctl(config_path, "usage", "--group-by", "backend"),
+        ctl(config_path, "crawl"),
+    }
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=8)).isoformat(timespec="seconds")
     print(f"  {DIM}(what would be stale a week from now if nobody read it again){RESET}")
-    ctl(config_path, "stale", "--days", "7", "--now", later)
+    ran.add(ctl(config_path, "stale", "--days", "7", "--now", later))
+    print(other_commands(ran), flush=True)
 
     banner("Capabilities demonstrated")
     c, w = cold["metrics"] or {}, warm["metrics"] or {}

@@ -30,7 +30,8 @@ if [[ ! -x "$VENV_DIR/bin/python" ]]; then
 fi
 "$VENV_DIR/bin/pip" install -q --upgrade pip
 "$VENV_DIR/bin/pip" install -q "${TORCH_SPEC:-torch}"
-"$VENV_DIR/bin/pip" install -q "${REPO_DIR}[azure,fuse,torch]"
+# matplotlib: the showcase's chart (demo/chart.py; the dev extra has it for `make demo`)
+"$VENV_DIR/bin/pip" install -q "${REPO_DIR}[azure,fuse,torch]" "matplotlib>=3.8"
 
 log "FUSE: user_allow_other"
 fuse_conf="$SYSROOT/etc/fuse.conf"

@@ -12,7 +12,8 @@ Meanings (honest where the original's were not):
 * ``warpdrive_backend_bytes_read_total{backend}``: bytes fetched from the backend (the original
   counted bytes served here); bytes handed to readers are ``warpdrive_bytes_served_total{source}``.
 * ``warpdrive_cache_size_bytes`` / ``_utilization_ratio``: read from the shared cache index when
-  scraped, so they include blocks other processes cached.
+  scraped, so they include blocks other processes cached; ``warpdrive_cache_disk_bytes`` is the
+  size of the file system holding the cache, also read when scraped.
 * ``warpdrive_readahead_hit_total`` / ``_wasted_total``: prefetched blocks (readahead or hints)
   that a read then used / that were dropped unread (handle closed, tracking full, evicted).
 """

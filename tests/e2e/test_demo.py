@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,12 +75,26 @@ def test_demo_runs_every_phase(tmp_path: Path) -> None:
                  "Credential refreshes", "$ warpdrive-ctl stats", "$ warpdrive-ctl usage",
                  "$ warpdrive-ctl stale", "shard-000003.tar"):  # fmt: skip
         assert part in out, part
+    # The parts of the original's output under the histogram, in the cache section and after
+    # the governance commands, from this run's own figures.
+    mean = re.search(r"^    Mean: ([\d,]+) μs across ([\d,]+) reads$", out, re.M)
+    assert mean and int(mean[1].replace(",", "")) > 0 and int(mean[2].replace(",", "")) > 0, out
+    used = re.search(
+        r"^    cache used     .* \(([\d.]+)% of the .+ cache disk; ([\d.]+)% of max_size\)$",
+        out,
+        re.M,
+    )
+    assert used and float(used[1]) > 0 and float(used[2]) > 0, out  # shares, never a 0.0%
+    other = out[out.index("Other available commands:") : out.index("Capabilities")]
+    for name in ("warm", "quota", "move", "status", "serve"):
+        assert f"warpdrive-ctl {name} " in other, other
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     cold, warm = results["cold"]["metrics"], results["warm"]["metrics"]
     assert cold["misses"] > 0 and cold["bytes_fetched"] > 0
     assert warm["hit_rate"] == 1.0 and warm["misses"] == 0 and warm["bytes_fetched"] == 0
     assert (tmp_path / "out" / "results.md").read_text().count("|") > 30
-    assert (tmp_path / "out" / "images_per_sec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "out" / "images_per_sec.png") as chart:
+        assert chart.format == "PNG" and chart.size == (1600, 900)
     for phase in ("cold", "warm"):
         log = (tmp_path / "logs" / f"{phase}.log").read_text()
         assert log.count("step=") == 4 and "summary wall_ms=" in log

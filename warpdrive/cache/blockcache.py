@@ -545,6 +545,16 @@ class BlockCache:
             "Cache size as a fraction of max_size",
             value=usage.bytes / self.cfg.max_size,
         )
+        try:
+            disk = os.statvfs(self.root)
+        except OSError:
+            pass  # the cache's file system is gone (unmounted under us): nothing to report
+        else:
+            yield GaugeMetricFamily(
+                "warpdrive_cache_disk_bytes",
+                "Size of the file system holding the cache",
+                value=disk.f_blocks * disk.f_frsize,
+            )
         teams = GaugeMetricFamily(
             "warpdrive_team_cache_bytes", "Bytes cached on behalf of each team", labels=["team"]
         )

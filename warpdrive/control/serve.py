@@ -1,9 +1,16 @@
-"""``warpdrive-ctl serve``: run the control plane's API and dashboard with uvicorn."""
+"""``warpdrive-ctl serve``: run the control plane's API and dashboard with uvicorn.
+
+Once its socket listens, and not before, it prints one line on stdout saying where and with
+which database (the password hidden):
+``serving on http://127.0.0.1:8080 (database sqlite:///warpdrive-control.db)``. An address it
+cannot listen on (a port already taken) is an error instead: exit 2, nothing on stdout.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
+import socket
+from collections.abc import Callable
 
 from warpdrive.errors import WarpDriveError
 from warpdrive.metrics_server import parse_addr
@@ -19,6 +26,12 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
+def http_url(sockname: tuple[str, int]) -> str:
+    """``http://host:port`` of a listening socket's address (IPv6 hosts in brackets)."""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def serve(addr: str, database: str | None, token_env: str, private_reads: bool) -> int:
     try:
         import uvicorn
@@ -27,6 +40,18 @@ def serve(addr: str, database: str | None, token_env: str, private_reads: bool) 
         from warpdrive.control.db import Store
     except ImportError as exc:
         raise WarpDriveError(f"{exc.name} is missing: pip install 'warpdrive[control]'") from None
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, calling ``listening`` with its address once the socket listens."""
+
+        def __init__(self, config: uvicorn.Config, listening: Callable[[str], None]) -> None:
+            super().__init__(config)
+            self.listening = listening
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # binds, or logs why not and raises SystemExit
+            if self.started and not self.should_exit:
+                self.listening(http_url(self.servers[0].sockets[0].getsockname()))
 
     token = os.environ.get(token_env, "")
     if len(token) < 16:
@@ -39,8 +64,17 @@ def serve(addr: str, database: str | None, token_env: str, private_reads: bool) 
         store = Store(url)
     except Exception as exc:  # the driver's own error, without the URL's password
         raise WarpDriveError(f"cannot open the database: {type(exc).__name__}: {exc}") from None
-    logging.getLogger("warpdrive").info(
-        "control plane on %s:%d, database %s", host, port, store.engine.url.render_as_string()
-    )
-    uvicorn.run(create_app(store, token, private_reads), host=host, port=port, log_level="warning")
+    shown = store.engine.url.render_as_string()  # the password as ***
+
+    def listening(where: str) -> None:
+        print(f"serving on {where} (database {shown})", flush=True)
+
+    app = create_app(store, token, private_reads)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning"), listening)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's exit when it cannot listen; it logged the reason
+        if exc.code:
+            raise WarpDriveError(f"cannot listen on {addr}") from None
+        raise
     return 0
