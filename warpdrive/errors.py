@@ -82,6 +82,11 @@ class BackendError(WarpDriveError, OSError):
     errno = errno.EIO
 
 
+class ContainerNotFoundError(BackendError):
+    """The backend's container, bucket or root directory does not exist: the backend is broken
+    (deleted, or misnamed in the config), which no answer about one object can say. EIO."""
+
+
 class TransientBackendError(BackendError):
     """A backend request failed in a way worth retrying (timeout, reset, 5xx, throttling).
 

@@ -29,14 +29,15 @@ from prometheus_client.registry import Collector
 BACKEND_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30)
 FUSE_DURATION_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
 BACKEND_OPERATIONS = ("stat", "list", "read", "delete")
+# Failures only: answers (no such object, a directory, another version) are not errors
+# (warpdrive/backends/retry.py, ANSWERS).
 ERROR_TYPES = (
     "timeout",
     "connection",
     "throttled",
     "server",
-    "not_found",
     "permission",
-    "changed",
+    "container_not_found",
     "other",
 )
 
@@ -82,7 +83,7 @@ class Metrics:
         )
         self.backend_errors = Counter(
             "warpdrive_backend_errors",
-            "Failed backend attempts",
+            "Failed backend attempts (answers such as no such object are not failures)",
             ["backend", "error_type"],
             registry=reg,
         )

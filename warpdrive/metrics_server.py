@@ -1,19 +1,31 @@
-"""``/metrics`` (Prometheus text format) and ``/healthz`` (JSON) over HTTP, in one background
-thread, for the mount and any other long-running process."""
+"""``/metrics`` (Prometheus text format), ``/healthz`` (liveness) and ``/readyz`` (readiness), both
+JSON, over HTTP in one background thread, for the mount.
+
+The port is bound when the server is made and served from :meth:`MetricsServer.start`: the mount
+binds before it mounts, so a port already in use stops the start (another process's answers on
+that port would otherwise pass for ours).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
-HealthCheck = Callable[[], tuple[bool, dict[str, str]]]
+
+
+class HealthCheck(Protocol):
+    """Liveness and readiness: (ok, the JSON body); ok is 200, else 503."""
+
+    def live(self) -> tuple[bool, dict[str, object]]: ...
+
+    def ready(self) -> tuple[bool, dict[str, object]]: ...
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -31,12 +43,13 @@ class MetricsServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._reply(200, generate_latest(registry_), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok, checks = health_()
-                    body = {"status": "ok" if ok else "degraded", "checks": checks}
+                elif path in ("/healthz", "/readyz"):
+                    ok, body = health_.live() if path == "/healthz" else health_.ready()
                     self._reply(200 if ok else 503, json.dumps(body).encode(), "application/json")
                 else:
-                    self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
+                    self._reply(
+                        404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain"
+                    )
 
             def _reply(self, status: int, body: bytes, kind: str) -> None:
                 self.send_response(status)
@@ -58,7 +71,7 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         self._thread.start()
-        log.info("metrics and health on port %d (/metrics, /healthz)", self.port)
+        log.info("metrics and health on port %d (/metrics, /healthz, /readyz)", self.port)
         return self
 
     def close(self) -> None:

@@ -132,14 +132,14 @@ def test_agent_daemonset_has_what_a_fuse_mount_needs() -> None:
     }
     assert volumes["config"]["configMap"]["name"] == "wd-warpdrive-config"
     # A backend outage must not restart the agent (or keep it from starting): the cache serves
-    # on. Liveness asks the mount only; readiness is /healthz, which follows the backends.
+    # on. Liveness asks the mount only; readiness is /readyz, which follows the backends.
     assert agent["command"] == ["warpdrive-mount", "--config", "/etc/warpdrive/config.yaml",
                                 "--foreground", "--degraded-ok"]  # fmt: skip
     mount_answers = ["sh", "-c", 'mountpoint -q "$1" && ls -a "$1" >/dev/null', "mount-answers",
                      "/data"]  # fmt: skip
     assert agent["livenessProbe"]["exec"]["command"] == mount_answers
     assert agent["startupProbe"]["exec"]["command"] == mount_answers
-    assert agent["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert "fusermount3 -u -z /data" in " ".join(agent["lifecycle"]["preStop"]["exec"]["command"])
     assert agent["resources"] == {
         "requests": {"cpu": "1", "memory": "2Gi"},
@@ -654,8 +654,10 @@ def test_the_chart_agent_keeps_serving_its_cache_through_a_backend_outage(
         assert agent.alive() and agent.ready()
         agent.azurite.stop()  # the outage: every request is refused
         # Past stale_ttl and list_ttl (1 s): the mount asks the backend again, and fails; past
-        # the 2 s for which /healthz reuses an answer (docs/mount.md): it knows the outage.
+        # the 2 s for which the health checks reuse an answer (docs/mount.md): it knows the
+        # outage.
         time.sleep(2.5)
+        assert not agent.ready()  # /readyz: not every backend answers
         hits = mount.metric("warpdrive_cache_hit_total")
         for key, data in agent.files.items():
             assert agent.read_from_mount(key) == data

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+
 import pytest
 
 from tests.conftest import Store
 from warpdrive import WarpDrive, parse_config
 from warpdrive.backends import Backend
-from warpdrive.errors import IsDirectoryError, NotFoundError, ObjectChangedError
+from warpdrive.errors import (
+    ContainerNotFoundError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotFoundError,
+    ObjectChangedError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +28,25 @@ def _backend(store: Store, page_size: int = 1000) -> tuple[WarpDrive, Backend]:
     )
     wd = WarpDrive(cfg)
     return wd, wd._core.backends[store.name]
+
+
+def _errors(wd: WarpDrive, backend: str) -> dict[str, float]:
+    """The backend's non-zero ``warpdrive_backend_errors_total`` samples, by error_type."""
+    return {
+        s.labels["error_type"]: s.value
+        for family in wd.metrics.backend_errors.collect()
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["backend"] == backend and s.value
+    }
+
+
+def _requests(wd: WarpDrive, backend: str) -> float:
+    return sum(
+        s.value
+        for family in wd.metrics.backend_duration.collect()
+        for s in family.samples
+        if s.name.endswith("_count") and s.labels["backend"] == backend
+    )
 
 
 def test_stat_reports_size_and_a_version_that_changes_on_overwrite(any_store: Store) -> None:
@@ -34,19 +62,61 @@ def test_stat_reports_size_and_a_version_that_changes_on_overwrite(any_store: St
         backend.stat("a/missing.bin")
     with pytest.raises(IsDirectoryError):
         backend.stat("a")
-    # "No such object" is a stat's answer, not a backend error (alerts on errors stay quiet).
-    errors = wd.metrics.backend_errors.labels(any_store.name, "not_found")
-    assert errors._value.get() == 0
     any_store.delete("a/x.bin")
     with pytest.raises((NotFoundError, ObjectChangedError)):
-        backend.read_range("a/x.bin", 0, 5, second.etag)  # gone while being read: a fault
-    assert (
-        sum(
-            wd.metrics.backend_errors.labels(any_store.name, kind)._value.get()
-            for kind in ("not_found", "changed")
-        )
-        == 1
-    )
+        backend.read_range("a/x.bin", 0, 5, second.etag)  # gone while being read
+    wd.close()
+
+
+def test_answers_are_not_counted_as_backend_errors(any_store: Store) -> None:
+    """No such object, a directory, an object listed as a directory, another version: a healthy
+    store's answers, never counted in warpdrive_backend_errors_total (whose ratio to requests
+    pages someone); the requests themselves are counted."""
+    any_store.put("d/sub/x.bin", b"12345")
+    any_store.put("d/y.bin", b"abc")
+    wd, backend = _backend(any_store)
+    meta = backend.stat("d/y.bin")
+    for directory in ("d", "d/sub"):
+        with pytest.raises(IsDirectoryError):
+            backend.stat(directory)
+    with pytest.raises(NotFoundError):
+        backend.stat("d/missing.bin")
+    try:  # object stores list an object's "children" as nothing; a file system refuses
+        assert [e for page in backend.list_pages("d/y.bin/") for e in page] == []
+    except NotDirectoryError:
+        assert any_store.type == "local"
+    try:  # a missing prefix: nothing in an object store, no such directory in a file system
+        assert [e for page in backend.list_pages("nowhere/") for e in page] == []
+    except NotFoundError:
+        assert any_store.type == "local"
+    if any_store.type != "gcs":  # the emulator ignores generation= on downloads
+        any_store.put("d/y.bin", b"another version")
+        with pytest.raises(ObjectChangedError):
+            backend.read_range("d/y.bin", 0, 3, meta.etag)
+    any_store.delete("d/y.bin")
+    with pytest.raises((NotFoundError, ObjectChangedError)):
+        backend.read_range("d/y.bin", 0, 3, meta.etag)  # deleted since its stat
+    assert _requests(wd, any_store.name) >= 7
+    assert _errors(wd, any_store.name) == {}
+    wd.close()
+
+
+def test_a_missing_container_is_a_failure_not_an_answer(any_store: Store) -> None:
+    """A container, bucket or root that is not there is a broken backend: EIO and counted
+    (container_not_found), never passed off as "no such object"."""
+    yaml = any_store.backend_yaml
+    for field in ("container: ", "bucket: ", "root: "):
+        if field in yaml:
+            name = yaml.split(field, 1)[1].split(",")[0].split("}")[0]
+            yaml = yaml.replace(f"{field}{name}", f"{field}{name}-gone", 1)
+    missing = dataclasses.replace(any_store, backend_yaml=yaml)
+    wd, backend = _backend(missing)
+    with pytest.raises(ContainerNotFoundError):
+        next(iter(backend.list_pages("")))
+    with pytest.raises(ContainerNotFoundError):
+        backend.stat("x.bin")
+    assert ContainerNotFoundError.errno == errno.EIO
+    assert _errors(wd, any_store.name) == {"container_not_found": 2}
     wd.close()
 
 

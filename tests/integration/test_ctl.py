@@ -71,6 +71,7 @@ FIELDS = {
         "healthy",
         "mount_point",
         "mount",
+        "mount_pid",
         "metrics",
         "cache_path",
         "cache_bytes",
@@ -331,6 +332,57 @@ def test_commands_run_beside_four_readers_and_warm_leaves_nothing_to_fetch(
     mount.stop()
     down = ctl_json(config, "status", expect=1)
     assert down["healthy"] is False and down["mount"] == "not mounted"
+
+
+def test_status_takes_health_only_from_the_process_serving_this_mount(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """`status` asks metrics.addr's /healthz and checks that the answer is this mount's: the
+    mount point asked about, and the device mounted there now. An answer from another mount, or
+    from a process whose mount is hidden, is not "metrics ok"."""
+    local_store.put("a.bin", b"abc")
+    config, point, port = write_config(tmp_path, local_store.backend_yaml)
+    mount = start_mount(config, point, port)
+    tmpfs = False
+    try:
+        ok = ctl_json(config, "status")
+        assert ok["healthy"] is True and ok["metrics"] == "ok", ok
+        assert ok["mount_pid"] == mount.proc.pid
+
+        # Another config whose mount is not there, pointing at the same port.
+        elsewhere = tmp_path / "elsewhere.yaml"
+        elsewhere.write_text(
+            config.read_text().replace(f"mount_point: {point}", f"mount_point: {tmp_path / 'b'}")
+        )
+        other = ctl_json(elsewhere, "status", expect=1)
+        assert other["mount"] == "not mounted"
+        assert (
+            other["metrics"]
+            == f"answered by the mount at {point} (pid {mount.proc.pid}), not this one"
+        )
+        assert other["mount_pid"] is None
+
+        # A file system stacked on the mount point hides ours: the process still answers, but
+        # it does not serve what is mounted there now — /healthz says so (503), and so does status.
+        subprocess.run(["mount", "-t", "tmpfs", "wd-cover", str(point)], check=True)
+        tmpfs = True
+        hidden = ctl_json(config, "status", expect=1)
+        assert hidden["mount"] == "another file system is mounted there (tmpfs)"
+        assert hidden["metrics"].startswith(
+            f"answered by pid {mount.proc.pid}, which does not serve the mount here"
+        ), hidden
+        code, body = mount.health()
+        assert (code, body["status"], body["live"]) == (503, "down", False), body
+        assert "is not this process's" in body["checks"]["mount"]  # type: ignore[index]
+
+        subprocess.run(["umount", str(point)], check=True)
+        tmpfs = False
+        assert mount.health()[0] == 200
+        assert ctl_json(config, "status")["metrics"] == "ok"
+    finally:
+        if tmpfs:
+            subprocess.run(["umount", str(point)], check=False)
+        mount.cleanup()
 
 
 def test_two_users_are_counted_apart_and_quotas_hold_across_a_restart(

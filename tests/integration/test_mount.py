@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import random
@@ -12,13 +13,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tests.conftest import Store, run_threads
-from warpdrive.fuse.mount import find_mount
+from warpdrive.fuse.mount import find_mount, probe_mount
 from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import free_port
 
@@ -28,6 +31,7 @@ pytestmark = [
 ]
 KB = 1024
 BS = 256 * KB
+T = TypeVar("T")
 
 
 def write_config(store: Store, tmp_path: Path, **cache: str) -> tuple[Path, Path, int]:
@@ -193,6 +197,28 @@ def test_metrics_move_for_a_cold_then_a_warm_read(
     assert mounted.metric("warpdrive_cache_size_bytes") > 0
 
 
+def test_directory_lookups_and_missing_names_are_not_backend_errors(
+    mounted: Mount, store: Store
+) -> None:
+    """`ls` of directories stats them first (the store answers "a directory"), a missing name
+    is "no such object": answers of a healthy store, so /metrics counts the requests and no
+    errors (the error-ratio alert and the dashboard stay quiet)."""
+    store.put("other/a/x.bin", b"x")
+    store.put("other/b/y.bin", b"y")
+    store.put("other/z.bin", b"z")
+    root = mounted.path(store.name)
+    listing = subprocess.run(
+        ["ls", "-R", str(root / "other")], capture_output=True, text=True, check=True
+    )
+    assert {"a", "b", "z.bin", "x.bin", "y.bin"} <= set(listing.stdout.split())
+    with pytest.raises(FileNotFoundError):
+        (root / "other" / "missing.bin").stat()
+    with pytest.raises(FileNotFoundError):
+        os.listdir(root / "nowhere")
+    assert mounted.metric("warpdrive_backend_request_duration_seconds_count", operation="stat") >= 3
+    assert mounted.metric("warpdrive_backend_errors_total") == 0
+
+
 def test_a_changed_object_is_seen_once_the_ttl_passes(mounted: Mount, store: Store) -> None:
     path = mounted.path(store.name, "train", "shard-000001.tar")
     before = path.read_bytes()
@@ -258,7 +284,24 @@ def test_cross_file_prefetch_fetches_the_next_files_before_they_are_opened(
     assert mounted.metric("warpdrive_readahead_hit_total") > hits
 
 
-def test_healthz_follows_the_backend(tmp_path: Path) -> None:
+def wait_for(what: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) -> T:
+    """Poll ``what()`` until ``done`` holds for its value (an event awaited, not a fixed sleep);
+    that value. Fails with the last value when ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout}s; last: {value}"
+        time.sleep(0.1)
+
+
+def test_healthz_is_liveness_and_readyz_needs_every_backend(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """/healthz: 200 while this process serves its mount, backends down or not (the agent must
+    not be restarted through an outage: cached reads go on); their state is in the body.
+    /readyz: 200 only while the cache and *every* backend answer."""
     from azure.storage.blob import BlobServiceClient
 
     from tests.conftest import _azure_store
@@ -268,30 +311,81 @@ def test_healthz_follows_the_backend(tmp_path: Path) -> None:
     azurite = start_azurite(port=port)
     try:
         store = _azure_store(tmp_path, azurite)
-        store.put("x.bin", b"x")
+        store.put("x.bin", b"cached before the outage")
+        local_store.put("y.bin", b"local")
         config, point, metrics_port = write_config(store, tmp_path)
+        config.write_text(config.read_text() + local_store.backend_yaml)
         mount = start_mount(config, point, metrics_port)
         try:
-            status, body = mount.health()
-            assert status == 200
-            assert body["checks"] == {"mount": "ok", "cache": "ok", "backend:az": "ok"}
+            assert (point / "az" / "x.bin").read_bytes() == b"cached before the outage"
+            checks = {"mount": "ok", "cache": "ok", "backend:az": "ok", "backend:src": "ok"}
+            status, body = mount.health("/readyz")
+            assert (status, body["status"], body["ready"]) == (200, "ok", True), body
+            assert body["checks"] == checks
+            assert (body["mount_point"], body["pid"]) == (str(point), mount.proc.pid)
+            status, body = mount.health("/healthz")
+            assert (status, body["live"], body["checks"]) == (200, True, checks), body
+
             azurite.stop()
-            time.sleep(2.5)  # health answers are reused for 2 s
-            status, body = mount.health()
-            assert status == 503
-            assert body["status"] == "degraded"
+            # Liveness never waits for the backends, and stays 200 while their answers turn.
+            status, body = wait_for(
+                mount.health,
+                lambda r: r[0] != 200 or r[1]["checks"]["backend:az"] != "ok",  # type: ignore[index]
+            )
+            assert status == 200 and body["status"] == "degraded", body
+            assert (body["live"], body["ready"]) == (True, False)
+            assert body["checks"]["mount"] == body["checks"]["backend:src"] == "ok"  # type: ignore[index]
+            status, body = mount.health("/readyz")
+            assert (status, body["status"], body["ready"]) == (503, "degraded", False), body
             assert body["checks"]["backend:az"] != "ok"  # type: ignore[index]
-            assert body["checks"]["mount"] == "ok"  # type: ignore[index]
+            assert body["checks"]["backend:src"] == "ok"  # type: ignore[index]
+            # Cached reads go on through the outage; the uncached one fails (EIO), the mount stays.
+            assert (point / "az" / "x.bin").read_bytes() == b"cached before the outage"
+            assert (point / "src" / "y.bin").read_bytes() == b"local"
+            assert mount.health()[0] == 200
+
             azurite = start_azurite(port=port)  # same endpoint, empty again
             BlobServiceClient.from_connection_string(azurite.connection_string()).create_container(
                 store.backend_yaml.split("container: ")[1].split(",")[0]
             )
-            time.sleep(2.5)
-            assert mount.health()[0] == 200
+            status, body = wait_for(lambda: mount.health("/readyz"), lambda r: r[0] == 200)
+            assert body["status"] == "ok" and body["checks"] == checks
+            assert mount.proc.poll() is None
         finally:
             mount.cleanup()
     finally:
         azurite.stop()
+
+
+def test_a_metrics_port_in_use_stops_the_start(tmp_path: Path, local_store: Store) -> None:
+    """A second mount given a metrics.addr another mount serves must not start (its /healthz
+    would be the other's): exit 2, the reason in one line, nothing mounted."""
+    local_store.put("a.bin", b"abc")
+    config, point, port = write_config(local_store, tmp_path)
+    first = start_mount(config, point, port)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_config = other / "config.yaml"
+    other_config.write_text(
+        config.read_text()
+        .replace(f"mount_point: {point}", f"mount_point: {other / 'wd'}")
+        .replace(str(local_store.cache_dir), str(other / "cache"))
+    )
+    run = None
+    try:
+        for argv in ([], ["--foreground"]):
+            run = run_mount(other_config, *argv)
+            assert run.returncode == 2, (run.stdout, run.stderr)
+            assert "mounted at" not in run.stdout
+            assert f"metrics.addr 127.0.0.1:{port}: Address already in use" in run.stderr
+            assert run.stderr.strip().count("\n") == 0, run.stderr
+            assert find_mount(str(other / "wd")) is None
+        assert first.health()[1]["pid"] == first.proc.pid  # the port is still the first's
+    finally:
+        first.cleanup()
+        if run is not None and "(pid " in run.stdout:  # the old behaviour: it did mount
+            stop_pid(pid_of(run))
+            unmounted(other / "wd")
 
 
 def test_startup_errors_are_one_line(tmp_path: Path, local_store: Store) -> None:
@@ -358,23 +452,109 @@ def test_a_huge_directory_lists_completely(tmp_path: Path, local_store: Store) -
         mount.cleanup()
 
 
-def test_background_start_returns_once_mounted(tmp_path: Path, local_store: Store) -> None:
-    local_store.put("a.bin", b"abc")
-    config, point, _ = write_config(local_store, tmp_path)
-    run = subprocess.run(
-        [sys.executable, "-m", "warpdrive.fuse.mount", "-c", str(config)],
+def run_mount(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``warpdrive-mount -c CONFIG EXTRA`` (in the background unless told), to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "warpdrive.fuse.mount", "-c", str(config), *extra],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
+
+
+def pid_of(run: subprocess.CompletedProcess[str]) -> int:
+    return int(run.stdout.split("(pid ")[1].split(",")[0])
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie nobody reaps has too)."""
     try:
-        assert run.returncode == 0, run.stderr
-        assert f"mounted at {point}" in run.stdout
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM) -> None:
+    """Stop a background mount we started, by pid, and wait until it has ended."""
+    if not gone(pid):
+        os.kill(pid, sig)
+    wait_for(lambda: gone(pid), bool)
+
+
+def unmounted(point: Path) -> None:
+    """Wait until nothing is mounted at ``point``; a stale mount left there is cleared."""
+    entry = wait_for(
+        lambda: find_mount(str(point)), lambda e: e is None or probe_mount(str(point)) == "stale"
+    )
+    if entry is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(point)], check=False)
+    assert find_mount(str(point)) is None
+
+
+def test_background_start_reports_only_a_mount_its_own_process_serves(
+    tmp_path: Path, local_store: Store
+) -> None:
+    local_store.put("a.bin", b"abc")
+    config, point, port = write_config(local_store, tmp_path)
+    started: list[int] = []
+    try:
+        first = run_mount(config)
+        assert first.returncode == 0, first.stderr
+        started.append(pid_of(first))
+        assert f"mounted at {point} (pid {started[0]}," in first.stdout
         assert (point / local_store.name / "a.bin").read_bytes() == b"abc"
+
+        # The same config again: its process finds the mount point taken and says so; the
+        # start must not pass the first one's mount off as its own.
+        second = run_mount(config)
+        if "(pid " in second.stdout:
+            started.append(pid_of(second))
+        assert second.returncode == 2, (second.stdout, second.stderr)
+        assert "mounted at" not in second.stdout
+        assert f"{point} is already mounted by a running file system" in second.stderr
+        assert second.stderr.strip().count("\n") == 0, second.stderr
+        assert (point / local_store.name / "a.bin").read_bytes() == b"abc"
+
+        # kill -9 leaves a stale mount behind; a start that then fails (the backend's root is
+        # gone) must say why, not report the dead mount.
+        stop_pid(started[0], signal.SIGKILL)
+        assert probe_mount(str(point)) == "stale"  # ENOTCONN (or ECONNABORTED)
+        source = tmp_path / "source"
+        source.rename(tmp_path / "away")
+        third = run_mount(config)
+        if "(pid " in third.stdout:
+            started.append(pid_of(third))
+        assert third.returncode == 2, (third.stdout, third.stderr)
+        assert "mounted at" not in third.stdout
+        assert "backend unreachable: src:" in third.stderr
+        assert third.stderr.strip().count("\n") == 0, third.stderr
+
+        # Over the same stale mount, a start that works reports its own process, which serves.
+        (tmp_path / "away").rename(source)
+        fourth = run_mount(config)
+        assert fourth.returncode == 0, fourth.stderr
+        started.append(pid_of(fourth))
+        assert not gone(started[-1])
+        assert (point / local_store.name / "a.bin").read_bytes() == b"abc"
+        reply = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
+        assert json.loads(reply.read())["pid"] == started[-1]
     finally:
-        pid = int(run.stdout.split("(pid ")[1].split(",")[0])
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while find_mount(str(point)) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert find_mount(str(point)) is None
+        for pid in started:
+            stop_pid(pid)
+        unmounted(point)
+
+
+def test_background_start_gives_the_childs_reason_in_one_line(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """A start that fails before mounting (here: the mount point cannot be made) prints the
+    reason its process gave, in one line, and exits with its status."""
+    config, point, _ = write_config(local_store, tmp_path)
+    point.parent.joinpath("blocker").write_text("a file")
+    config.write_text(config.read_text().replace(str(point), str(point.parent / "blocker" / "wd")))
+    run = run_mount(config)
+    assert run.returncode == 2, (run.stdout, run.stderr)
+    assert "mounted at" not in run.stdout
+    assert "cannot create mount point" in run.stderr
+    assert run.stderr.strip().count("\n") == 0, run.stderr

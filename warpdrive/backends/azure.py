@@ -21,6 +21,7 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta, child_name,
 from warpdrive.config import AuthConfig, AzureBlobOptions, FetchConfig
 from warpdrive.errors import (
     BackendError,
+    ContainerNotFoundError,
     IsDirectoryError,
     NotFoundError,
     ObjectChangedError,
@@ -176,6 +177,10 @@ class AzureBlobClient(ObjectClient):
         status = getattr(exc, "status_code", None)
         if isinstance(exc, az.ResourceModifiedError) or status == 412:
             return ObjectChangedError(f"{where} changed since it was opened (ETag mismatch)")
+        if getattr(exc, "error_code", None) == "ContainerNotFound":
+            return ContainerNotFoundError(
+                f"{self.name}: container {self.container!r} does not exist"
+            )
         if isinstance(exc, az.ResourceNotFoundError) or status == 404:
             return NotFoundError(f"{where}: no such blob in container {self.container!r}")
         if isinstance(exc, az.ClientAuthenticationError) or status in (401, 403):

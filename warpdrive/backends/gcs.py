@@ -19,6 +19,7 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta, child_name,
 from warpdrive.config import AuthConfig, FetchConfig, GcsOptions
 from warpdrive.errors import (
     BackendError,
+    ContainerNotFoundError,
     IsDirectoryError,
     NotFoundError,
     ObjectChangedError,
@@ -124,7 +125,12 @@ class GcsClient(ObjectClient):
                     )
             return entries, out.get("nextPageToken") or None
 
-        return self._run(call, full)
+        try:
+            return self._run(call, full)
+        except NotFoundError:  # a listing is 404 only when the bucket is not there
+            raise ContainerNotFoundError(
+                f"{self.name}: bucket {self.bucket!r} does not exist"
+            ) from None
 
     def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         full = join_key(self.prefix, key)

@@ -17,6 +17,7 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta
 from warpdrive.config import LocalOptions
 from warpdrive.errors import (
     BackendError,
+    ContainerNotFoundError,
     IsDirectoryError,
     NotDirectoryError,
     NotFoundError,
@@ -137,6 +138,8 @@ class LocalClient(ObjectClient):
 
     def _translate(self, exc: OSError, key: str) -> WarpDriveError:
         where = f"{self.name}: {key!r}"
+        if exc.errno == errno.ENOENT and not os.path.isdir(self.root):
+            return ContainerNotFoundError(f"{self.name}: root {self.root} does not exist")
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             return NotFoundError(f"{where}: no such object")
         if exc.errno in (errno.EACCES, errno.EPERM):

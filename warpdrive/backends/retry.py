@@ -3,7 +3,8 @@
 Only TransientBackendError is retried (timeouts, resets, 5xx, 429/503 throttling, short bodies);
 the server's Retry-After is honoured up to ``max_backoff``. When attempts run out the caller gets
 BackendUnavailableError, naming backend, operation, key and the last cause. Every attempt is timed
-into ``warpdrive_backend_request_duration_seconds``; each failure is counted by type.
+into ``warpdrive_backend_request_duration_seconds``; each failure, and only a failure (see
+:data:`ANSWERS`), is counted by type in ``warpdrive_backend_errors_total``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta
 from warpdrive.config import FetchConfig
 from warpdrive.errors import (
     BackendUnavailableError,
+    ContainerNotFoundError,
+    IsDirectoryError,
+    NotDirectoryError,
     NotFoundError,
     ObjectChangedError,
     PermissionDeniedError,
@@ -28,6 +32,21 @@ from warpdrive.errors import (
 from warpdrive.metrics import BackendMetrics
 
 T = TypeVar("T")
+
+# What a store says about the thing asked for is an answer, not a failure: a healthy backend
+# gives these all day, so they are never counted as errors (the >1% error-ratio alert would page
+# on a healthy node: every lookup of a directory stats it first and gets IsDirectoryError).
+#   NotFoundError       no such object: a stat of a name that is not there, a read of an object
+#                       deleted since its stat, a listing of a directory that is not there
+#   IsDirectoryError    the key is a directory (a stat of a prefix)
+#   NotDirectoryError   the key is an object (listed as if it were a directory)
+#   ObjectChangedError  the version check refused another version (412 / etag mismatch): it did
+#                       its job; the reader gets ESTALE, counted in warpdrive_fuse_errors_total
+# Failures, counted by error_type: timeout, connection, throttled, server (the transient ones,
+# retried), permission (401/403), container_not_found (the container, bucket or root is not
+# there: ContainerNotFoundError, not a NotFoundError, because then nothing in it can be read) and
+# other (any other refusal, e.g. a 400).
+ANSWERS = (NotFoundError, IsDirectoryError, NotDirectoryError, ObjectChangedError)
 
 
 @dataclass(frozen=True)
@@ -54,15 +73,13 @@ class RetryPolicy:
 
 
 def error_type(exc: BaseException) -> str:
-    """The bounded ``error_type`` label for a failed attempt."""
+    """The bounded ``error_type`` label for a failed attempt (never one of :data:`ANSWERS`)."""
     if isinstance(exc, TransientBackendError):
         return exc.kind if exc.kind in ("timeout", "connection", "throttled", "server") else "other"
-    if isinstance(exc, NotFoundError):
-        return "not_found"
     if isinstance(exc, PermissionDeniedError):
         return "permission"
-    if isinstance(exc, ObjectChangedError):
-        return "changed"
+    if isinstance(exc, ContainerNotFoundError):
+        return "container_not_found"
     return "other"
 
 
@@ -134,9 +151,7 @@ class RetryingBackend:
                 self._sleep(self.policy.backoff(n, exc.retry_after))
             except WarpDriveError as exc:
                 duration.observe(time.monotonic() - started)
-                # A stat's "no such object" is an answer (how a directory or a name that is not
-                # there is told apart), not a backend fault: only elsewhere is it counted.
-                if not (op == "stat" and isinstance(exc, NotFoundError)):
+                if not isinstance(exc, ANSWERS):
                     self._metrics.errors[error_type(exc)].inc()
                 raise
             else:

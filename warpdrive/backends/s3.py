@@ -19,6 +19,7 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta, child_name,
 from warpdrive.config import AuthConfig, FetchConfig, S3Options
 from warpdrive.errors import (
     BackendError,
+    ContainerNotFoundError,
     IsDirectoryError,
     NotFoundError,
     ObjectChangedError,
@@ -32,7 +33,7 @@ T = TypeVar("T")
 
 _PART = 8 << 20  # multipart upload part size (S3 wants at least 5 MiB but for the last)
 # botocore error code -> what it means here.
-_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404"}  # NoSuchBucket: the backend is broken
 _DENIED = {
     "AccessDenied",
     "Forbidden",
@@ -248,6 +249,8 @@ class S3Client(ObjectClient):
         codes = {code, status}
         if codes & _CHANGED:
             return ObjectChangedError(f"{where} changed since it was opened (ETag mismatch)")
+        if code == "NoSuchBucket":
+            return ContainerNotFoundError(f"{self.name}: bucket {self.bucket!r} does not exist")
         if codes & _NOT_FOUND:
             return NotFoundError(f"{where}: no such object in bucket {self.bucket!r}")
         if codes & _DENIED:

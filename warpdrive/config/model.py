@@ -12,7 +12,7 @@ GIB = 1 << 30
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    enabled: bool = True  # serve /metrics and /healthz (the mount does; in-process readers don't)
+    enabled: bool = True  # /metrics, /healthz, /readyz (the mount serves them; readers don't)
     addr: str = ":9090"  # listen address, "host:port" or ":port" (all interfaces)
 
 

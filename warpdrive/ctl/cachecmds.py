@@ -11,7 +11,7 @@ from functools import partial
 from typing import Any
 
 from warpdrive.fuse.health import probe_backend, with_deadline
-from warpdrive.fuse.mount import find_mount, probe_mount
+from warpdrive.fuse.mountinfo import MountEntry, find_mount, probe_mount
 from warpdrive.metrics_server import parse_addr
 from warpdrive.reader import WarpDrive
 
@@ -73,14 +73,56 @@ def evict(wd: WarpDrive, path: str, recursive: bool) -> dict[str, Any]:
     return {"path": norm, "objects": len(found), "blocks": blocks, "bytes": cached}
 
 
-def _metrics_url(addr: str) -> str:
+def _health_url(addr: str) -> str:
     host, port = parse_addr(addr)
     return f"http://{host or '127.0.0.1'}:{port}/healthz"
 
 
+def _ask_health(url: str, timeout: float) -> tuple[int, dict[str, Any]] | str:
+    """(HTTP status, JSON body) of ``/healthz``, or why there is none."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            status, raw = reply.status, reply.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError as exc:
+        return f"not answering ({getattr(exc, 'reason', exc)})"
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return f"HTTP {status} from something that is not a WarpDrive mount"
+    return status, body
+
+
+def metrics_verdict(
+    answer: tuple[int, dict[str, Any]] | str, mount_point: str, entry: MountEntry | None
+) -> str:
+    """``ok`` when ``/healthz`` answered 200 for *this* mount: the mount point asked about, and
+    the device of the mount there now (a FUSE mount's device is unique while it is mounted, so
+    another process's answer, or a dead one's successor, cannot pass for it)."""
+    if isinstance(answer, str):
+        return answer
+    status, body = answer
+    pid, theirs = body.get("pid"), body.get("mount_point")
+    if theirs != os.path.abspath(mount_point):
+        return f"answered by the mount at {theirs} (pid {pid}), not this one"
+    if entry is None or body.get("device") != entry.device:
+        here = f"device {entry.device}" if entry is not None else "nothing"
+        return (
+            f"answered by pid {pid}, which does not serve the mount here "
+            f"(its device {body.get('device')}; mounted here: {here})"
+        )
+    if status != 200:
+        checks = body.get("checks")
+        return f"HTTP {status}: mount {checks.get('mount') if isinstance(checks, dict) else '?'}"
+    return "ok"
+
+
 def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
-    """Is the node healthy: mount answering, metrics endpoint up, cache usable, backends
-    reachable (with latency)? Returns (healthy, report)."""
+    """Is the node healthy: mount answering, its own metrics endpoint up, cache usable,
+    backends reachable (with latency)? Returns (healthy, report)."""
     config = wd.config
     mount_point = config.mount_point
     entry = find_mount(mount_point)
@@ -90,15 +132,12 @@ def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
         mount = f"another file system is mounted there ({entry.fstype})"
     else:
         mount = with_deadline(partial(probe_mount, mount_point), timeout)
-    metrics = "disabled"
+    metrics, mount_pid = "disabled", None
     if config.metrics.enabled:
-        try:
-            with urllib.request.urlopen(_metrics_url(config.metrics.addr), timeout=timeout) as r:
-                metrics = "ok" if r.status == 200 else f"HTTP {r.status}"
-        except urllib.error.HTTPError as exc:
-            metrics = f"degraded: {json.loads(exc.read()).get('checks')}"
-        except OSError as exc:
-            metrics = f"not answering ({getattr(exc, 'reason', exc)})"
+        answer = _ask_health(_health_url(config.metrics.addr), timeout)
+        metrics = metrics_verdict(answer, mount_point, entry)
+        if metrics == "ok" and not isinstance(answer, str):
+            mount_pid = answer[1].get("pid")
     usage = wd.usage()
     backends: dict[str, Any] = {}
     for name, backend in wd.backends.items():
@@ -115,6 +154,7 @@ def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
         "healthy": healthy,
         "mount_point": mount_point,
         "mount": mount,
+        "mount_pid": mount_pid,
         "metrics": metrics,
         "cache_path": config.cache.path,
         "cache_bytes": usage.bytes,

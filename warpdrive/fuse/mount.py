@@ -2,9 +2,12 @@
 
 Start-up checks everything it can before mounting and stops with one line naming what is wrong:
 the config, the cache path, each backend (one listing request; ``--degraded-ok`` starts anyway),
-and the mount point (a stale mount left by a crash is unmounted, with a message; a live one is
-refused). Without ``--foreground`` it starts itself in the background and returns once the mount
-is up. SIGTERM and SIGINT unmount cleanly.
+the mount point (a stale mount left by a crash is unmounted, with a message; a live one is
+refused) and the metrics port (bound before mounting: one in use is refused, so another
+process's ``/healthz`` can never answer for this mount). Without ``--foreground`` it starts
+itself in the background and returns once *that* process reports, through a pipe, that it has
+mounted and answers there (``ok PID``) — or with the reason it gives (``error REASON``), or the
+last line of its log if it died without one. SIGTERM and SIGINT unmount cleanly.
 
 Once the kernel has the answer to FUSE_INIT, the mount's ``read_ahead_kb``
 (``/sys/class/bdi/<dev>/read_ahead_kb``) is raised to the block size (at least 1024), so the
@@ -15,23 +18,27 @@ further ahead; libfuse negotiates up to 256 pages (1 MiB) per request on its own
 from __future__ import annotations
 
 import argparse
-import errno
+import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
+
+from prometheus_client import CollectorRegistry
 
 from warpdrive.cliargs import FILE, add_version_and_completion, complete
 from warpdrive.config import Config, load_config
-from warpdrive.errors import WarpDriveError
-from warpdrive.fuse.health import PROBE_NAME, Health, probe_backend, with_deadline
+from warpdrive.errors import WarpDriveError, printable
+from warpdrive.fuse.health import Health, probe_backend, with_deadline, with_deadlines
+from warpdrive.fuse.mountinfo import MountEntry, find_mount, mounts, probe_mount
 from warpdrive.governance.crawl import PeriodicCrawl
 from warpdrive.metrics_server import MetricsServer
 
+__all__ = ["MountEntry", "MountError", "find_mount", "main", "mounts", "probe_mount", "serve"]
 log = logging.getLogger("warpdrive.mount")
 MIN_READ_AHEAD_KB = 1024
 
@@ -40,29 +47,24 @@ class MountError(Exception):
     """Start-up cannot go on; the message is the one line the user sees."""
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    mount_point: str
-    device: str  # "major:minor"
-    fstype: str
+class ReadyPipe:
+    """The write end of the pipe a background start waits on (``--ready-fd``): one line,
+    ``ok PID`` once this process has mounted and answers there, or ``error REASON``; closed
+    after it (and by the process's exit, which the waiting side reads as a crash)."""
 
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
 
-def mounts() -> list[MountEntry]:
-    """This machine's mounts, from /proc/self/mountinfo."""
-    out = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            point = fields[4].encode().decode("unicode_escape")  # \040 is a space
-            out.append(MountEntry(point, fields[2], fields[sep + 1]))
-    return out
-
-
-def find_mount(mount_point: str) -> MountEntry | None:
-    real = os.path.abspath(mount_point)
-    found = [m for m in mounts() if m.mount_point == real]
-    return found[-1] if found else None
+    def send(self, line: str) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, (printable(line) + "\n").encode())
+        except OSError:
+            pass  # the starting side gave up waiting: the log still says it
+        finally:
+            os.close(fd)
 
 
 def prepare_mount_point(mount_point: str) -> None:
@@ -87,20 +89,6 @@ def prepare_mount_point(mount_point: str) -> None:
         raise MountError(f"cannot create mount point {mount_point}: {exc.strerror}") from None
 
 
-def probe_mount(mount_point: str) -> str:
-    """Whether a FUSE mount's process answers: the lookup of a name that never exists must
-    reach it (attributes of the mount point itself may come from the kernel's cache)."""
-    try:
-        os.stat(os.path.join(mount_point, f"{PROBE_NAME}-{os.getpid()}"))
-    except FileNotFoundError:
-        return "ok"
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "stale"
-        return f"error: {exc.strerror}"
-    return "ok"
-
-
 def tune_read_ahead(mount_point: str, kb: int) -> int | None:
     """Raise the mount's read_ahead_kb; the value in force afterwards (None if unknown)."""
     entry = find_mount(mount_point)
@@ -123,11 +111,10 @@ def check_backends(config: Config, wd: object, timeout: float, degraded_ok: bool
     from warpdrive.reader import WarpDrive
 
     assert isinstance(wd, WarpDrive)
-    failed = []
-    for name, backend in wd.backends.items():
-        verdict = with_deadline(partial(probe_backend, backend), timeout)
-        if verdict != "ok":
-            failed.append(f"{name}: {verdict}")
+    verdicts = with_deadlines(
+        {name: partial(probe_backend, backend) for name, backend in wd.backends.items()}, timeout
+    )
+    failed = [f"{name}: {verdict}" for name, verdict in verdicts.items() if verdict != "ok"]
     if failed and not degraded_ok:
         raise MountError(
             "backend unreachable: " + "; ".join(failed) + " (--degraded-ok mounts anyway)"
@@ -136,7 +123,22 @@ def check_backends(config: Config, wd: object, timeout: float, degraded_ok: bool
         log.warning("starting degraded, backend %s", line)
 
 
-def serve(config: Config, degraded_ok: bool = False) -> int:
+def bind_metrics(
+    config: Config, registry: CollectorRegistry, health: Health
+) -> MetricsServer | None:
+    """The metrics server, its port bound (not yet serving); None when disabled."""
+    if not config.metrics.enabled:
+        return None
+    try:
+        return MetricsServer(config.metrics.addr, registry, health)
+    except OSError as exc:
+        raise MountError(
+            f"metrics.addr {config.metrics.addr}: {exc.strerror or exc} (another process serves"
+            " that port: give each mount its own metrics.addr, or set metrics.enabled: false)"
+        ) from None
+
+
+def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = None) -> int:
     """Mount, serve until unmounted or signalled, clean up. The foreground process."""
     import pyfuse3
     import trio
@@ -145,82 +147,94 @@ def serve(config: Config, degraded_ok: bool = False) -> int:
     from warpdrive.fuse.ops import Operations
     from warpdrive.reader import WarpDrive
 
+    ready = ready or ReadyPipe(None)
     mount_point = config.mount_point
     wd = WarpDrive(config)
-    try:
-        wd.usage()  # opens the cache: path, permissions, index
-    except (OSError, RuntimeError) as exc:
-        raise MountError(f"cache path {config.cache.path} is not usable: {exc}") from None
-    check_backends(config, wd, min(config.fetch.request_timeout, 10.0), degraded_ok)
-    prepare_mount_point(mount_point)
-    crawler = (
-        PeriodicCrawl(wd, config.governance.crawl_interval)
-        if config.governance.crawl_interval > 0
-        else None
-    )
-    fs = WarpDriveFS(wd)
-    ops = Operations(
-        fs,
-        wd.metrics,
-        attr_timeout=config.cache.stale_ttl,
-        dir_timeout=config.cache.list_ttl,
-        threads=max(16, 2 * config.cache.max_parallel_fetch),
-    )
-    options = {"fsname=warpdrive", "subtype=warpdrive", "ro", "noatime", "default_permissions"}
-    if config.allow_other:
-        options.add("allow_other")
-    try:
-        pyfuse3.init(ops, mount_point, options)
-    except RuntimeError as exc:
-        hint = ""
-        if config.allow_other and os.getuid() != 0:
-            hint = " (allow_other needs 'user_allow_other' in /etc/fuse.conf for non-root users)"
-        raise MountError(f"cannot mount at {mount_point}: {exc}{hint}") from None
-    log.info(
-        "mounted %s (%s) at %s",
-        ", ".join(f"{b.name}→{b.mount_path}" for b in config.backends) or "no backends",
-        config.source,
-        mount_point,
-    )
-    server = None
-    health = Health(mount_point, wd)
-    if config.metrics.enabled:
+    # Closed in reverse order of opening, whatever stops the start or the serving.
+    with contextlib.ExitStack() as opened:
+        opened.callback(wd.close)
         try:
-            server = MetricsServer(config.metrics.addr, wd.metrics.registry, health).start()
-        except OSError as exc:
-            log.warning("metrics server on %s not started: %s", config.metrics.addr, exc.strerror)
-    reporter = None
-    if config.telemetry.control_plane_addr:
-        from warpdrive.control.reporter import Reporter
-
-        reporter = Reporter(wd, health)
-    read_ahead_kb = max(MIN_READ_AHEAD_KB, config.cache.block_size // 1024)
-    try:
-        trio.run(_main_loop, mount_point, read_ahead_kb)
-    finally:
-        log.info("unmounting %s", mount_point)
-        pyfuse3.close(unmount=True)
+            wd.usage()  # opens the cache: path, permissions, index
+        except (OSError, RuntimeError) as exc:
+            raise MountError(f"cache path {config.cache.path} is not usable: {exc}") from None
+        check_backends(config, wd, min(config.fetch.request_timeout, 10.0), degraded_ok)
+        prepare_mount_point(mount_point)
+        health = Health(mount_point, wd)
+        server = bind_metrics(config, wd.metrics.registry, health)
         if server is not None:
-            server.close()
-        if crawler is not None:
-            crawler.close()
-        if reporter is not None:
-            reporter.close()
-        fs.close()
-        wd.close()
+            opened.callback(server.close)
+        if config.governance.crawl_interval > 0:
+            opened.callback(PeriodicCrawl(wd, config.governance.crawl_interval).close)
+        fs = WarpDriveFS(wd)
+        opened.callback(fs.close)
+        ops = Operations(
+            fs,
+            wd.metrics,
+            attr_timeout=config.cache.stale_ttl,
+            dir_timeout=config.cache.list_ttl,
+            threads=max(16, 2 * config.cache.max_parallel_fetch),
+        )
+        options = {"fsname=warpdrive", "subtype=warpdrive", "ro", "noatime", "default_permissions"}
+        if config.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(ops, mount_point, options)
+        except RuntimeError as exc:
+            hint = ""
+            if config.allow_other and os.getuid() != 0:
+                hint = (
+                    " (allow_other needs 'user_allow_other' in /etc/fuse.conf for non-root users)"
+                )
+            raise MountError(f"cannot mount at {mount_point}: {exc}{hint}") from None
+        opened.callback(_unmount, mount_point)
+        entry = find_mount(mount_point)
+        if entry is None:
+            raise MountError(f"{mount_point} is not in the mount table after mounting")
+        health.mounted(entry.device)
+        log.info(
+            "mounted %s (%s) at %s (device %s)",
+            ", ".join(f"{b.name}→{b.mount_path}" for b in config.backends) or "no backends",
+            config.source,
+            mount_point,
+            entry.device,
+        )
+        if server is not None:
+            server.start()
+        if config.telemetry.control_plane_addr:
+            from warpdrive.control.reporter import Reporter
+
+            opened.callback(Reporter(wd, health.ready_checks).close)
+        read_ahead_kb = max(MIN_READ_AHEAD_KB, config.cache.block_size // 1024)
+        trio.run(_main_loop, health, read_ahead_kb, ready)
     return 0
 
 
-async def _main_loop(mount_point: str, read_ahead_kb: int) -> None:
+def _unmount(mount_point: str) -> None:
+    import pyfuse3
+
+    log.info("unmounting %s", mount_point)
+    pyfuse3.close(unmount=True)
+
+
+async def _main_loop(health: Health, read_ahead_kb: int, ready: ReadyPipe) -> None:
     import pyfuse3
     import trio
 
-    async def tune() -> None:
-        # The kernel fixes the mount's readahead when it gets our answer to FUSE_INIT, which
-        # happens once the loop runs; any request answered proves it is done.
-        await trio.to_thread.run_sync(os.stat, mount_point)
+    mount_point = health.mount_point
+
+    async def announce() -> None:
+        # The loop runs, so the kernel can get our answer to FUSE_INIT: a lookup answered at
+        # the mount point, on the device this process mounted, proves we serve it.
+        verdict = await trio.to_thread.run_sync(health.check_mount)
+        if verdict != "ok":
+            ready.send(f"error mounted at {mount_point}, but it does not answer: {verdict}")
+            log.error("mounted at %s, but it does not answer: %s; stopping", mount_point, verdict)
+            pyfuse3.terminate()
+            return
+        # The kernel fixed the mount's readahead when it got our answer to FUSE_INIT.
         value = await trio.to_thread.run_sync(tune_read_ahead, mount_point, read_ahead_kb)
-        log.info("read_ahead_kb of %s is %s", mount_point, value)
+        log.info("read_ahead_kb of %s is %s; serving", mount_point, value)
+        ready.send(f"ok {os.getpid()}")
 
     async with trio.open_nursery() as nursery:
 
@@ -232,37 +246,89 @@ async def _main_loop(mount_point: str, read_ahead_kb: int) -> None:
                     return
 
         nursery.start_soon(on_signal)
-        nursery.start_soon(tune)
+        nursery.start_soon(announce)
         await pyfuse3.main(min_tasks=4, max_tasks=128)
         nursery.cancel_scope.cancel()
 
 
-def start_background(argv: list[str], config: Config, log_file: str, wait: float = 60.0) -> int:
-    """Start ``--foreground`` in a new session and return once it has mounted (or failed)."""
+def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 60.0) -> int:
+    """Start ``--foreground`` in a new session; return once that process says, through a pipe,
+    that it mounted and answers (0), or why it could not (its exit status, else 1)."""
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-    with open(log_file, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "warpdrive.fuse.mount", *argv, "--foreground"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
+    read_end, write_end = os.pipe()
+    try:
+        with open(log_file, "ab") as out:
+            logged_from = out.seek(0, os.SEEK_END)  # this start's lines come after
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "warpdrive.fuse.mount",
+                    *argv,
+                    "--foreground",
+                    "--ready-fd",
+                    str(write_end),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                pass_fds=(write_end,),
+                start_new_session=True,
+            )
+    finally:
+        os.close(write_end)  # the child's copy is the only one left: its exit means EOF
+    try:
+        answer = _read_line(read_end, wait)
+    finally:
+        os.close(read_end)
+    if answer is None:
+        print(
+            f"warpdrive-mount: pid {child.pid} has not reported a mount after {wait:g}s "
+            f"(still starting?); see {log_file}",
+            file=sys.stderr,
         )
+        return 1
+    if answer == f"ok {child.pid}":
+        print(f"warpdrive-mount: mounted at {mount_point} (pid {child.pid}, log {log_file})")
+        return 0
+    try:
+        status = child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        status = 1
+    if answer.startswith("error "):
+        reason = answer.removeprefix("error ")
+    else:  # died without a word (a crash: its log's last line says why), or a garbled one
+        reason = f"pid {child.pid} said {answer!r}" if answer else _last_line(log_file, logged_from)
+    print(f"warpdrive-mount: {reason} (see {log_file})", file=sys.stderr)
+    return status or 1
+
+
+def _read_line(fd: int, wait: float) -> str | None:
+    """One line from ``fd`` ('' at EOF without one), or None if none came within ``wait`` s."""
+    data = b""
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            print(f"warpdrive-mount: failed to start; see {log_file}:", file=sys.stderr)
-            with open(log_file, encoding="utf-8", errors="replace") as f:
-                print("".join(f.readlines()[-5:]), end="", file=sys.stderr)
-            return child.returncode or 1
-        entry = find_mount(config.mount_point)
-        if entry is not None and entry.fstype == "fuse.warpdrive":
-            where = f"{config.mount_point} (pid {child.pid}, log {log_file})"
-            print(f"warpdrive-mount: mounted at {where}")
-            return 0
-        time.sleep(0.1)
-    print(f"warpdrive-mount: not mounted after {wait:g}s; see {log_file}", file=sys.stderr)
-    return 1
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _last_line(log_file: str, start: int) -> str:
+    """The last non-empty line logged from byte ``start`` on (a crash's exception), or a note
+    that there is none."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return printable(lines[-1]) if lines else "exited without a word"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -285,6 +351,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--degraded-ok", action="store_true", help="mount even if a backend is unreachable"
     )
+    # The background start's pipe: "ok PID" or "error REASON" is written there (internal).
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -295,16 +363,19 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("azure").setLevel(logging.WARNING)  # per-request lines otherwise
+    ready = ReadyPipe(args.ready_fd if args.foreground else None)
+    if ready.fd is not None:
+        os.set_inheritable(ready.fd, False)  # ours alone: a helper we start must not hold it
     try:
         config = load_config(args.config)
         if not args.foreground:
             log_file = args.log_file or os.path.join(config.cache.path, "warpdrive-mount.log")
-            return start_background(
-                [a for a in argv if a not in ("-f", "--foreground")], config, log_file
-            )
-        return serve(config, degraded_ok=args.degraded_ok)
+            child_argv = [a for a in argv if a not in ("-f", "--foreground")]
+            return start_background(child_argv, config.mount_point, log_file)
+        return serve(config, degraded_ok=args.degraded_ok, ready=ready)
     except (MountError, WarpDriveError) as exc:
         print(f"warpdrive-mount: {exc}", file=sys.stderr)
+        ready.send(f"error {exc}")
         return 2
 
 

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from warpdrive.fuse.mount import find_mount
+from warpdrive.fuse.mountinfo import find_mount
 
 
 class MountStartError(RuntimeError):
@@ -46,9 +46,10 @@ class Mount:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
-    def health(self) -> tuple[int, dict[str, object]]:
+    def health(self, path: str = "/healthz") -> tuple[int, dict[str, object]]:
+        """(HTTP status, JSON body) of ``/healthz`` (liveness) or ``/readyz`` (readiness)."""
         try:
-            reply = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz")
+            reply = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}")
             return reply.status, json.loads(reply.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
