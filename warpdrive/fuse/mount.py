@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import os
 import signal
@@ -237,6 +238,18 @@ async def _main_loop(mount_point: str, read_ahead_kb: int) -> None:
         nursery.cancel_scope.cancel()
 
 
+def require_fuse() -> None:
+    """pyfuse3 and trio (the ``fuse`` extra) import; else MountError saying how to get them
+    (checked before starting in the background, so the message reaches the terminal)."""
+    for module in ("pyfuse3", "trio"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MountError(
+                f"the fuse extra is missing ({exc}): pip install 'warpdrive[fuse]'"
+            ) from None
+
+
 def start_background(argv: list[str], config: Config, log_file: str, wait: float = 60.0) -> int:
     """Start ``--foreground`` in a new session and return once it has mounted (or failed)."""
     os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
@@ -297,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("azure").setLevel(logging.WARNING)  # per-request lines otherwise
     try:
         config = load_config(args.config)
+        require_fuse()
         if not args.foreground:
             log_file = args.log_file or os.path.join(config.cache.path, "warpdrive-mount.log")
             return start_background(
