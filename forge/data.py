@@ -44,8 +44,8 @@ def discover(root: str, wd: WarpDrive | None) -> list[str]:
         paths = sorted(i.path for i in wd.walk(root) if SHARD_NAME.match(i.name))
     except NotFoundError as exc:
         raise SystemExit(f"training root {root}: {exc}") from None
-    if root.startswith(URL_SCHEME):
-        return [URL_SCHEME + p.lstrip("/") for p in paths]
+    if root.startswith(URL_SCHEME):  # named as the root was: warpdrive://BACKEND/key
+        return [wd.url(p) or p for p in paths]
     return paths
 
 

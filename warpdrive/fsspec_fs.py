@@ -4,11 +4,14 @@
 as the mount. The configuration comes from ``storage_options={"config": ...}`` (a path or a
 :class:`~warpdrive.config.Config`), else from ``$WARPDRIVE_CONFIG``. Read-only.
 
-Names are mount-relative paths without the leading slash (``datasets-cac/train/x.tar``); the
-root ``""`` lists the mount paths. Directories are prefixes: they have no size, version or
-modification time. An open file reads through a :class:`~warpdrive.reader.Handle`, pinned to
-the version it opened; ``cat_file``/``cat_ranges``/``cat`` read one looked-up version per path
-(``WarpDrive.read_version``): the ranges of one call or one open file never mix two versions.
+Names follow fsspec's ``protocol://bucket/key``: ``datasets-cac/train/x.tar`` is key
+``train/x.tar`` of the backend *named* ``datasets-cac``, wherever the config mounts it
+(``mount_path``); the root ``""`` lists the backends by name. ``info()["name"]`` and ``ls``
+give names in this form, so they can be opened again as they are. Directories are prefixes:
+they have no size, version or modification time. An open file reads through a
+:class:`~warpdrive.reader.Handle`, pinned to the version it opened; ``cat_file``,
+``cat_ranges`` and ``cat`` read one looked-up version per path (``WarpDrive.read_version``):
+the ranges of one call or one open file never mix two versions.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from fsspec.utils import stringify_path
 from warpdrive.cache import ObjectVersion
 from warpdrive.config import Config
 from warpdrive.errors import InvalidPathError, IsDirectoryError
-from warpdrive.namespace import FileInfo
+from warpdrive.namespace import URL_SCHEME, FileInfo
 from warpdrive.reader import DEFAULT_BUFFER, Handle, WarpDrive
 
 PROTOCOL = "warpdrive"
@@ -96,9 +99,17 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- metadata --------------------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        """What WarpDrive reads for the name ``path``: ``warpdrive://NAME/key``."""
+        return URL_SCHEME + self._strip_protocol(path)
+
+    def _name(self, info: FileInfo) -> str:
+        """The name of what WarpDrive found (its mount-relative path): ``NAME/key``."""
+        url = self.wd.url(info.path)
+        return "" if url is None else url[len(URL_SCHEME) :]
+
     @staticmethod
-    def _info_dict(info: FileInfo) -> dict[str, Any]:
-        name = info.path.lstrip("/")
+    def _info_dict(info: FileInfo, name: str) -> dict[str, Any]:
         if info.is_dir:  # a prefix: no size, version or time of its own (None, not 1970)
             return {"name": name, "size": 0, "type": "directory", "mtime": None, "etag": None}
         return {
@@ -110,19 +121,29 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
         }
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        return self._info_dict(self.wd.stat(self._strip_protocol(path)))
+        info = self.wd.stat(self._url(path))
+        return self._info_dict(info, self._name(info))
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
-        """The children of a directory; for a file, the file itself (fsspec's convention)."""
-        path = self._strip_protocol(path)
-        known = self.wd.stat_cached(path)  # a known file needs no listing
+        """The children of a directory; for a file, the file itself (fsspec's convention).
+        The root lists the backends, by name."""
+        url = self._url(path)
+        if url == URL_SCHEME:
+            root = FileInfo("/", is_dir=True)
+            names = sorted(b.name for b in self.wd.config.backends)
+            entries = [self._info_dict(root, name) for name in names]
+            return entries if detail else names
+        known = self.wd.stat_cached(url)  # a known file needs no listing
         if known is not None and not known.is_dir:
-            entries = [self._info_dict(known)]
+            entries = [self._info_dict(known, self._name(known))]
         else:
             try:
-                entries = [self._info_dict(e) for e in self.wd.listdir(path)]
+                listed = self.wd.listdir(url)
             except NotADirectoryError:
                 entries = [self.info(path)]
+            else:
+                base = self._name(FileInfo(self.wd.normalize(url), is_dir=True))
+                entries = [self._info_dict(e, f"{base}/{e.name}") for e in listed]
         return entries if detail else [e["name"] for e in entries]
 
     def exists(self, path: str, **kwargs: Any) -> bool:
@@ -161,7 +182,7 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
         """Bytes ``[start, end)``; negative positions count from the end, as in fsspec."""
-        return self._read(self.wd.version(self._strip_protocol(path)), start, end)
+        return self._read(self.wd.version(self._url(path)), start, end)
 
     def _read(self, obj: ObjectVersion, start: int | None, end: int | None) -> bytes:
         lo, hi = _clamp(obj.size, start, end)
@@ -234,7 +255,7 @@ class WarpDriveFileSystem(AbstractFileSystem):  # type: ignore[misc]
         width = max(1, min(len(ranges), self.wd.config.cache.max_parallel_fetch))
         with ThreadPoolExecutor(width, thread_name_prefix="warpdrive-cat") as pool:
             # One version per path for all its ranges; the stats this may take overlap too.
-            found = pool.map(_catching(self.wd.version), distinct)
+            found = pool.map(_catching(self.wd.version), [URL_SCHEME + n for n in distinct])
             versions = dict(zip(distinct, found, strict=True))
 
             def read(name: str, item: Range) -> bytes | Exception:
@@ -329,7 +350,7 @@ class WarpDriveFile(AbstractBufferedFile):  # type: ignore[misc]
         size: int | None = None,  # reopen() after unpickling passes the old size: ignored,
         **kwargs: Any,  # the handle's pinned version has its own
     ) -> None:
-        self._handle = fs.wd.open_handle(path)
+        self._handle = fs.wd.open_handle(URL_SCHEME + path)
         try:
             super().__init__(
                 fs,

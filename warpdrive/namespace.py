@@ -1,10 +1,13 @@
 """Mount paths → (backend, key), with the metadata and listing caches.
 
-Paths are mount-relative (``/datasets-cac/train/x.tar``); ``warpdrive://datasets-cac/...`` URLs
-and paths under the configured mount point (``/wd/datasets-cac/...``) mean the same. Empty and
-``.`` components are dropped; ``..``, NUL and over-long names are refused, so no path can leave
-its backend's prefix. Directories above the mount paths (``/`` itself, ``/regions`` for
-``/regions/a``) are virtual.
+Paths are mount-relative (``/cac/train/x.tar``); paths under the configured mount point
+(``/wd/cac/train/x.tar``) mean the same. A ``warpdrive://NAME/key`` URL names backend ``NAME``
+(fsspec's ``protocol://bucket/key``), whatever its mount path: with ``datasets-cac`` mounted at
+``/cac``, ``warpdrive://datasets-cac/train/x.tar`` is ``/cac/train/x.tar``; an unknown ``NAME``
+is a NotFoundError naming the backends and mount paths there are. ``warpdrive://`` alone is the
+root. Empty and ``.`` components are dropped; ``..``, NUL and over-long names are refused, so no
+path can leave its backend's prefix. Directories above the mount paths (``/`` itself,
+``/regions`` for ``/regions/a``) are virtual.
 
 Object metadata (size, etag) is fresh for ``cache.stale_ttl`` seconds, listings for
 ``cache.list_ttl``; listings also refresh the metadata of the objects they show. Past its
@@ -81,6 +84,14 @@ class Namespace:
         self._mounts: dict[tuple[str, ...], Backend] = {
             tuple(b.mount_path.strip("/").split("/")): backends[b.name] for b in config.backends
         }
+        self._roots = {b.name: b.mount_path for b in config.backends}  # URL name → mount path
+        # What a path that names no backend is told (one line, made once: FUSE lookups of
+        # names that exist nowhere end here).
+        self._hint = (
+            "backends: "
+            + (", ".join(f"{b.name} (at {b.mount_path})" for b in config.backends) or "none")
+            + "; warpdrive://NAME/… names a backend, a mount path is an absolute path"
+        )
         # Guarded by the GIL only: single dict operations, races cost at most a repeated stat.
         self._meta: dict[tuple[str, str], tuple[float, ObjectMeta]] = {}
         self._listings: dict[str, tuple[float, list[FileInfo]]] = {}
@@ -107,7 +118,7 @@ class Namespace:
         if "\0" in path:
             raise InvalidPathError(f"path contains a NUL byte: {path!r}")
         if path.startswith(URL_SCHEME):
-            path = "/" + path[len(URL_SCHEME) :]
+            path = self._url_path(path)
         if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH:
             raise InvalidPathError(f"path longer than {MAX_PATH} bytes: {path[:60]!r}…")
         parts = [p for p in path.split("/") if p and p != "."]
@@ -123,6 +134,16 @@ class Namespace:
             parts = parts[len(mp) :]
         return "/" + "/".join(parts)
 
+    def _url_path(self, url: str) -> str:
+        """The mount-relative path of ``warpdrive://NAME/key``: NAME's mount path + key."""
+        name, _, key = url[len(URL_SCHEME) :].partition("/")
+        if not name and not key.strip("/"):
+            return "/"  # warpdrive:// itself: the root
+        root = self._roots.get(name)
+        if root is None:
+            raise NotFoundError(f"{url[:200]!r}: no backend named {name[:100]!r} ({self._hint})")
+        return f"{root}/{key}"
+
     def locate(self, path: str) -> Location:
         norm = self.normalize(path)
         parts = tuple(p for p in norm.split("/") if p)
@@ -131,7 +152,16 @@ class Namespace:
                 return Location(backend, "/".join(parts[len(mount) :]), norm)
         if any(mount[: len(parts)] == parts for mount in self._mounts):
             return Location(None, "", norm)
-        raise NotFoundError(f"{norm!r}: no backend is mounted there")
+        raise NotFoundError(f"{norm!r}: no backend is mounted there ({self._hint})")
+
+    def url(self, path: str) -> str | None:
+        """The ``warpdrive://NAME/key`` URL of ``path``; None for the virtual directories above
+        the mount paths, which no backend holds."""
+        loc = self.locate(path)
+        if loc.backend is None:
+            return None
+        name = loc.backend.name
+        return f"{URL_SCHEME}{name}/{loc.key}" if loc.key else f"{URL_SCHEME}{name}"
 
     def mirrors(self, path: str) -> list[str]:
         """The same relative directory under every other backend's mount path: where a dataset

@@ -659,9 +659,15 @@ class WarpDrive:
         return self._core.fetcher.request(obj, indices, priority, team)
 
     def normalize(self, path: str) -> str:
-        """The mount-relative form of ``path`` (a ``warpdrive://`` URL, a path under the mount
-        point, or already relative); InvalidPathError if it cannot be one."""
+        """The mount-relative form of ``path`` (a ``warpdrive://NAME/key`` URL, where NAME is a
+        backend's name; a path under the mount point; or already relative); InvalidPathError
+        if it cannot be one, NotFoundError for a URL naming no backend."""
         return self._core.namespace.normalize(path)
+
+    def url(self, path: str) -> str | None:
+        """The ``warpdrive://NAME/key`` URL of ``path`` (NAME: its backend's name, whatever its
+        mount path); None for the virtual directories above the mount paths."""
+        return self._core.namespace.url(path)
 
     def locate(self, path: str) -> tuple[str | None, str, str]:
         """(backend name, key, normalised path) of ``path``; backend None for the virtual

@@ -1,10 +1,11 @@
 """Shard lists: brace patterns, globs, lists and several roots, as paths WarpDrive reads.
 
-``"warpdrive://datasets-cac/train/shard-{000000..000199}.tar"``,
-``"/wd/datasets-wus3/train/shard-*.tar"`` (a path under the mount point, read in-process all the
-same) and ``["/datasets-cac/a.tar", "/datasets-cac/b.tar"]`` all name shards. Braces expand as
-in webdataset (``braceexpand``; ``::`` separates patterns); glob characters (``*``, ``?``,
-``[…]``) in any path component are matched against listings, sorted by name. Each shard keeps
+``"warpdrive://datasets-cac/train/shard-{000000..000199}.tar"`` (backend ``datasets-cac``,
+wherever it is mounted), ``"/wd/datasets-wus3/train/shard-*.tar"`` (a path under the mount point,
+read in-process all the same) and ``["/datasets-cac/a.tar", "/datasets-cac/b.tar"]`` (mount
+paths) all name shards. Braces expand as in webdataset (``braceexpand``; ``::`` separates
+patterns); glob characters (``*``, ``?``, ``[…]``) in any path component are matched against
+listings, sorted by name (in a URL's backend name, against the backends' names). Each shard keeps
 the URL it was given as (``__url__`` of its samples) and the mount-relative path it is read at.
 """
 
@@ -66,6 +67,21 @@ def expand(wd: WarpDrive, urls: str | Iterable[str]) -> list[Shard]:
 def _glob(wd: WarpDrive, url: str) -> Iterator[Shard]:
     """Objects matching the glob ``url``, component by component, sorted by name; each keeps
     the spelling of ``url`` before its first glob component."""
+    if url.startswith(URL_SCHEME):
+        name, _, rest = url[len(URL_SCHEME) :].partition("/")
+        if _GLOB.search(name):  # a glob over backends: their names, sorted
+            for backend in sorted(b.name for b in wd.config.backends):
+                if not fnmatch.fnmatchcase(backend, name):
+                    continue
+                concrete = f"{URL_SCHEME}{backend}/{rest}"
+                if _GLOB.search(rest):
+                    yield from _glob(wd, concrete)
+                    continue
+                with contextlib.suppress(NotFoundError):
+                    info = wd.stat(concrete)
+                    if not info.is_dir:
+                        yield Shard(concrete, info.path)
+            return
     parts = url.split("/")
     first = next(i for i, p in enumerate(parts) if _GLOB.search(p))
     head = "/".join(parts[:first])

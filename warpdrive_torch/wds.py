@@ -15,6 +15,7 @@ import threading
 from typing import IO, Any
 
 from warpdrive import Config, WarpDrive
+from warpdrive.errors import WarpDriveError
 from warpdrive_torch.world import rank_and_world
 
 SCHEME = "warpdrive"
@@ -39,10 +40,17 @@ def register_webdataset(config: WarpDrive | Config | str | os.PathLike[str] | No
 
 
 def open_url(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> IO[bytes]:
-    """webdataset's opener protocol: a readable binary stream of ``url``."""
+    """webdataset's opener protocol: a readable binary stream of ``url``.
+
+    An error of ours (a backend name the config lacks, a missing shard) is raised from here
+    with its one-line message and none of the read path's frames: in a DataLoader worker
+    the traceback torch prints is webdataset's pipeline and this call, ending in that line."""
     if mode != "rb":
         raise ValueError(f"{url}: warpdrive:// is read-only (mode {mode!r})")
-    stream = _warpdrive().open(url, "rb", max(bufsize, 1 << 20), scan=_sole_reader())
+    try:
+        stream = _warpdrive().open(url, "rb", max(bufsize, 1 << 20), scan=_sole_reader())
+    except WarpDriveError as exc:
+        raise exc.with_traceback(None) from None
     return stream  # type: ignore[return-value]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import re
 
 import pytest
 
@@ -11,12 +12,14 @@ from tests.conftest import Store
 from warpdrive import WarpDrive, parse_config
 from warpdrive.backends import Backend
 from warpdrive.errors import (
+    ConfigError,
     ContainerNotFoundError,
     IsDirectoryError,
     NotDirectoryError,
     NotFoundError,
     ObjectChangedError,
 )
+from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +181,42 @@ def test_root_listing_shows_top_level(any_store: Store) -> None:
     names = {(e.name, e.is_dir) for page in backend.list_pages("") for e in page}
     assert names == {("top.bin", False), ("dir", True)}
     wd.close()
+
+
+def test_a_connection_string_and_the_configs_endpoint_and_account_must_agree(
+    azure_store: Store, azurite: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auth.method: connection_string`` connects where its string says; a config endpoint or
+    account saying otherwise is refused at the first request, naming both, never the secret."""
+    azure_store.put("x.bin", b"abc")
+    monkeypatch.setenv("WD_TEST_AZ_CS", azurite.connection_string())
+    found = re.search(r"container: ([^,}]+)", azure_store.backend_yaml)
+    assert found is not None
+    real, dead = azurite.blob_endpoint(), f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+
+    def read(options: str) -> bytes:
+        cfg = parse_config(
+            f"cache: {{path: {azure_store.cache_dir}, max_size: 64MB, block_size: 256KB}}\n"
+            "fetch: {max_attempts: 1, request_timeout: 5s}\n"
+            f"backends:\n  - name: az\n    type: azureblob\n"
+            f"    config: {{container: {found.group(1)}, {options}}}\n"
+            "    auth: {method: connection_string, connection_string_env: WD_TEST_AZ_CS}\n"
+        )
+        with WarpDrive(cfg) as wd:
+            return wd.read("/az/x.bin")
+
+    for options, named in [
+        (f"account: devstoreaccount1, endpoint: '{dead}'", (dead, real, ".config.endpoint")),
+        ("account: otheraccount", ("'otheraccount'", "'devstoreaccount1'", ".config.account")),
+        (f"account: otheraccount, endpoint: '{real}'", ("'otheraccount'", ".config.account")),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            read(options)
+        message = str(err.value)
+        assert all(part in message for part in named), message
+        assert "\n" not in message and AZURITE_KEY not in message
+    # Agreeing (up to a trailing slash and the scheme's case), or saying nothing: read.
+    agreeing = real.replace("http://", "HTTP://") + "/"
+    assert read(f"account: devstoreaccount1, endpoint: '{agreeing}'") == b"abc"
+    assert read("account: devstoreaccount1") == b"abc"
+    assert read(f"endpoint: '{real}'") == b"abc"

@@ -104,21 +104,30 @@ FIELDS = {
 }
 
 
-def ctl(config: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run ``warpdrive-ctl ARGS --config CONFIG``; check its exit status."""
+def ctl(
+    config: Path,
+    *args: str,
+    expect: int = 0,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``warpdrive-ctl ARGS --config CONFIG`` (in ``env``); check its exit status."""
     done = subprocess.run(
         [sys.executable, "-m", "warpdrive.ctl.main", *args, "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
+        env=env,
     )
     assert done.returncode == expect, (args, done.returncode, done.stdout, done.stderr)
     return done
 
 
-def ctl_json(config: Path, command: str, *args: str, expect: int = 0) -> Any:
+def ctl_json(
+    config: Path, command: str, *args: str, expect: int = 0, env: dict[str, str] | None = None
+) -> Any:
     """``ctl`` with ``--json``: the parsed output, checked for the documented fields."""
-    out = json.loads(ctl(config, *command.split(), *args, "--json", expect=expect).stdout)
+    out = json.loads(ctl(config, *command.split(), *args, "--json", expect=expect, env=env).stdout)
     key = f"{command} --dry-run" if "--dry-run" in args else command
     if key in FIELDS:
         for record in out if isinstance(out, list) else [out]:
@@ -699,6 +708,109 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, local_store: Store) ->
     assert helped.returncode == 0 and "Exit status" in helped.stdout
     nothing = subprocess.run(["warpdrive-ctl"], capture_output=True, text=True)
     assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1
+
+
+def one_line(done: subprocess.CompletedProcess[str], *named: str) -> None:
+    """stderr is one line naming each of ``named``."""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert all(n in done.stderr for n in named), (named, done.stderr)
+
+
+def test_bad_arguments_are_one_line_with_the_documented_exit_code(
+    tmp_path: Path, local_store: Store
+) -> None:
+    config, _, _ = write_config(tmp_path, local_store.backend_yaml)
+    local_store.put("x/a.bin", b"a" * 1000)
+    local_store.put("x/b.bin", b"b" * 2000)
+    ctl(config, "warm", "/src/x/a.bin")
+    # No worker would fetch (warm waited for ever); days before now are no age.
+    for workers in ("0", "-3"):
+        done = ctl(config, "warm", "/src/x", "--workers", workers, expect=2, timeout=30)
+        one_line(done, "--workers", f"got {workers}")
+    one_line(ctl(config, "stale", "--days", "-3", expect=2), "--days", "'-3'")
+    # evict: a path that is nowhere is an error, before anything is evicted; one that exists
+    # but has nothing cached evicts nothing, successfully.
+    missing = ctl(config, "evict", "/src/x/a.bin", "/src/x/nope.bin", expect=2)
+    one_line(missing, "/src/x/nope.bin", "no such object or directory")
+    assert ctl_json(config, "stats")["bytes"] == 1000  # a.bin was not evicted either
+    rows = ctl_json(config, "evict", "/src/x/b.bin")
+    assert rows == [{"path": "/src/x/b.bin", "objects": 0, "blocks": 0, "bytes": 0}]
+    assert ctl_json(config, "evict", "/src/x", "-r")[0]["bytes"] == 1000
+    # --config and --json (--format) before the command name, as after it.
+    ctl(config, "warm", "/src/x/a.bin")
+    after = ctl_json(config, "stats")
+    for before in (["--json"], ["--format", "json"], ["-c", str(config), "--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "warpdrive.ctl.main", *before, "stats", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == after
+    # CSV: plain cells; the per-backend bytes one column each, never a Python dict.
+    text = ctl(config, "--format", "csv", "stats").stdout
+    assert "{" not in text and "'" not in text
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["bytes_by_backend.src"] == "1000" and row["bytes"] == "1000"
+
+
+def test_serve_on_an_address_in_use_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    import socket
+
+    db = tmp_path / "control.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            ["warpdrive-ctl", "serve", "--addr", f"127.0.0.1:{port}", "--database", f"sqlite:///{db}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "WARPDRIVE_API_TOKEN": "t" * 20},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    one_line(done, f"127.0.0.1:{port}", "in use")
+    assert not db.exists()
+
+
+def test_commands_that_need_no_backend_run_without_its_credentials(
+    tmp_path: Path, azure_store: Store, azurite: Server
+) -> None:
+    """Only the commands that talk to a backend need its credentials: a connection string named
+    by a variable (``connection_string_env``) or by a path built from one (``${VAR}``)."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "cs").write_text(azurite.connection_string())
+    auth = "    auth: {method: account_key, account_key_env: WD_TEST_AZURE_KEY}\n"
+    assert auth in azure_store.backend_yaml
+    yaml = azure_store.backend_yaml.replace(
+        auth,
+        "    auth: {method: connection_string, connection_string_file: '${WD_T_SECRETS}/cs'}\n",
+    ) + azure_store.backend_yaml.replace("name: az", "name: az2").replace(
+        auth, "    auth: {method: connection_string, connection_string_env: WD_T_AZ2_CS}\n"
+    )
+    config, _, _ = write_config(tmp_path, yaml)
+    data = put_all(azure_store, "d", 2, BS, seed=11)
+    full = {**os.environ, "WD_T_SECRETS": str(secrets), "WD_T_AZ2_CS": azurite.connection_string()}
+    total = sum(map(len, data.values()))
+    for backend in ("az", "az2"):  # two backends over one container: cached apart
+        assert ctl_json(config, "warm", f"/{backend}/d", env=full)["bytes_fetched"] == total
+    bare = {k: v for k, v in full.items() if k not in ("WD_T_SECRETS", "WD_T_AZ2_CS")}
+    stats = ctl_json(config, "stats", env=bare)
+    assert stats["bytes_by_backend"] == {"az": total, "az2": total}
+    for command in ("usage", "quota list", "team list"):
+        ctl_json(config, command, env=bare)
+    ctl_json(config, "stale", "--days", "0", env=bare)
+    ctl_json(config, "job-start", "--job-id", "1", env=bare)
+    assert ctl_json(config, "evict", "/az/d/shard-000.tar", env=bare)[0]["objects"] == 1
+    assert ctl_json(config, "evict", "/az2/d", "-r", env=bare)[0]["objects"] == 2
+    # What needs a backend says which credential is missing, in one line.
+    one_line(ctl(config, "warm", "/az/d", env=bare, expect=2), "WD_T_SECRETS", "is not set")
+    one_line(ctl(config, "warm", "/az2/d", env=bare, expect=2), "WD_T_AZ2_CS", "is not set")
+    status = ctl_json(config, "status", env=bare, expect=1)
+    assert "WD_T_SECRETS" in status["backends"]["az"]["status"]
 
 
 class _ControlPlane(http.server.BaseHTTPRequestHandler):

@@ -137,6 +137,49 @@ def test_ls_of_a_file_is_its_info_and_directories_are_sizeless(
         fs.ls(name("data/nothing"))
 
 
+def test_names_are_backend_names_where_the_mount_path_differs(
+    azure_store: Store, tree: dict[str, bytes]
+) -> None:
+    """``warpdrive://NAME/key`` names backend NAME (fsspec's bucket), not a mount path: with
+    ``az`` mounted at ``/regions/cac``, names and URLs say ``az/…``, whatever fsspec gives
+    back opens again, and the mount path is an absolute path for WarpDrive itself."""
+    yaml = azure_store.backend_yaml.replace(
+        "    type: azureblob\n", "    type: azureblob\n    mount_path: /regions/cac\n"
+    )
+    assert "mount_path" in yaml
+    cfg = Store(**{**vars(azure_store), "backend_yaml": yaml}).config(block_size=BS)
+    fs = fsspec.filesystem("warpdrive", config=cfg, skip_instance_cache=True)
+    try:
+        assert fs.ls("", detail=False) == ["az"] == fs.ls("warpdrive://", detail=False)
+        assert fs.info("az")["type"] == "directory" and fs.info("az")["name"] == "az"
+        assert fs.info(url("data/multi.bin"))["name"] == name("data/multi.bin")
+        assert fs.ls(url("data/sub"), detail=False) == [
+            name("data/sub/deep"),
+            name("data/sub/y.txt"),
+        ]
+        found = fs.find("az")
+        assert sorted(found) == sorted(name(k) for k in tree)
+        for entry in found:  # every name fsspec gave opens again, as a name and as a URL
+            key = entry.removeprefix("az/")
+            assert fs.info(entry)["name"] == entry
+            assert fs.cat_file(entry) == tree[key]
+            with fsspec.open(fs.unstrip_protocol(entry), config=fs.wd) as f:
+                assert f.read() == tree[key]
+        assert fs.glob("warpdrive://az/data/*.bin") == [
+            name(k) for k in ("data/empty.bin", "data/multi.bin", "data/other.bin")
+        ]
+        # The mount path is no name; the error names the backends and where they are mounted.
+        assert not fs.exists("regions/cac/data/multi.bin")
+        with pytest.raises(
+            FileNotFoundError, match=r"no backend named 'regions'.*az.*/regions/cac"
+        ):
+            fs.cat_file("warpdrive://regions/cac/data/multi.bin")
+        assert fs.wd.read("/regions/cac/data/rows.csv") == CSV  # an absolute mount path
+        assert fs.wd.read("warpdrive://az/data/rows.csv") == CSV
+    finally:
+        fs.wd.close()
+
+
 def test_strip_protocol_maps_lists_and_paths(tree: dict[str, bytes], make_fs: FsMaker) -> None:
     strip = WarpDriveFileSystem._strip_protocol
     assert strip(["warpdrive://az/data/", "az/data/sub", "warpdrive::az/x"]) == [

@@ -419,6 +419,54 @@ def test_damaged_shards_raise_or_are_skipped_by_the_handler(
         ShardDataset(f"warpdrive://{azure_store.name}/train/nothing-*.tar", wd=wd)
 
 
+def test_urls_name_backends_whose_mount_paths_differ(regions: Regions) -> None:
+    """``warpdrive://datasets-cac/…`` is backend datasets-cac, mounted at /cac here: ShardDataset,
+    its globs (over backend names too) and webdataset's workers read it; the mount path is an
+    absolute path; an unknown name is one line naming the backends and their mount paths."""
+    text = regions.config_text(regions.tmp / "moved")
+    for region in REGIONS:
+        short = region.split("-")[1]
+        text = text.replace(
+            f"  - name: {region}\n", f"  - name: {region}\n    mount_path: /{short}\n"
+        )
+    wd = WarpDrive(parse_config(text))
+    samples = list(ShardDataset(regions.urls, wd=wd, shuffle=False))
+    check_exact(samples, regions.content)
+    assert sorted(s["__key__"] for s in samples) == sorted(regions.content)
+    assert samples[0]["__url__"] == f"warpdrive://{REGIONS[0]}/train/shard-000000.tar"
+    both = ShardDataset("warpdrive://datasets-*/train/shard-00000[01].tar", wd=wd, shuffle=False)
+    assert sorted({s["__url__"] for s in both}) == [
+        f"warpdrive://{REGIONS[0]}/train/shard-000000.tar",
+        f"warpdrive://{REGIONS[1]}/train/shard-000001.tar",
+    ]
+    by_path = ShardDataset("/wd/wus3/train/shard-000001.tar", wd=wd, shuffle=False)
+    assert [s["__key__"] for s in by_path] == [s["__key__"] for s in both][PER_SHARD:]
+    with pytest.raises(
+        NotFoundError, match=r"no backend named 'cac' \(backends: datasets-cac \(at /cac\)"
+    ):
+        ShardDataset("warpdrive://cac/train/shard-*.tar", wd=wd)
+
+    from warpdrive_torch import register_webdataset
+
+    register_webdataset(wd.config)
+    url = f"warpdrive://{REGIONS[1]}/train/shard-000001.tar"
+    loader = DataLoader(webdataset.WebDataset(url, shardshuffle=False), num_workers=1)
+    assert [s["__key__"][0] for s in loader] == [s["__key__"] for s in by_path]
+    # In a worker: torch prints the worker's traceback; ours adds one frame and one line.
+    bad = DataLoader(
+        webdataset.WebDataset("warpdrive://wus3/train/x.tar", shardshuffle=False), num_workers=1
+    )
+    with pytest.raises(NotFoundError) as err:
+        list(bad)
+    shown = str(err.value)
+    assert shown.splitlines()[-1].endswith(
+        "'warpdrive://wus3/train/x.tar': no backend named 'wus3' (backends: datasets-cac (at "
+        "/cac), datasets-wus3 (at /wus3); warpdrive://NAME/… names a backend, a mount path is "
+        "an absolute path)"
+    )
+    assert "warpdrive/reader.py" not in shown and "warpdrive/namespace.py" not in shown
+
+
 def tar_bytes(content: dict[str, Fields]) -> bytes:
     from tests.shardgen import tar_of
 

@@ -129,6 +129,41 @@ def test_env_expansion_with_default_and_literal_dollar() -> None:
     assert cfg.cache.path == "/c/$x/ada"
 
 
+def test_an_unset_variable_in_auth_is_an_error_only_when_the_backend_is_used(
+    tmp_path: Path,
+) -> None:
+    """Credentials are resolved when a backend is first used: an unset ``${VAR}`` in ``auth:``
+    does not stop commands and readers that need no backend (the index, another backend)."""
+    from warpdrive import WarpDrive
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.bin").write_bytes(b"local")
+    text = (
+        f"cache: {{path: {tmp_path / 'cache'}, max_size: 16MB, block_size: 1MB}}\n"
+        "backends:\n"
+        "  - {name: s3, type: s3, config: {bucket: b, endpoint_url: 'http://127.0.0.1:9'},\n"
+        "     auth: {method: static, access_key_id: '${WD_T_AK}', secret_access_key: '${WD_T_SK}'}}\n"
+        f"  - {{name: disk, type: local, config: {{root: {tmp_path / 'src'}}}}}\n"
+    )
+    cfg = parse_config(text, env={})
+    assert cfg.backends[0].auth.unresolved == (
+        "backends[0].auth.access_key_id",
+        "environment variable 'WD_T_AK' is not set (write ${WD_T_AK:-default} for a fallback)",
+    )
+    assert cfg.backends[1].auth.unresolved is None
+    with WarpDrive(cfg) as wd:
+        assert wd.usage().bytes == 0  # the cache index needs no backend
+        assert wd.read("/disk/a.bin") == b"local"  # nor does another backend
+        with pytest.raises(ConfigError, match=r"^backends\[0\]\.auth\.access_key_id: .*'WD_T_AK'"):
+            wd.stat("/s3/x.bin")
+    resolved = parse_config(text, env={"WD_T_AK": "AKIA1", "WD_T_SK": "s3cr3t"})
+    assert resolved.backends[0].auth.access_key_id == "AKIA1"
+    assert resolved.backends[0].auth.unresolved is None
+    # The method decides which keys there are: it is needed at once.
+    with pytest.raises(ConfigError, match=r"backends\[0\]\.auth\.method: environment variable"):
+        parse_config(text.replace("method: static", "method: '${WD_T_M}'"), env={})
+
+
 def test_auth_defaults_follow_original_rclone_keys() -> None:
     msi = parse_config(
         "backends: [{name: a, type: azureblob, config: {account: x, container: y, use_msi: 'true'}}]",

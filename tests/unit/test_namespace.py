@@ -55,13 +55,35 @@ def test_virtual_directories_above_mount_paths(wd: WarpDrive) -> None:
         "/regions/east/train/a.bin",
         "regions/east/train/a.bin",
         "//regions/./east//train/a.bin",
-        "warpdrive://regions/east/train/a.bin",
+        "warpdrive://one/train/a.bin",  # a URL names the backend, wherever it is mounted
+        "warpdrive://one//./train/a.bin",
         "/wd/regions/east/train/a.bin",
     ],
 )
 def test_spellings_of_one_path(wd: WarpDrive, path: str) -> None:
     assert wd.read(path) == b"a" * 10
     assert wd.stat(path).path == "/regions/east/train/a.bin"
+
+
+def test_urls_name_backends_and_paths_name_mount_paths(wd: WarpDrive) -> None:
+    assert wd.read("warpdrive://two/a.bin") == wd.read("/regions/west/a.bin") == b"a" * 10
+    assert wd.normalize("warpdrive://two/sub") == "/regions/west/sub"
+    assert wd.url("/wd/regions/west/a.bin") == "warpdrive://two/a.bin"
+    assert wd.url("/regions/east") == "warpdrive://one"
+    assert wd.url("/regions") is None  # virtual: no backend holds it
+    assert wd.stat("warpdrive://").path == "/"
+    for url in (wd.url(e.path) for e in wd.listdir("warpdrive://one/train")):
+        assert url is not None and wd.stat(url).path == wd.normalize(url)  # round trip
+    # A mount path in a URL, or a path under no mount path: one line naming what there is.
+    for bad in ("warpdrive://regions/east/train/a.bin", "/east/train/a.bin"):
+        with pytest.raises(NotFoundError) as err:
+            wd.read(bad)
+        message = str(err.value)
+        assert "\n" not in message
+        for known in ("one", "two", "/regions/east", "/regions/west"):
+            assert known in message, (bad, message)
+    with pytest.raises(NotFoundError, match="no backend named 'regions'"):
+        wd.stat("warpdrive://regions/east")
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,8 @@ def make_client(
     """The store client for one backend (one attempt per call, errors translated)."""
     env = os.environ if env is None else env
     opts, bm = backend.options, metrics.backend(backend.name)
+    if backend.auth.unresolved is not None:  # a ${VAR} of its credentials was not set
+        raise ConfigError(*backend.auth.unresolved)
     try:
         if isinstance(opts, LocalOptions):
             from warpdrive.backends.local import LocalClient

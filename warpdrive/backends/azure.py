@@ -21,6 +21,7 @@ from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta, child_name,
 from warpdrive.config import AuthConfig, AzureBlobOptions, FetchConfig
 from warpdrive.errors import (
     BackendError,
+    ConfigError,
     ContainerNotFoundError,
     IsDirectoryError,
     NotFoundError,
@@ -34,6 +35,7 @@ from warpdrive.metrics import BackendMetrics
 T = TypeVar("T")
 
 _NO_SDK_RETRY = {"retry_total": 0}
+AZURITE_ACCOUNT = "devstoreaccount1"  # the emulator's account (UseDevelopmentStorage=true)
 
 
 class AzureBlobClient(ObjectClient):
@@ -209,6 +211,56 @@ def _reason(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or type(exc).__name__)
 
 
+def _connection_fields(text: str) -> dict[str, str]:
+    """The ``Key=value;`` fields of a connection string, keys lowercased."""
+    fields = {}
+    for part in text.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _blob_endpoint(fields: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The blob endpoint and account a connection string connects to, as the SDK derives them
+    (None where it names none). The endpoint keeps scheme, host and path only: it is shown."""
+    account = fields.get("accountname")
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return f"http://127.0.0.1:10000/{AZURITE_ACCOUNT}", account or AZURITE_ACCOUNT
+    if fields.get("blobendpoint"):
+        return urlsplit(fields["blobendpoint"])._replace(query="", fragment="").geturl(), account
+    if not account:
+        return None, None
+    scheme = fields.get("defaultendpointsprotocol") or "https"
+    suffix = fields.get("endpointsuffix") or "core.windows.net"
+    return f"{scheme}://{account}.blob.{suffix}", account
+
+
+def _endpoint_key(url: str) -> tuple[str, str, str]:
+    parts = urlsplit(url.rstrip("/"))
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path
+
+
+def _check_agrees(name: str, opts: AzureBlobOptions, secret: str) -> None:
+    """The connection string decides where requests go; a config ``endpoint`` or ``account``
+    that says otherwise is a ConfigError naming both (never a silent choice between them).
+    Only the endpoint and account name are shown, never the string's keys or tokens."""
+    target, account = _blob_endpoint(_connection_fields(secret))
+    if opts.endpoint and target and _endpoint_key(opts.endpoint) != _endpoint_key(target):
+        raise ConfigError(
+            f"backends[{name}].config.endpoint",
+            f"{opts.endpoint!r} contradicts the connection string's blob endpoint {target!r} "
+            "(auth.method connection_string connects where its string says: make them agree, "
+            "or drop endpoint)",
+        )
+    if opts.account and account and opts.account != account:
+        raise ConfigError(
+            f"backends[{name}].config.account",
+            f"{opts.account!r} contradicts the connection string's AccountName {account!r} "
+            "(auth.method connection_string connects as its string says: make them agree)",
+        )
+
+
 def _adlfs_kwargs(
     name: str,
     opts: AzureBlobOptions,
@@ -221,6 +273,7 @@ def _adlfs_kwargs(
     where = f"backend {name!r} auth"
     if method == "connection_string":
         secret = read_secret(auth.connection_string_env, auth.connection_string_file, env, where)
+        _check_agrees(name, opts, secret)
         return {"connection_string": secret}
     if method == "account_key":
         key = read_secret(auth.account_key_env, auth.account_key_file, env, where)

@@ -65,6 +65,10 @@ class Section:
         self.path = path
         self.env = env
         self._used: set[str] = set()
+        # None: an unset ${VAR} is an error at once. A list (set by the caller): each such
+        # error is appended as (key path, message) and the value kept unexpanded, for the
+        # caller to raise when the value is used (a backend's credentials, at first use).
+        self.unset: list[tuple[str, str]] | None = None
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -76,7 +80,12 @@ class Section:
         self._used.add(key)
         value = self.data.get(key)
         if isinstance(value, str):
-            value = expand_env(value, self.key_path(key), self.env)
+            try:
+                value = expand_env(value, self.key_path(key), self.env)
+            except ConfigError as exc:
+                if self.unset is None:
+                    raise
+                self.unset.append((exc.key_path, exc.message))
         return value
 
     def get(self, key: str, parse: Callable[[Any], T], default: T) -> T:

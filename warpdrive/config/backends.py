@@ -273,6 +273,7 @@ def parse_auth(backend: Section, btype: str, opts: Section) -> AuthConfig:
         opts.raw("env_auth")
     sec = backend.section("auth")
     method = sec.require("method", as_choice(methods, "method"), one_of(methods))
+    sec.unset = []  # credentials: an unset ${VAR} matters only to whoever uses the backend
     required, optional = methods[method]
     allowed = {key for group in required for key in group} | set(optional)
     for key in sec.data:
@@ -290,4 +291,4 @@ def parse_auth(backend: Section, btype: str, opts: Section) -> AuthConfig:
                 f"required for method '{method}'"
                 + (f" (or {', '.join(group[1:])})" if len(group) > 1 else ""),
             )
-    return AuthConfig(method=method, **values)
+    return AuthConfig(method=method, unresolved=sec.unset[0] if sec.unset else None, **values)

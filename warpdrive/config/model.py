@@ -67,6 +67,10 @@ class AuthConfig:
     secret_access_key: str | None = field(default=None, repr=False)
     profile: str | None = None
     key_file: str | None = None
+    # (key path, message) of a ${VAR} in ``auth:`` that was not set when the config was read:
+    # an error only when the backend is first used, so commands that need no backend (such
+    # as ``warpdrive-ctl stats``) run without its credentials.
+    unresolved: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

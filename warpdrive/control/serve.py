@@ -3,7 +3,8 @@
 Once its socket listens, and not before, it prints one line on stdout saying where and with
 which database (the password hidden):
 ``serving on http://127.0.0.1:8080 (database sqlite:///warpdrive-control.db)``. An address it
-cannot listen on (a port already taken) is an error instead: exit 2, nothing on stdout.
+cannot listen on (a port already taken) is an error instead: exit 2, nothing on stdout, and no
+database file made (the socket is bound before the database is opened).
 """
 
 from __future__ import annotations
@@ -60,21 +61,39 @@ def serve(addr: str, database: str | None, token_env: str, private_reads: bool) 
         )
     url = database or os.environ.get("WARPDRIVE_DATABASE_URL") or DEFAULT_DATABASE
     host, port = split_addr(addr)
+    sock = listen(host, port)  # before the database: a port in use leaves no file behind
     try:
-        store = Store(url)
-    except Exception as exc:  # the driver's own error, without the URL's password
-        raise WarpDriveError(f"cannot open the database: {type(exc).__name__}: {exc}") from None
-    shown = store.engine.url.render_as_string()  # the password as ***
+        try:
+            store = Store(url)
+        except Exception as exc:  # the driver's own error, without the URL's password
+            raise WarpDriveError(f"cannot open the database: {type(exc).__name__}: {exc}") from None
+        shown = store.engine.url.render_as_string()  # the password as ***
 
-    def listening(where: str) -> None:
-        print(f"serving on {where} (database {shown})", flush=True)
+        def listening(where: str) -> None:
+            print(f"serving on {where} (database {shown})", flush=True)
 
-    app = create_app(store, token, private_reads)
-    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning"), listening)
-    try:
-        server.run()
-    except SystemExit as exc:  # uvicorn's exit when it cannot listen; it logged the reason
-        if exc.code:
-            raise WarpDriveError(f"cannot listen on {addr}") from None
-        raise
+        app = create_app(store, token, private_reads)
+        server = Server(uvicorn.Config(app, log_level="warning"), listening)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (as uvicorn would make it); WarpDriveError naming
+    the address and the reason when it cannot be had (in use, no such address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise WarpDriveError(f"--addr {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise WarpDriveError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

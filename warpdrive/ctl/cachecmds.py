@@ -7,9 +7,12 @@ import os
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from warpdrive.cache import ObjectRecord
+from warpdrive.errors import NotFoundError, WarpDriveError
 from warpdrive.fuse.health import probe_backend, with_deadline
 from warpdrive.fuse.mountinfo import MountEntry, find_mount, probe_mount
 from warpdrive.metrics_server import parse_addr
@@ -50,27 +53,46 @@ def stats(wd: WarpDrive) -> dict[str, Any]:
     }
 
 
-def evict(wd: WarpDrive, path: str, recursive: bool) -> dict[str, Any]:
-    """Drop the cached blocks of the object at ``path``, or of the objects in the directory at
+@dataclass(frozen=True, slots=True)
+class EvictPlan:
+    path: str  # normalised
+    found: list[ObjectRecord]
+
+
+def evict_plan(wd: WarpDrive, path: str, recursive: bool) -> EvictPlan:
+    """What evicting ``path`` drops: the cached object at ``path``, or those in the directory at
     ``path`` (below it, with ``recursive``). Works from the index, so it also finds objects
-    that no longer exist in the backend."""
+    that no longer exist in the backend. NotFoundError when nothing is cached there and the
+    path exists nowhere (a typo is not "0 blocks evicted"); only then is a backend asked."""
     backend, key, norm = wd.locate(path)
     if backend is None:
         names = [
             b.name for b in wd.config.backends if b.mount_path.startswith(norm.rstrip("/") + "/")
         ]
         found = [r for name in names for r in wd.index.iter_names(name, "") if recursive]
-    else:
-        prefix = f"{key}/" if key else ""
-        found = [
-            r
-            for r in wd.index.iter_names(backend, key)
-            if r.key == key
-            or (r.key.startswith(prefix) and (recursive or "/" not in r.key[len(prefix) :]))
-        ]
-    cached = sum(rec.size for r in found for _, rec in wd.index.iter_blocks(r.oid))
-    blocks = wd.evict([r.oid for r in found])
-    return {"path": norm, "objects": len(found), "blocks": blocks, "bytes": cached}
+        return EvictPlan(norm, found)
+    prefix = f"{key}/" if key else ""
+    found = [
+        r
+        for r in wd.index.iter_names(backend, key)
+        if r.key == key
+        or (r.key.startswith(prefix) and (recursive or "/" not in r.key[len(prefix) :]))
+    ]
+    if not found and key:
+        try:
+            wd.stat(norm)
+        except NotFoundError:
+            raise NotFoundError(f"{path}: no such object or directory, nothing cached") from None
+        except WarpDriveError:
+            pass  # the backend cannot say (credentials, outage): nothing cached is the answer
+    return EvictPlan(norm, found)
+
+
+def evict(wd: WarpDrive, plan: EvictPlan) -> dict[str, Any]:
+    """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints."""
+    cached = sum(rec.size for r in plan.found for _, rec in wd.index.iter_blocks(r.oid))
+    blocks = wd.evict([r.oid for r in plan.found])
+    return {"path": plan.path, "objects": len(plan.found), "blocks": blocks, "bytes": cached}
 
 
 def _health_url(addr: str) -> str:

@@ -2,14 +2,19 @@
 
 Exit status: 0 done (``status``: healthy); 1 something failed (an object named on stderr), or
 ``status`` found the node degraded; 2 the command could not start (bad arguments, bad config,
-unknown path, no cache); 130 interrupted. Every command takes ``--config`` and ``--format
-table|csv|json`` (``--json`` for short).
+unknown path, no cache, ``serve``'s address in use); 130 interrupted. Every command takes
+``--config`` and ``--format table|csv|json`` (``--json`` for short), before or after its name.
+
+Commands that only read the cache (``stats``, ``usage``, ``stale``, ``quota``, ``team``,
+``job-*``, ``evict`` of something cached) open no backend client, so they run without the
+backends' credentials; ``warm``, ``crawl``, ``move`` and ``status`` (which probes them) need them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +45,26 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def workers_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def days_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of days {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of days, 0 or more, got {text!r}")
+    return value
+
+
 def time_arg(text: str) -> float:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -61,27 +86,47 @@ NEED_CACHE = {"stats", "evict", "status", "job-report", "usage", "stale", "quota
 NEED_CACHE |= {"team list", "team rm"}
 
 
-def parser() -> argparse.ArgumentParser:
-    common = Parser(add_help=False)
-    config = common.add_argument(
+def add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--config``, ``--format``, ``--json``: on the top parser with their defaults, on each
+    command without (argparse would let a command's default overwrite what was given before
+    the command's name), so they work before and after it."""
+    config = parser.add_argument(
         "--config",
         "-c",
+        default=None if top else argparse.SUPPRESS,
         help="config file (default: $WARPDRIVE_CONFIG, /etc/warpdrive/config.yaml)",
     )
     complete(config, FILE)
-    common.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    common.add_argument(
-        "--json", dest="format", action="store_const", const="json", help="--format json"
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table" if top else argparse.SUPPRESS,
+        help="output format",
     )
+    parser.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        default=argparse.SUPPRESS,
+        help="--format json",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    add_common(common, top=False)
 
     p = Parser(
         prog="warpdrive-ctl",
         description="Cache operations and data governance, usable while the mount runs.",
         epilog="Exit status: 0 done (status: healthy), 1 something failed or status degraded, "
-        "2 could not start (bad arguments, config, path; no cache), 130 interrupted. "
-        "Options such as --config and --json go after the command. Details: docs/ctl.md.",
+        "2 could not start (bad arguments, config, path; no cache; serve's address in use), "
+        "130 interrupted. --config, --format and --json go before or after the command. "
+        "Details: docs/ctl.md.",
     )
     add_version_and_completion(p)
+    add_common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sv = sub.add_parser(
@@ -116,7 +161,9 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0, help="…the dataset's seed (0)")
     w.add_argument("--no-shuffle", action="store_true", help="…a dataset with shuffle=False")
     w.add_argument("--max-size", type=size_arg, help="stop before fetching more than this")
-    w.add_argument("--workers", type=int, default=32, help="parallel fetches (default 32)")
+    w.add_argument(
+        "--workers", type=workers_arg, default=32, help="parallel fetches, 1 or more (default 32)"
+    )
     w.add_argument("--dry-run", action="store_true", help="say what would be fetched")
     w.add_argument(
         "--quiet", "-q", action="store_true", help="no progress on stderr (the summary stays)"
@@ -152,7 +199,7 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(run=cmd_usage)
 
     sl = sub.add_parser("stale", parents=[common], help="objects nobody read for N days")
-    sl.add_argument("--days", type=float, default=90)
+    sl.add_argument("--days", type=days_arg, default=90, help="0 or more (default 90)")
     sl.add_argument("--min-size", type=size_arg, default=0)
     sl.add_argument("--backend")
     sl.add_argument("--evict", action="store_true", help="drop their cached blocks")
@@ -308,7 +355,8 @@ def cmd_stats(args: argparse.Namespace, wd: WarpDrive) -> int:
 
 
 def cmd_evict(args: argparse.Namespace, wd: WarpDrive) -> int:
-    rows = [cachecmds.evict(wd, path, args.recursive) for path in args.paths]
+    plans = [cachecmds.evict_plan(wd, path, args.recursive) for path in args.paths]
+    rows = [cachecmds.evict(wd, plan) for plan in plans]  # all checked before any goes
     emit(rows, ["path", "objects", "blocks", "bytes"], args.format)
     return 0
 

@@ -1,7 +1,9 @@
 """How warpdrive-ctl prints: aligned tables for people, CSV or JSON for scripts.
 
 JSON fields are snake_case and carry raw numbers (bytes, seconds, ratios); tables format them
-for reading (``4.0MiB``, ``93.1%``)."""
+for reading (``4.0MiB``, ``93.1%``). CSV cells are plain values too: a record's nested mapping
+becomes one column per entry (``bytes_by_backend.datasets-cac``), and any other mapping or list
+in a cell is written as JSON — never as a Python repr."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -58,7 +60,7 @@ def emit(
     elif fmt == "csv":
         writer = csv.writer(out)
         writer.writerow(columns)
-        writer.writerows([[r.get(c) for c in columns] for r in rows])
+        writer.writerows([[_cell(r.get(c)) for c in columns] for r in rows])
     else:
         table = [list(columns)] + [[human(c, r.get(c)) for c in columns] for r in rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
@@ -69,6 +71,22 @@ def emit(
             out.write("\n")
 
 
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(column, value)`` of a record, nested mappings as ``key.sub`` columns."""
+    for key, value in record.items():
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: scalars as they are; a mapping or a list as JSON."""
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
 def emit_record(record: Mapping[str, Any], fmt: str, out: TextIO | None = None) -> None:
     """Print one record: ``key  value`` lines, a one-row CSV, or a JSON object."""
     out = out or sys.stdout
@@ -76,10 +94,11 @@ def emit_record(record: Mapping[str, Any], fmt: str, out: TextIO | None = None) 
         json.dump(record, out, indent=2)
         out.write("\n")
     elif fmt == "csv":
+        flat = dict(_flatten(record))
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(record.keys())
-        writer.writerow(record.values())
+        writer.writerow(flat.keys())
+        writer.writerow([_cell(v) for v in flat.values()])
         out.write(buf.getvalue())
     else:
         width = max((len(k) for k in record), default=0)

@@ -1,6 +1,6 @@
 """PATH arguments of warpdrive-ctl: a path under the mount (``/wd/datasets-cac/train``), a
-mount-relative one (``/datasets-cac/train``, ``datasets-cac/train``) or a ``warpdrive://`` URL;
-and the objects they name."""
+mount-relative one (``/datasets-cac/train``, ``datasets-cac/train``) or a ``warpdrive://NAME/…``
+URL (NAME a backend's name, wherever it is mounted); and the objects they name."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -251,6 +252,18 @@ async def _main_loop(health: Health, read_ahead_kb: int, ready: ReadyPipe) -> No
         nursery.cancel_scope.cancel()
 
 
+def require_fuse() -> None:
+    """pyfuse3 and trio (the ``fuse`` extra) import; else MountError saying how to get them
+    (checked before starting in the background, so the message reaches the terminal)."""
+    for module in ("pyfuse3", "trio"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise MountError(
+                f"the fuse extra is missing ({exc}): pip install 'warpdrive[fuse]'"
+            ) from None
+
+
 def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 60.0) -> int:
     """Start ``--foreground`` in a new session; return once that process says, through a pipe,
     that it mounted and answers (0), or why it could not (its exit status, else 1)."""
@@ -368,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         os.set_inheritable(ready.fd, False)  # ours alone: a helper we start must not hold it
     try:
         config = load_config(args.config)
+        require_fuse()
         if not args.foreground:
             log_file = args.log_file or os.path.join(config.cache.path, "warpdrive-mount.log")
             child_argv = [a for a in argv if a not in ("-f", "--foreground")]
