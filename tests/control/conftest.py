@@ -1,4 +1,5 @@
-"""A real PostgreSQL (the Debian package's binaries) started on a free port for the session."""
+"""A real PostgreSQL (the Debian package's binaries) started on a free port for the session, and
+a headless Chromium for the dashboard's tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +82,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         db.meta.drop_all(conn)
     engine.dispose()
     return url
+
+
+def headless_chromium() -> Any:
+    """A Selenium driver of the system's headless Chromium (skips the test without one)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("chromium and chromium-driver are not installed (scripts/install-deps.sh does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.control.conftest import headless_chromium
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import free_port, wait_for_port
 
@@ -139,18 +139,7 @@ def test_a_mount_reports_the_dashboard_shows_and_outages_buffer(tmp_path: Path) 
 
 
 def _dashboard_shows(port: int, texts: list[str]) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip("chromium and chromium-driver are not installed (scripts/install-deps.sh does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    browser = headless_chromium()
     try:
         browser.get(f"http://127.0.0.1:{port}/")
         page = eventually(

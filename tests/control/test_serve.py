@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.control.conftest import headless_chromium
 
 pytestmark = pytest.mark.integration
 TOKEN = "serve-test-token-0123456789"
@@ -122,7 +123,7 @@ def test_the_dashboard_names_failing_backends_and_draws_hit_rate_over_time(
     heartbeat(port, "gpu-2", 0, 0, healthy=False, backends={"datasets-cac": True})
     assert [p["hit_rate"] for p in api(port, "nodes/hit-rate")] == [0.1, 0.5, 1.0]
 
-    browser = chromium()
+    browser = headless_chromium()
     try:
         browser.get(f"http://127.0.0.1:{port}/")
         deadline = time.monotonic() + 30
@@ -150,17 +151,3 @@ def test_the_dashboard_names_failing_backends_and_draws_hit_rate_over_time(
     ys = [float(p.split(",")[1]) for p in points[1].split()]
     # The line rises (SVG rows grow downwards) and 100 % sits on the top label's row.
     assert len(ys) == 3 and ys[0] > ys[1] > ys[2] and ys[0] < float(zero[1])
-
-
-def chromium() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip("chromium and chromium-driver are not installed (scripts/install-deps.sh does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
