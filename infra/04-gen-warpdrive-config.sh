@@ -36,7 +36,7 @@ cat >"$tmp" <<YAML
 # WarpDrive for the two-region demo (written by infra/04-gen-warpdrive-config.sh).
 mount_point: $MOUNT_POINT
 allow_other: true            # the training user reads a mount root started
-metrics: {addr: ":9090"}
+metrics: {addr: "127.0.0.1:9090"}   # read on this VM (demo/03); no authentication
 cache:
   path: $CACHE_DIR
   max_size: $CACHE_MAX_SIZE

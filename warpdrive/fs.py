@@ -10,6 +10,12 @@ from the reader's metadata cache (``cache.stale_ttl``), which is also the kernel
 timeout. An open file keeps the kernel's page cache when the object's etag is the one the
 previous open of that inode saw, and drops it when the etag changed.
 
+The health file: ``/.warpdrive-health`` (:data:`~warpdrive.config.HEALTH_FILE`) is looked up by
+name only (no listing shows it) and holds one line, ``ok PID``, PID being the process serving the
+mount. It needs no backend, and nothing of it is cached by the kernel (entry and attribute
+timeouts 0, opened ``direct_io``): an open and a read of it reach this process or fail, which is
+what the health checks want to know (a stat may be answered from cached attributes).
+
 Locks: ``_lock`` guards the inode maps and the handle tables; no I/O runs under it. Reads run in
 parallel, several at once even on one handle (the kernel's readahead sends them so), since the
 reader's handles are thread-safe.
@@ -24,11 +30,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from warpdrive.config import HEALTH_FILE
 from warpdrive.errors import InvalidPathError, NotFoundError, ReadOnlyError
 from warpdrive.namespace import FileInfo
 from warpdrive.reader import Handle, WarpDrive
 
 ROOT_INODE = 1
+HEALTH_INODE = 2  # the health file's, reserved: paths get numbers from 3 on
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -38,6 +46,14 @@ class Attr:
     is_dir: bool
     size: int = 0
     mtime: float = 0.0
+    volatile: bool = False  # the kernel keeps neither entry nor attributes (the health file)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    fh: int
+    keep_cache: bool  # the kernel may keep the pages it cached for this inode
+    direct_io: bool = False  # every read goes to this process (the health file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +93,13 @@ class WarpDriveFS:
         self._paths: dict[int, str] = {ROOT_INODE: "/"}
         self._inodes: dict[str, int] = {"/": ROOT_INODE}
         self._refs: dict[int, int] = {ROOT_INODE: 1}
-        self._next_ino = itertools.count(ROOT_INODE + 1)
+        self._next_ino = itertools.count(HEALTH_INODE + 1)
         self._dirs: dict[int, _DirHandle] = {}
         self._files: dict[int, _OpenFile] = {}
         self._next_fh = itertools.count(1)
         self._served_etag: dict[int, str] = {}
+        self._health = f"ok {os.getpid()}\n".encode()
+        self._health_fhs: set[int] = set()
 
     # -- inodes ----------------------------------------------------------------------------
 
@@ -132,6 +150,8 @@ class WarpDriveFS:
         ``nowait``: None, having done nothing, if that needs a backend call."""
         if not name or "/" in name or name in (".", ".."):
             raise InvalidPathError(f"invalid name {name!r}")
+        if parent == ROOT_INODE and name == HEALTH_FILE:
+            return self._health_attr()
         path = self.path_of(parent).rstrip("/") + "/" + name
         info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
         if info is None:
@@ -143,9 +163,14 @@ class WarpDriveFS:
 
     def getattr(self, ino: int, nowait: bool = False) -> Attr | None:
         """With ``nowait``: None if the attributes need a backend call."""
+        if ino == HEALTH_INODE:
+            return self._health_attr()
         path = self.path_of(ino)
         info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
         return None if info is None else self._attr(info, ino)
+
+    def _health_attr(self) -> Attr:
+        return Attr(HEALTH_INODE, False, len(self._health), self.started, volatile=True)
 
     def statfs(self) -> FsStats:
         cfg = self.wd.config.cache
@@ -194,13 +219,19 @@ class WarpDriveFS:
 
     def open(
         self, ino: int, flags: int, uid: int | None = None, nowait: bool = False
-    ) -> tuple[int, bool] | None:
+    ) -> Opened | None:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
-        etag is the one the previous open saw). With ``nowait``: None, having done nothing, if
-        opening needs a backend call (the object's metadata is not cached)."""
+        etag is the one the previous open saw; never for the health file, opened ``direct_io``).
+        With ``nowait``: None, having done nothing, if opening needs a backend call (the
+        object's metadata is not cached)."""
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
+        if ino == HEALTH_INODE:
+            with self._lock:
+                fh = next(self._next_fh)
+                self._health_fhs.add(fh)
+            return Opened(fh, keep_cache=False, direct_io=True)
         path = self.path_of(ino)
         if nowait:  # no backend call, and no passwd/NSS lookup (LDAP on clusters) either
             who = self.wd.known_user_and_team(uid if uid is not None else os.getuid())
@@ -215,7 +246,7 @@ class WarpDriveFS:
             self._served_etag[ino] = handle.obj.etag
             fh = next(self._next_fh)
             self._files[fh] = _OpenFile(ino, handle)
-        return fh, keep_cache
+        return Opened(fh, keep_cache)
 
     def read(
         self, fh: int, offset: int, size: int, nowait: bool = False
@@ -223,12 +254,15 @@ class WarpDriveFS:
         """The bytes; with ``nowait``, None (nothing done) if reading them would block."""
         f = self._files.get(fh)
         if f is None:
+            if fh in self._health_fhs:
+                return self._health[offset : offset + size]
             raise NotFoundError(f"file handle {fh} is not open")
         return f.handle.pread(offset, size, nowait)
 
     def release(self, fh: int) -> None:
         with self._lock:
             f = self._files.pop(fh, None)
+            self._health_fhs.discard(fh)
         if f is not None:
             f.handle.close()  # adds the read to the access records
 
@@ -236,5 +270,6 @@ class WarpDriveFS:
         with self._lock:
             files, self._files = list(self._files.values()), {}
             self._dirs.clear()
+            self._health_fhs.clear()
         for f in files:
             f.handle.close()

@@ -26,8 +26,15 @@ mkdir -p "$(dirname "$LOG")"
 
 log() { printf '%s job=%s %s\n' "$(date -u +%FT%TZ)" "${SLURM_JOB_ID:-?}" "$*" >>"$LOG"; }
 
+# Healthy: the mount point is a mount, a byte of its health file reads, and the agent's /healthz
+# answers 200. The read is what ties the check to $MOUNT: for a while after the agent died the
+# kernel still answers a stat there from cached attributes (mountpoint passes), and /healthz may
+# be another process's; an open and a read of /.warpdrive-health, which the mount serves itself
+# (no backend), reach the agent or fail: at once on a dead mount, after 5 s on a hung one.
 healthy() {
-  mountpoint -q "$MOUNT" && curl -fsS --max-time 5 "$HEALTH" >/dev/null 2>&1
+  mountpoint -q "$MOUNT" &&
+    [[ -n "$(timeout -s KILL 5 head -c 1 "$MOUNT/.warpdrive-health" 2>/dev/null)" ]] &&
+    curl -fsS --max-time 5 "$HEALTH" >/dev/null 2>&1
 }
 
 if ! healthy; then

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import Store
 from warpdrive import parse_config
-from warpdrive.testing.mounts import Mount, start_mount
+from warpdrive.testing.mounts import OTHER_ADDRESS, Mount, http_status_in, own_network, start_mount
 from warpdrive.testing.servers import Server, ServerError, free_port, start_azurite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,8 +136,8 @@ def test_agent_daemonset_has_what_a_fuse_mount_needs() -> None:
     # on. Liveness asks the mount only; readiness is /readyz, which follows the backends.
     assert agent["command"] == ["warpdrive-mount", "--config", "/etc/warpdrive/config.yaml",
                                 "--foreground", "--degraded-ok"]  # fmt: skip
-    mount_answers = ["sh", "-c", 'mountpoint -q "$1" && ls -a "$1" >/dev/null', "mount-answers",
-                     "/data"]  # fmt: skip
+    reads_a_byte = 'mountpoint -q "$1" && [ -n "$(head -c 1 "$1/.warpdrive-health")" ]'
+    mount_answers = ["sh", "-c", reads_a_byte, "mount-answers", "/data"]
     assert agent["livenessProbe"]["exec"]["command"] == mount_answers
     assert agent["startupProbe"]["exec"]["command"] == mount_answers
     assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -161,7 +162,7 @@ def test_custom_values_reach_the_manifests_and_the_config_loads() -> None:
     assert config.cache.block_size == 8 * 2**20 and config.fetch.max_attempts == 7
     # Cluster nodes read only their share of a directory: the chart turns directory scans off.
     assert config.cache.scan_prefetch is False
-    assert config.metrics.addr == ":9191" and config.governance.teams == {"alice": "vision"}
+    assert config.metrics.addr == "0.0.0.0:9191" and config.governance.teams == {"alice": "vision"}
     assert [b.name for b in config.backends] == ["datasets-cac", "s3-data"]
     assert config.telemetry.control_plane_addr == "http://wd-warpdrive-control-plane:8080"
     (deployment,) = manifests["Deployment"]
@@ -628,7 +629,7 @@ def chart_agent(tmp_path: Path) -> Iterator[ChartAgent]:
                        "backends": yaml.safe_load(store.backend_yaml)},
         })  # fmt: skip
         config = yaml.safe_load(manifests["ConfigMap"][0]["data"]["config.yaml"])
-        config["metrics"]["addr"] = f"127.0.0.1:{port}"  # the chart's ":port": every interface
+        config["metrics"]["addr"] = f"127.0.0.1:{port}"  # not the chart's every interface
         config["allow_other"] = os.getuid() == 0  # needs user_allow_other for anyone else
         config["cache"].update(stale_ttl="1s", list_ttl="1s")  # metadata soon asks the backend
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -679,7 +680,12 @@ def test_the_chart_agent_keeps_serving_its_cache_through_a_backend_outage(
             mount.proc.send_signal(signal.SIGCONT)
         assert agent.alive()
         mount.stop(signal.SIGKILL)
+        # Dead: a stat still passes (the kernel's cached attributes), the probe's read fails at
+        # once (ENOTCONN), well within its timeout.
+        assert subprocess.run(["mountpoint", "-q", str(agent.point)]).returncode == 0
+        started = time.monotonic()
         assert not agent.alive()
+        assert time.monotonic() - started < 2.0
     finally:
         mount.cleanup()
 
@@ -714,10 +720,12 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls"
+    (tmp_path / "wd").mkdir()
+    healthy = tmp_path / "wd" / ".warpdrive-health"  # a healthy mount's health file reads
     stubs = {
-        "mountpoint": f"[ -e {tmp_path}/healthy ]",
-        "curl": f"[ -e {tmp_path}/healthy ]",
-        "systemctl": f"[ -e {tmp_path}/restart-heals ] && touch {tmp_path}/healthy; true",
+        "mountpoint": f"[ -e {healthy} ]",
+        "curl": f"[ -e {healthy} ]",
+        "systemctl": f"[ -e {tmp_path}/restart-heals ] && echo ok 1 > {healthy}; true",
         "warpdrive-ctl": "true",
         "sleep": "true",
     }
@@ -725,7 +733,8 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
         (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{body}\n')
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77",
-           "WARPDRIVE_LOG": str(tmp_path / "prolog.log"), "WARPDRIVE_WARMUP_PATH": "/wd/datasets-cac/train"}  # fmt: skip
+           "WARPDRIVE_LOG": str(tmp_path / "prolog.log"), "WARPDRIVE_MOUNT": str(tmp_path / "wd"),
+           "WARPDRIVE_WARMUP_PATH": "/wd/datasets-cac/train"}  # fmt: skip
     prolog = str(DEPLOY / "slurm" / "warpdrive-prolog.sh")
 
     def run() -> tuple[int, list[str]]:
@@ -733,7 +742,7 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
         done = subprocess.run(["bash", prolog], env=env, capture_output=True, text=True)
         return done.returncode, calls.read_text().splitlines()
 
-    (tmp_path / "healthy").touch()
+    healthy.write_text("ok 1\n")
     code, log = run()
     assert code == 0 and not any(c.startswith("systemctl") for c in log)
     assert "warpdrive-ctl job-start --job-id 77 --json" in log
@@ -743,18 +752,18 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
         )
         for c in log
     )
-    (tmp_path / "healthy").unlink()
+    healthy.unlink()
     (tmp_path / "restart-heals").touch()
     code, log = run()
     assert code == 0 and log.count("systemctl restart warpdrive-agent") == 1
-    (tmp_path / "healthy").unlink()
+    healthy.unlink()
     (tmp_path / "restart-heals").unlink()
     code, log = run()
     assert code == 1 and log.count("systemctl restart warpdrive-agent") == 1
     assert not any(c.startswith("warpdrive-ctl warm") for c in log)
     assert "still unhealthy after a restart" in (tmp_path / "prolog.log").read_text()
     # A dataset's shard URLs: this node's share only, numbered as Slurm numbers the job's nodes.
-    (tmp_path / "healthy").touch()
+    healthy.write_text("ok 1\n")
     (bin_dir / "scontrol").write_text(
         f'#!/bin/sh\necho "scontrol $*" >> {calls}\nprintf "gpu-a\\ngpu-b\\ngpu-c\\n"\n'
     )
@@ -779,6 +788,94 @@ def test_slurm_prolog_restarts_once_then_drains(tmp_path: Path) -> None:
     assert (
         "warpdrive-ctl job-report --job-id 77 --user alice --status 0 --json" in calls.read_text()
     )
+
+
+@pytest.mark.integration
+def test_slurm_prolog_reads_a_byte_of_the_mount_it_checks(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """The prolog's check, run for real (mountpoint, head, curl) against real mounts: the mount
+    at WARPDRIVE_MOUNT must read a byte (its health file). After its agent is killed (-9),
+    `mountpoint` still passes on the kernel's cached attributes, and the /healthz at
+    WARPDRIVE_METRICS_URL may answer for another mount (here a second agent's: nothing ties the
+    URL to the mount): the prolog must still see the mount dead, restart once and fail, at once."""
+    if not os.path.exists("/dev/fuse") or shutil.which("mountpoint") is None:
+        pytest.skip("needs /dev/fuse and mountpoint (util-linux)")
+    local_store.put("a.bin", b"abc")
+    mounts: dict[str, Mount] = {}
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            config, port = tmp_path / name / "config.yaml", free_port()
+            config.write_text(
+                f"mount_point: {tmp_path / name / 'wd'}\nmetrics: {{addr: '127.0.0.1:{port}'}}\n"
+                f"cache: {{path: {tmp_path / name / 'cache'}, max_size: 64MB, block_size: 256KB}}\n"
+                f"backends:\n{local_store.backend_yaml}"
+            )
+            mounts[name] = start_mount(config, tmp_path / name / "wd", port)
+        a, b = mounts["a"], mounts["b"]
+        bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+        bin_dir.mkdir()
+        for name in ("systemctl", "warpdrive-ctl", "sleep"):  # the rest is real
+            (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+            (bin_dir / name).chmod(0o755)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "78",
+               "WARPDRIVE_LOG": str(tmp_path / "prolog.log"), "WARPDRIVE_MOUNT": str(a.point)}  # fmt: skip
+
+        def prolog(metrics_port: int) -> tuple[int, list[str]]:
+            calls.write_text("")
+            url = f"http://127.0.0.1:{metrics_port}"
+            done = subprocess.run(["bash", str(DEPLOY / "slurm" / "warpdrive-prolog.sh")],
+                                  env=env | {"WARPDRIVE_METRICS_URL": url}, timeout=120)  # fmt: skip
+            return done.returncode, calls.read_text().splitlines()
+
+        code, log = prolog(a.metrics_port)
+        assert code == 0 and not any(c.startswith("systemctl") for c in log), log
+        a.stop(signal.SIGKILL)
+        assert subprocess.run(["mountpoint", "-q", str(a.point)]).returncode == 0
+        started = time.monotonic()
+        code, log = prolog(b.metrics_port)  # /healthz answers 200, for b
+        assert code == 1 and log.count("systemctl restart warpdrive-agent") == 1, log
+        assert time.monotonic() - started < 20  # 31 checks, none waits for a timeout
+        assert "still unhealthy after a restart" in (tmp_path / "prolog.log").read_text()
+    finally:
+        for mount in mounts.values():
+            mount.cleanup()
+
+
+@pytest.mark.integration
+def test_the_charts_config_serves_metrics_on_the_pod_address(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """warpdrive's own default is 127.0.0.1 (no authentication); the chart's rendered config
+    must listen where Prometheus scrapes /metrics and the kubelet asks /readyz: the pod's
+    address. The mount runs with that config in a network namespace of its own, which has an
+    address besides loopback, as a pod has."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs /dev/fuse")
+    for tool in ("unshare", "nsenter", "ip", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    manifests = render()
+    config = yaml.safe_load(manifests["ConfigMap"][0]["data"]["config.yaml"])
+    agent = _pod(manifests["DaemonSet"][0])["spec"]["containers"][0]
+    port = agent["ports"][0]["containerPort"]
+    assert config["metrics"]["addr"].endswith(f":{port}")
+    config.update(
+        mount_point=str(tmp_path / "wd"), backends=yaml.safe_load(local_store.backend_yaml)
+    )
+    config["cache"].update(path=str(tmp_path / "cache"), max_size="64MB", block_size="256KB")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    local_store.put("a.bin", b"abc")
+    mount = start_mount(tmp_path / "config.yaml", tmp_path / "wd", port, prefix=own_network())
+    try:
+        pod = f"http://{OTHER_ADDRESS}:{port}"
+        assert http_status_in(mount.proc.pid, f"{pod}/metrics") == 200
+        assert (
+            http_status_in(mount.proc.pid, pod + agent["readinessProbe"]["httpGet"]["path"]) == 200
+        )
+    finally:
+        mount.cleanup()
 
 
 def test_ansible_playbook_syntax_and_its_config_template(tmp_path: Path) -> None:

@@ -394,6 +394,30 @@ def test_status_takes_health_only_from_the_process_serving_this_mount(
         mount.cleanup()
 
 
+def test_status_reads_the_mount_and_says_stale_once_its_process_is_killed(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """`status` opens and reads the mount's health file, which names the pid serving it: known
+    here with metrics disabled (no /healthz to ask). After kill -9 a stat of the mount point
+    still passes on the kernel's cached attributes; status says `stale` from that open's
+    ENOTCONN, at once, not `no answer` after its timeout."""
+    local_store.put("a.bin", b"abc")
+    config, point, port = write_config(tmp_path, local_store.backend_yaml)
+    text = config.read_text()
+    config.write_text(text.replace(f"{{addr: '127.0.0.1:{port}'}}", "{enabled: false}"))
+    mount = start_mount(config, point, port)
+    try:
+        ok = ctl_json(config, "status")
+        assert (ok["healthy"], ok["mount"], ok["metrics"]) == (True, "ok", "disabled"), ok
+        assert ok["mount_pid"] == mount.proc.pid
+        mount.stop(signal.SIGKILL)
+        assert os.stat(point).st_ino == 1  # the mount's root, from the kernel's cache
+        down = ctl_json(config, "status", expect=1)
+        assert (down["healthy"], down["mount"], down["mount_pid"]) == (False, "stale", None), down
+    finally:
+        mount.cleanup()
+
+
 def test_two_users_are_counted_apart_and_quotas_hold_across_a_restart(
     tmp_path: Path, azure_store: Store
 ) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import Store, run_threads
 from warpdrive.fuse.mount import find_mount, probe_mount
+from warpdrive.fuse.mountinfo import read_health_file
 from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import free_port
 
@@ -261,6 +262,43 @@ def test_sigterm_unmounts_and_kill_9_restart_serves_warm_blocks(
         mount.stop(signal.SIGTERM)
         assert mount.proc.returncode == 0
         assert find_mount(str(point)) is None
+    finally:
+        mount.cleanup()
+
+
+def test_a_killed_mount_passes_a_stat_but_not_a_read_of_its_health_file(
+    tmp_path: Path, local_store: Store
+) -> None:
+    """After kill -9 the kernel still answers a stat of the mount point, and of a file it served,
+    from the attributes it cached (``mountpoint`` passes); an open and a read reach the process
+    or fail. So the health checks (/healthz and /readyz, warpdrive-ctl status, the chart's
+    probe, the Slurm prolog) read the mount's health file, which the mount serves itself: on a
+    dead mount that fails at once (ENOTCONN), not after a timeout."""
+    local_store.put("a.bin", b"abc")
+    config, point, port = write_config(local_store, tmp_path)
+    mount = start_mount(config, point, port)
+    try:
+        assert read_health_file(str(point)) == ("ok", mount.proc.pid)
+        assert os.listdir(point) == [local_store.name]  # looked up by name, never listed
+        assert (point / local_store.name / "a.bin").read_bytes() == b"abc"
+
+        # Each /readyz (and /healthz) opens and reads it through the kernel.
+        def counts() -> list[float]:
+            return [mount.metric("warpdrive_fuse_operations_total", operation=op)
+                    for op in ("open", "read")]  # fmt: skip
+
+        before = counts()
+        for _ in range(3):
+            assert mount.health("/readyz")[0] == 200
+        after = counts()
+        assert all(a >= b + 3 for a, b in zip(after, before, strict=True)), (before, after)
+
+        mount.stop(signal.SIGKILL)
+        started = time.monotonic()
+        assert os.stat(point / local_store.name / "a.bin").st_size == 3  # cached attributes
+        assert subprocess.run(["mountpoint", "-q", str(point)]).returncode == 0
+        assert read_health_file(str(point)) == ("stale", None)
+        assert time.monotonic() - started < 2.0
     finally:
         mount.cleanup()
 

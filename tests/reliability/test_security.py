@@ -1,13 +1,16 @@
-"""Security properties: private cache files, allow_other only when configured, object keys
-that cannot escape the cache or the mount tree, and no credential in logs, metric labels or
-error messages."""
+"""Security properties: private cache files and log whatever the umask, /metrics and /healthz on
+this machine only by default, allow_other only when configured, object keys that cannot escape
+the cache or the mount tree, and no credential in logs, metric labels or error messages."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +19,14 @@ import pytest
 from tests.conftest import Store
 from tests.reliability import report
 from warpdrive import WarpDrive, WarpDriveError, parse_config
-from warpdrive.testing.mounts import start_mount
+from warpdrive.fuse.mountinfo import find_mount
+from warpdrive.testing.mounts import (
+    OTHER_ADDRESS,
+    http_status_in,
+    listening_in,
+    own_network,
+    start_mount,
+)
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
 
 pytestmark = [
@@ -25,23 +35,95 @@ pytestmark = [
 ]
 
 
+def _not_private(root: Path) -> dict[str, str]:
+    """Everything under ``root``, and ``root``, that is not a 0700 directory or a 0600 file."""
+    paths = [str(root)]
+    for top, dirs, files in os.walk(root):
+        paths += [os.path.join(top, name) for name in dirs + files]
+    assert len(paths) > 1, "nothing cached"
+    modes = {p: stat.S_IMODE(os.lstat(p).st_mode) for p in paths}
+    return {p: oct(m) for p, m in modes.items() if m != (0o700 if os.path.isdir(p) else 0o600)}
+
+
 def test_cache_files_are_private(local_store: Store) -> None:
     local_store.put("d/x.bin", os.urandom(700_000))
     with local_store.reader() as wd:
         assert len(wd.read("/src/d/x.bin")) == 700_000
-    modes = {}
-    for root, dirs, files in os.walk(local_store.cache_dir):
-        for name in dirs:
-            modes[os.path.join(root, name)] = stat.S_IMODE(
-                os.stat(os.path.join(root, name)).st_mode
-            )
-        for name in files:
-            modes[os.path.join(root, name)] = stat.S_IMODE(
-                os.stat(os.path.join(root, name)).st_mode
-            )
-    assert modes, "nothing cached"
-    wrong = {p: oct(m) for p, m in modes.items() if m != (0o700 if os.path.isdir(p) else 0o600)}
-    assert wrong == {}
+    assert _not_private(local_store.cache_dir) == {}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_a_background_start_keeps_the_cache_and_its_log_private(
+    local_store: Store, tmp_path: Path, umask: int
+) -> None:
+    """``warpdrive-mount`` in the background makes the log's directory (by default the cache
+    directory) before its process makes the cache: both, and everything below, must be private
+    whatever the umask (the log and the index name every object read); the parents it makes on
+    the way must not be writable by others. A log left readable by an earlier release is made
+    private at the next start."""
+    local_store.put("d/x.bin", os.urandom(300_000))
+    cache = tmp_path / "nvme" / "wd-cache"  # neither exists yet
+    point, port = tmp_path / "wd", free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mount_point: {point}\nmetrics: {{addr: '127.0.0.1:{port}'}}\n"
+        f"cache: {{path: {cache}, max_size: 64MB, block_size: 256KB}}\n"
+        f"backends:\n{local_store.backend_yaml}"
+    )
+
+    def start() -> int:
+        done = subprocess.run([sys.executable, "-m", "warpdrive.fuse.mount", "-c", str(config)],
+                              capture_output=True, text=True, timeout=120, umask=umask)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.split("(pid ")[1].split(",")[0])
+
+    def stop(pid: int) -> None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while find_mount(str(point)) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if find_mount(str(point)) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(point)], check=False)
+
+    pid = start()
+    try:
+        assert (point / "src" / "d" / "x.bin").read_bytes()[:4]  # cache dirs below are made
+    finally:
+        stop(pid)
+    log = cache / "warpdrive-mount.log"
+    assert "mounted" in log.read_text()  # the log names what it serves
+    assert _not_private(cache) == {}
+    assert stat.S_IMODE((tmp_path / "nvme").stat().st_mode) & 0o022 == 0, "parent writable"
+    log.chmod(0o644)  # as earlier releases left it
+    stop(start())
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_metrics_and_health_listen_on_this_machine_only_by_default(
+    local_store: Store, tmp_path: Path
+) -> None:
+    """/metrics, /healthz and /readyz have no authentication: with no metrics.addr configured
+    they answer on 127.0.0.1 and not on the machine's other addresses. The mount runs in a
+    network namespace of its own (its default port 9090 is free there, whatever else runs on
+    this machine), which has one other address besides loopback."""
+    for tool in ("unshare", "nsenter", "ip", "ss", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    local_store.put("f", b"x")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"mount_point: {tmp_path / 'wd'}\ncache: {{path: {tmp_path / 'cache'}}}\n"
+        f"backends:\n{local_store.backend_yaml}"
+    )
+    mount = start_mount(config, tmp_path / "wd", 9090, prefix=own_network())
+    try:
+        pid = mount.proc.pid
+        assert http_status_in(pid, "http://127.0.0.1:9090/healthz") == 200
+        for path in ("/metrics", "/healthz", "/readyz"):
+            assert http_status_in(pid, f"http://{OTHER_ADDRESS}:9090{path}") is None, path
+        assert listening_in(pid) == ["127.0.0.1:9090"]
+    finally:
+        mount.cleanup()
 
 
 def _options(point: Path) -> list[str]:

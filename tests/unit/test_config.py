@@ -107,7 +107,7 @@ def test_defaults_when_sections_are_absent() -> None:
     assert cfg.cache.stale_ttl == 60
     assert (cfg.cache.evict_high_water, cfg.cache.evict_low_water) == (0.9, 0.8)
     assert cfg.allow_other is False
-    assert cfg.metrics.addr == ":9090"
+    assert cfg.metrics.addr == "127.0.0.1:9090"  # no authentication: this machine only
 
 
 def test_governance_teams_accept_uids_and_durations() -> None:
@@ -225,6 +225,10 @@ BAD_CONFIGS = [
         "metrics.addr: expected 'host:port' or ':port', got 'localhost'",
     ),
     ("backends: {name: a}", "backends: expected a list of backends"),
+    (
+        "backends: [{name: a, type: local, mount_path: /.warpdrive-health, config: {root: /x}}]",
+        "backends[0].mount_path: '/.warpdrive-health': /.warpdrive-health is the mount's own health",
+    ),
     ("backends: [{type: local, config: {root: /x}}]", "backends[0].name: required: a name"),
     (
         "backends: [{name: 'a b', type: local, config: {root: /x}}]",

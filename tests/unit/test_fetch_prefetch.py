@@ -316,6 +316,7 @@ def test_a_directory_scan_extends_its_window_instead_of_walking_it_again(
 def test_the_mount_core_answers_from_known_metadata_without_the_backend(
     local_store: Store,
 ) -> None:
+    from warpdrive.config import HEALTH_FILE
     from warpdrive.fs import ROOT_INODE, WarpDriveFS
 
     local_store.put("train/a.jpg", b"a" * 1000)
@@ -344,12 +345,24 @@ def test_the_mount_core_answers_from_known_metadata_without_the_backend(
         assert fs.getattr(a.ino, nowait=True) == a
         opened = fs.open(a.ino, os.O_RDONLY, nowait=True)
         assert opened is not None
-        assert bytes(fs.read(opened[0], 0, 1000) or b"") == b"a" * 1000
-        fs.release(opened[0])
+        assert bytes(fs.read(opened.fh, 0, 1000) or b"") == b"a" * 1000
+        fs.release(opened.fh)
         # A user never seen lately needs a passwd/NSS lookup (LDAP on clusters): not on the loop.
         assert fs.open(a.ino, os.O_RDONLY, uid=54321, nowait=True) is None
-        fs.release(fs.open(a.ino, os.O_RDONLY, uid=54321)[0])  # type: ignore[index]
+        fs.release(fs.open(a.ino, os.O_RDONLY, uid=54321).fh)  # type: ignore[union-attr]
         again = fs.open(a.ino, os.O_RDONLY, uid=54321, nowait=True)
         assert again is not None
-        fs.release(again[0])
+        fs.release(again.fh)
+        # The health file: served by the core itself (no backend), nothing of it kept by the
+        # kernel (volatile attributes, direct_io), and not listed.
+        health = fs.lookup(ROOT_INODE, HEALTH_FILE, nowait=True)
+        assert health is not None and health.volatile and not health.is_dir
+        assert fs.getattr(health.ino, nowait=True) == health
+        opened = fs.open(health.ino, os.O_RDONLY, nowait=True)
+        assert opened is not None and opened.direct_io and not opened.keep_cache
+        content = f"ok {os.getpid()}\n".encode()
+        assert bytes(fs.read(opened.fh, 0, 64, nowait=True) or b"") == content
+        fs.release(opened.fh)
+        root = fs.opendir(ROOT_INODE)
+        assert [name for name, _, _ in fs.readdir(root, 0)] == [local_store.name]
         assert sum(c.calls["stat"] for c in made) == before

@@ -55,6 +55,7 @@ from warpdrive.cache.store import (
 )
 from warpdrive.config import CacheConfig
 from warpdrive.metrics import Metrics
+from warpdrive.perms import private_dir
 from warpdrive.units import format_size
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ class BlockCache:
     """Thread-safe; one per process (never used across ``fork()``)."""
 
     def __init__(self, cfg: CacheConfig, metrics: Metrics, flush_interval: float = 2.0) -> None:
-        os.makedirs(cfg.path, mode=0o700, exist_ok=True)
+        private_dir(cfg.path)
         self.root = os.path.join(cfg.path, LAYOUT_VERSION)
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        private_dir(self.root)
         self.cfg = cfg
         self.metrics = metrics
         self.store = ObjectStore(self.root)

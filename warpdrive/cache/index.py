@@ -47,6 +47,7 @@ from warpdrive.cache.accounts import (
 )
 from warpdrive.cache.keys import OID_LEN, ObjectVersion, split_block_key
 from warpdrive.cache.lmdbenv import txn as _txn
+from warpdrive.perms import private_dir
 
 SCHEMA = b"2"
 QUOTA_TARGET = 0.95  # a team over its hard limit is brought down to this fraction of it
@@ -105,7 +106,7 @@ class CacheIndex:
 
     def __init__(self, root: str, max_size: int, high_water: float, low_water: float) -> None:
         path = os.path.join(root, "index")
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        private_dir(path)
         self.env, db = lmdbenv.acquire(path)
         self._path = path
         self.high_bytes = int(max_size * high_water)

@@ -33,6 +33,7 @@ from typing import TypeVar
 import xxhash
 
 from warpdrive.cache.keys import OID_LEN
+from warpdrive.perms import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class ObjectStore:
 
     def __init__(self, root: str) -> None:
         self.dir = os.path.join(root, "objects")
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        private_dir(self.dir)
         self._punch_warned = False
 
     def path(self, oid: bytes) -> str:
@@ -239,7 +240,7 @@ class ObjectStore:
         try:
             return os.open(path, flags, 0o600)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            private_dir(os.path.dirname(path))
             return os.open(path, flags, 0o600)
 
 

@@ -24,7 +24,7 @@ from warpdrive.config._reader import (
     as_size,
     as_str,
 )
-from warpdrive.config.backends import AUTH_METHODS, BACKEND_TYPES, parse_backends
+from warpdrive.config.backends import AUTH_METHODS, BACKEND_TYPES, HEALTH_FILE, parse_backends
 from warpdrive.config.model import (
     KIB,
     MIB,
@@ -49,6 +49,7 @@ __all__ = [
     "AUTH_METHODS",
     "BACKEND_TYPES",
     "DEFAULT_CONFIG_PATH",
+    "HEALTH_FILE",
     "AuthConfig",
     "AzureBlobOptions",
     "BackendConfig",
@@ -142,7 +143,7 @@ def parse_config(
 
 
 def _metrics(sec: Section) -> MetricsConfig:
-    addr = sec.get("addr", as_str, ":9090")
+    addr = sec.get("addr", as_str, MetricsConfig.addr)
     _, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(sec.key_path("addr"), f"expected 'host:port' or ':port', got {addr!r}")

@@ -26,6 +26,9 @@ from warpdrive.errors import ConfigError
 
 BACKEND_TYPES = ("azureblob", "s3", "gcs", "local")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A file at the top of the mount that the mount serves itself, without a backend (its health
+# checks open and read it: docs/mount.md); no backend may be mounted there.
+HEALTH_FILE = ".warpdrive-health"
 _COMPAT_IGNORED = ("chunk_size", "provider")
 
 # method -> (required key groups: at least one key of each group, optional keys)
@@ -139,6 +142,8 @@ def normalize_mount_path(path: str, key_path: str) -> str:
     for part in parts:
         if part in (".", "..") or "\0" in part:
             raise ConfigError(key_path, f"invalid component {part!r} in {path!r}")
+    if parts[0] == HEALTH_FILE:
+        raise ConfigError(key_path, f"{path!r}: /{HEALTH_FILE} is the mount's own health file")
     return "/" + "/".join(parts)
 
 

@@ -13,7 +13,10 @@ GIB = 1 << 30
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True  # /metrics, /healthz, /readyz (the mount serves them; readers don't)
-    addr: str = ":9090"  # listen address, "host:port" or ":port" (all interfaces)
+    # Listen address, "host:port" or ":port" (every interface). This machine only by default:
+    # the endpoints have no authentication; a Prometheus elsewhere needs "0.0.0.0:9090" (the
+    # Helm chart sets it) or this node's address on the network it scrapes from.
+    addr: str = "127.0.0.1:9090"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from warpdrive.cache import ObjectRecord
 from warpdrive.errors import NotFoundError, WarpDriveError
 from warpdrive.fuse.health import probe_backend, with_deadline
-from warpdrive.fuse.mountinfo import MountEntry, find_mount, probe_mount
+from warpdrive.fuse.mountinfo import MountEntry, find_mount, read_health_file
 from warpdrive.metrics_server import parse_addr
 from warpdrive.reader import WarpDrive
 
@@ -97,7 +97,9 @@ def evict(wd: WarpDrive, plan: EvictPlan) -> dict[str, Any]:
 
 def _health_url(addr: str) -> str:
     host, port = parse_addr(addr)
-    return f"http://{host or '127.0.0.1'}:{port}/healthz"
+    if host in ("", "0.0.0.0"):  # every interface: this machine's is loopback
+        host = "127.0.0.1"
+    return f"http://{host}:{port}/healthz"
 
 
 def _ask_health(url: str, timeout: float) -> tuple[int, dict[str, Any]] | str:
@@ -142,24 +144,38 @@ def metrics_verdict(
     return "ok"
 
 
+def _mount_answers(mount_point: str, timeout: float) -> tuple[str, int | None]:
+    """(``ok`` or why not, the pid serving the mount): its health file opened and read, within
+    ``timeout`` (a hung mount must not hang status; a stat would pass a dead one)."""
+    pids: list[int] = []
+
+    def probe() -> str:
+        verdict, pid = read_health_file(mount_point)
+        if pid is not None:
+            pids.append(pid)
+        return verdict
+
+    verdict = with_deadline(probe, timeout)
+    return verdict, pids[0] if verdict == "ok" and pids else None
+
+
 def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
-    """Is the node healthy: mount answering, its own metrics endpoint up, cache usable,
-    backends reachable (with latency)? Returns (healthy, report)."""
+    """Is the node healthy: mount answering (its health file reads), its own metrics endpoint
+    up, cache usable, backends reachable (with latency)? Returns (healthy, report)."""
     config = wd.config
     mount_point = config.mount_point
     entry = find_mount(mount_point)
+    mount_pid = None
     if entry is None:
         mount = "not mounted"
     elif not entry.fstype.startswith("fuse.warpdrive"):
         mount = f"another file system is mounted there ({entry.fstype})"
     else:
-        mount = with_deadline(partial(probe_mount, mount_point), timeout)
-    metrics, mount_pid = "disabled", None
+        mount, mount_pid = _mount_answers(mount_point, timeout)
+    metrics = "disabled"
     if config.metrics.enabled:
         answer = _ask_health(_health_url(config.metrics.addr), timeout)
         metrics = metrics_verdict(answer, mount_point, entry)
-        if metrics == "ok" and not isinstance(answer, str):
-            mount_pid = answer[1].get("pid")
     usage = wd.usage()
     backends: dict[str, Any] = {}
     for name, backend in wd.backends.items():

@@ -1,9 +1,11 @@
 """What ``/healthz`` (liveness) and ``/readyz`` (readiness) answer for this process's mount.
 
 * **live**: this process serves its mount: the mount at ``mount_point`` is the one it made (the
-  device recorded when it mounted; another mount stacked there, or ours gone, is not) and a
-  lookup there reaches it. Nothing else: a backend outage must not get the agent restarted —
-  cached reads go on through it — so backends never decide liveness.
+  device recorded when it mounted; another mount stacked there, or ours gone, is not) and its
+  health file opens and reads there (``mountinfo.read_health_file``: a stat could be answered
+  from the kernel's cached attributes, an open and a read reach this process or fail). Nothing
+  else: a backend outage must not get the agent restarted — cached reads go on through it — so
+  backends never decide liveness.
 * **ready**: live, the cache index opens, and *every* backend answers one listing request.
 
 Both endpoints answer the same JSON (:meth:`Health.report`): ``status`` (``ok`` all checks
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from functools import partial
 
 from warpdrive.backends import Backend, RetryingBackend
-from warpdrive.fuse.mountinfo import find_mount, probe_mount
+from warpdrive.fuse.mountinfo import find_mount, probe_read
 from warpdrive.reader import WarpDrive
 
 NOT_CHECKED = "not checked yet"
@@ -125,7 +127,7 @@ class Health:
     # -- the checks --------------------------------------------------------------------------
 
     def check_mount(self) -> str:
-        """``ok`` when the mount at the mount point is ours and a lookup there reaches us."""
+        """``ok`` when the mount at the mount point is ours and its health file reads there."""
         return with_deadline(self._mount, self.timeout)
 
     def _mount(self) -> str:
@@ -139,7 +141,7 @@ class Health:
                 f"error: the mount at {self.mount_point} is not this process's "
                 f"(device {entry.device}, ours {self.device})"
             )
-        return probe_mount(self.mount_point)
+        return probe_read(self.mount_point)
 
     def _unchecked(self) -> dict[str, str]:
         return {"cache": NOT_CHECKED, **{f"backend:{n}": NOT_CHECKED for n in self.wd.backends}}

@@ -38,6 +38,7 @@ from warpdrive.fuse.health import Health, probe_backend, with_deadline, with_dea
 from warpdrive.fuse.mountinfo import MountEntry, find_mount, mounts, probe_mount
 from warpdrive.governance.crawl import PeriodicCrawl
 from warpdrive.metrics_server import MetricsServer
+from warpdrive.perms import private_dir
 
 __all__ = ["MountEntry", "MountError", "find_mount", "main", "mounts", "probe_mount", "serve"]
 log = logging.getLogger("warpdrive.mount")
@@ -224,7 +225,7 @@ async def _main_loop(health: Health, read_ahead_kb: int, ready: ReadyPipe) -> No
     mount_point = health.mount_point
 
     async def announce() -> None:
-        # The loop runs, so the kernel can get our answer to FUSE_INIT: a lookup answered at
+        # The loop runs, so the kernel can get our answer to FUSE_INIT: the health file read at
         # the mount point, on the device this process mounted, proves we serve it.
         verdict = await trio.to_thread.run_sync(health.check_mount)
         if verdict != "ok":
@@ -264,31 +265,46 @@ def require_fuse() -> None:
             ) from None
 
 
+def open_log(log_file: str) -> int:
+    """The background mount's log, opened to append: private whatever the umask, since it names
+    the objects read. Its directory is made 0700 if missing (by default it is the cache
+    directory, which the mount would make 0700 itself), the file 0600; a log that others can
+    read (earlier releases made it 0644) is made 0600 again when it is ours."""
+    try:
+        private_dir(os.path.dirname(os.path.abspath(log_file)))
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise MountError(f"cannot open the log {log_file}: {exc.strerror or exc}") from None
+    with contextlib.suppress(PermissionError):  # another user's file: theirs to say who reads
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 60.0) -> int:
     """Start ``--foreground`` in a new session; return once that process says, through a pipe,
     that it mounted and answers (0), or why it could not (its exit status, else 1)."""
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    out = open_log(log_file)
     read_end, write_end = os.pipe()
     try:
-        with open(log_file, "ab") as out:
-            logged_from = out.seek(0, os.SEEK_END)  # this start's lines come after
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "warpdrive.fuse.mount",
-                    *argv,
-                    "--foreground",
-                    "--ready-fd",
-                    str(write_end),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                pass_fds=(write_end,),
-                start_new_session=True,
-            )
+        logged_from = os.lseek(out, 0, os.SEEK_END)  # this start's lines come after
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "warpdrive.fuse.mount",
+                *argv,
+                "--foreground",
+                "--ready-fd",
+                str(write_end),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            pass_fds=(write_end,),
+            start_new_session=True,
+        )
     finally:
+        os.close(out)
         os.close(write_end)  # the child's copy is the only one left: its exit means EOF
     try:
         answer = _read_line(read_end, wait)

@@ -141,7 +141,7 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attr.ino
         entry.generation = 0
-        timeout = self.dir_timeout if attr.is_dir else self.attr_timeout
+        timeout = 0.0 if attr.volatile else self.dir_timeout if attr.is_dir else self.attr_timeout
         entry.entry_timeout = timeout
         entry.attr_timeout = timeout
         if attr.is_dir:
@@ -227,8 +227,9 @@ class Operations(pyfuse3.Operations):
         if opened is None:
             opened = await self._call(self.fs.open, inode, flags, ctx.uid)
         assert opened is not None
-        fh, keep_cache = opened
-        return pyfuse3.FileInfo(fh=FileHandleT(fh), keep_cache=keep_cache, direct_io=False)
+        return pyfuse3.FileInfo(
+            fh=FileHandleT(opened.fh), keep_cache=opened.keep_cache, direct_io=opened.direct_io
+        )
 
     @_handler("read")
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +70,21 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.point)], check=False)
 
 
-def start_mount(config: Path, point: Path, port: int, *extra: str, wait: float = 30) -> Mount:
+def start_mount(
+    config: Path,
+    point: Path,
+    port: int,
+    *extra: str,
+    wait: float = 30,
+    prefix: Sequence[str] = (),
+) -> Mount:
+    """Start ``warpdrive-mount -c CONFIG --foreground EXTRA`` (run by ``prefix``, a command that
+    ends by exec'ing its arguments, such as :func:`own_network`'s) and wait until it answers."""
     log = config.with_suffix(".log")
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "warpdrive.fuse.mount",
@@ -104,3 +115,36 @@ def _answers(point: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+# An address for a network namespace's own use (TEST-NET-2, RFC 5737: never routed).
+OTHER_ADDRESS = "198.51.100.7"
+
+
+def own_network(address: str = OTHER_ADDRESS) -> list[str]:
+    """A command prefix: run in a network namespace of its own (root), with loopback up and
+    ``address`` on it too, an address of that machine that is not loopback. Any port is free
+    there, whatever else runs here; :func:`http_status_in` asks from inside."""
+    setup = f'ip link set lo up && ip addr add {address}/32 dev lo && exec "$@"'
+    return ["unshare", "--net", "sh", "-c", setup, "own-network"]
+
+
+def http_status_in(pid: int, url: str) -> int | None:
+    """The HTTP status of GET ``url`` from ``pid``'s network namespace; None when nothing
+    answers there (the connection refused)."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "curl", "-s", "-o", "/dev/null", "-w",
+         "%{http_code}", "--max-time", "5", url],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    code = int(done.stdout or 0)
+    return code or None
+
+
+def listening_in(pid: int) -> list[str]:
+    """The TCP addresses listening in ``pid``'s network namespace (``ss``'s ``host:port``)."""
+    done = subprocess.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ss", "-ltnH"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return sorted(line.split()[3] for line in done.stdout.splitlines() if line.strip())

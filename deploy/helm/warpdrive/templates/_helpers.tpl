@@ -40,7 +40,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "http://%s-control-plane:%v" (include "warpdrive.fullname" .) .Values.controlPlane.port -}}
 {{- end -}}
 
-{{/* The agent's liveness check, an exec command: the mount point is a mount and lists. */}}
+{{/* The agent's liveness check, an exec command: the mount point is a mount, and a byte of its
+health file (which the mount serves itself, without a backend) reads. A stat alone would pass
+for a while after the agent died: the kernel answers it from cached attributes; an open and a
+read reach the agent, or fail at once (ENOTCONN) when it is gone. */}}
 {{- define "warpdrive.mountAnswers" -}}
-["sh", "-c", "mountpoint -q \"$1\" && ls -a \"$1\" >/dev/null", "mount-answers", {{ .Values.agent.mountPoint | quote }}]
+["sh", "-c", "mountpoint -q \"$1\" && [ -n \"$(head -c 1 \"$1/.warpdrive-health\")\" ]", "mount-answers", {{ .Values.agent.mountPoint | quote }}]
 {{- end -}}
