@@ -30,7 +30,7 @@ bench: deps
 
 # The long reliability runs (docs/reliability.md; not part of `make test`, which runs the same tests
 # small): 16 readers for 10 minutes, 50 rounds of SIGKILLs, 2,500 fuzz examples a test (11,250
-# inputs), fio verify. Their figures go to WD_RELIABILITY_REPORT. About 35 minutes on 2 cores.
+# inputs), fio verify. Their figures go to WD_RELIABILITY_REPORT. About 15 minutes on 2 cores.
 WD_RELIABILITY_REPORT ?= reliability-report.json
 reliability: deps
 	rm -f $(WD_RELIABILITY_REPORT)
