@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything WarpDrive's tests, benchmarks and demo need on a fresh Debian/Ubuntu machine:
-# FUSE 3, promtool, PostgreSQL and Chromium (apt), Azurite (npm), then PyTorch's CPU build and this
+# FUSE 3, promtool, PostgreSQL, Chromium and fio (apt), Azurite (npm), then PyTorch's CPU build and this
 # project with its extras (pip; torch held at that build), and the Azure CLI in a venv of its own
 # (for infra/'s tests).
 # Idempotent: each step is skipped when what it installs is already there.
@@ -13,12 +13,13 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-APT_PACKAGES="fuse3 libfuse3-dev pkg-config prometheus postgresql chromium chromium-driver"
+APT_PACKAGES="fuse3 libfuse3-dev pkg-config prometheus postgresql chromium chromium-driver fio"
 if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null \
   || ! command -v promtool >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
+  || ! command -v fio >/dev/null 2>&1 \
   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   # prometheus for promtool (deploy/monitoring's rule tests), postgresql and chromium for the
-  # control plane's tests; none of their services is started here.
+  # control plane's tests, fio for the mount's verify test; none of their services is started here.
   echo "==> apt: $APT_PACKAGES"
   $SUDO apt-get update -qq
   # shellcheck disable=SC2086 # a list of package names

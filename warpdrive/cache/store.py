@@ -18,6 +18,7 @@ Checksums are xxh3-64 over 64 KiB chunks, kept in the index (:func:`chunk_sums`)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -118,6 +119,11 @@ class EvictionClock:
         )
         if os.fstat(self._fd).st_size < _U64.size:
             os.ftruncate(self._fd, _U64.size)
+        # Back the page now, while the disk has room: a store through the map into a hole of a
+        # full file system (tmpfs) is a SIGBUS, which kills the process (a full cache disk
+        # evicts, and evicting advances this clock). Best effort: some file systems cannot.
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(self._fd, 0, _U64.size)
         self._map = mmap.mmap(self._fd, _U64.size)
 
     def now(self) -> int:
