@@ -16,6 +16,8 @@ Meanings (honest where the original's were not):
   size of the file system holding the cache, also read when scraped.
 * ``warpdrive_readahead_hit_total`` / ``_wasted_total``: prefetched blocks (readahead or hints)
   that a read then used / that were dropped unread (handle closed, tracking full, evicted).
+* ``warpdrive_offline_served_total{backend}``: answers the namespace gave from the cache index
+  while the backend could not be reached (an open's version, a directory lookup, a listing).
 """
 
 from __future__ import annotations
@@ -127,6 +129,13 @@ class Metrics:
             ["provider", "status"],
             registry=reg,
         )
+        self.offline_served = Counter(
+            "warpdrive_offline_served",
+            "Answers (object versions, directory lookups, listings) taken from the cache index "
+            "because the backend could not be reached",
+            ["backend"],
+            registry=reg,
+        )
         self.fuse_operations = Counter(
             "warpdrive_fuse_operations",
             "FUSE requests answered, by operation",
@@ -163,6 +172,7 @@ class Metrics:
             "readahead_wasted": _total(self.readahead_wasted),
             "hint_hits": _total(self.hint_hits),
             "loader_skipped": _total(self.loader_skipped),
+            "offline_served": _total(self.offline_served),
             **{
                 f"bytes_fetched:{sample.labels['backend']}": sample.value
                 for family in self.backend_bytes.collect()

@@ -20,6 +20,20 @@ under a backend's ``immutable`` prefixes are never revalidated; with ``stale_ttl
 asks the backend (no stale answers). A handle pins the version it opened and reads only its
 bytes, so versions never mix; an open within one revalidation of a change may still get the old
 version.
+
+A directory unknown to this process is known the same way when some cached object lies under
+it (and no listing showed it gone since).
+
+Outages: every version known carries when a backend last confirmed it (a stat, a listing, the
+fetch that cached it; kept in the index for other processes). A known version is answered
+without the backend only while that is at most ``cache.offline_max_age`` ago; an older one is
+asked about first, which in an outage fails as an unknown object does. While a backend cannot
+be reached (``Backend.unreachable``: no call, and no wait on retries; or a listing that just
+failed after its retries), a listing is this process's last one of the directory (if within
+the bound) or else what the cache holds there, which is partial; a listing that fails after
+its first page is an error, never a mix. Answers given while it cannot be reached are counted
+in ``warpdrive_offline_served_total`` and the outage is logged once; background listings keep
+probing, and the first answer ends it.
 """
 
 from __future__ import annotations
@@ -28,13 +42,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import overload
+from typing import NamedTuple, Protocol, overload
 
 from warpdrive.backends import Backend, Entry, ObjectMeta
 from warpdrive.config import Config
-from warpdrive.errors import InvalidPathError, IsDirectoryError, NotDirectoryError, NotFoundError
+from warpdrive.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InvalidPathError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotFoundError,
+)
+from warpdrive.metrics import Metrics
+from warpdrive.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +67,9 @@ MAX_COMPONENT = 1024
 MAX_PATH = 4096
 MAX_CACHED_LISTING = 10_000
 MAX_META_ENTRIES = 200_000
+# A version's confirmation is written to the index at most this often per process (or every
+# eighth of offline_max_age, if less): a stored time may lag, which only makes the bound stricter.
+CONFIRM_EVERY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +94,34 @@ class Location:
     path: str  # the normalised mount-relative path
 
 
-KnownVersions = Callable[[str, str], ObjectMeta | None]  # (backend, key) → what the index holds
+Confirmed = tuple[ObjectMeta, float]  # a version, and when a backend last showed it (wall clock)
+
+
+class VersionIndex(Protocol):
+    """What the namespace asks of the cache index (every process's versions; reader.py)."""
+
+    def known(self, backend: str, key: str) -> Confirmed | None:
+        """The version of ``key`` the cache holds (the last one any process cached)."""
+        ...
+
+    def cached_under(self, backend: str, prefix: str) -> bool:
+        """Whether the cache holds some object whose key starts with ``prefix``."""
+        ...
+
+    def children(self, backend: str, prefix: str) -> tuple[list[str], list[Confirmed]]:
+        """Directories (names) holding cached objects right under ``prefix``, and the cached
+        objects right in it."""
+        ...
+
+    def confirm(self, backend: str, meta: ObjectMeta, when: float) -> None:
+        """A backend showed this version at ``when`` (recorded if the cache holds it)."""
+        ...
+
+
+class _Known(NamedTuple):
+    until: float  # fresh until (monotonic): past it, revalidated in the background
+    confirmed: float  # when a backend last showed this version (wall clock)
+    meta: ObjectMeta
 
 
 class Namespace:
@@ -76,11 +129,14 @@ class Namespace:
         self,
         config: Config,
         backends: Mapping[str, Backend],
-        known: KnownVersions | None = None,
+        index: VersionIndex | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.mount_point = config.mount_point
         self.stale_ttl = config.cache.stale_ttl
         self.list_ttl = config.cache.list_ttl
+        self.offline_max_age = config.cache.offline_max_age
+        self._confirm_every = min(CONFIRM_EVERY, self.offline_max_age / 8)
         self._mounts: dict[tuple[str, ...], Backend] = {
             tuple(b.mount_path.strip("/").split("/")): backends[b.name] for b in config.backends
         }
@@ -93,10 +149,17 @@ class Namespace:
             + "; warpdrive://NAME/… names a backend, a mount path is an absolute path"
         )
         # Guarded by the GIL only: single dict operations, races cost at most a repeated stat.
-        self._meta: dict[tuple[str, str], tuple[float, ObjectMeta]] = {}
-        self._listings: dict[str, tuple[float, list[FileInfo]]] = {}
+        self._meta: dict[tuple[str, str], _Known] = {}
+        # Listings by path: (fresh until (monotonic), listed at (wall clock), entries).
+        self._listings: dict[str, tuple[float, float, list[FileInfo]]] = {}
+        # Objects a listing of their directory no longer showed: asked about before they
+        # are answered from the index again. GIL-guarded, bounded as _meta.
+        self._gone: set[tuple[str, str]] = set()
+        # Backends whose outage was logged (name → Outage.since). GIL-guarded.
+        self._outages: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._known = known
+        self._index = index
+        self._metrics = metrics
         self._immutable = {b.name: b.immutable for b in config.backends}
         # Directories being listed to revalidate their objects' metadata (one at a time each),
         # and when a failed one may be tried again; the keys whose opens asked for it. Guarded
@@ -203,7 +266,8 @@ class Namespace:
             return FileInfo(loc.path, is_dir=True)
         meta = self._meta_for(loc.backend, loc.key, nowait=True)
         if meta is None:
-            return None
+            cached_dir = self._cached_dir(loc.backend, loc.key)
+            return FileInfo(loc.path, is_dir=True) if cached_dir else None
         return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
 
     @overload
@@ -212,41 +276,86 @@ class Namespace:
     def _meta_for(self, backend: Backend, key: str, nowait: bool) -> ObjectMeta | None: ...
 
     def _meta_for(self, backend: Backend, key: str, nowait: bool = False) -> ObjectMeta | None:
-        """Fresh metadata; else the known version, revalidated in the background; else (unless
-        ``nowait``: then None) the backend's answer."""
+        """Fresh metadata; else the known version, revalidated in the background, if a backend
+        confirmed it within ``offline_max_age``; else (unless ``nowait``: then None) the
+        backend's answer."""
         now = time.monotonic()
         cached = self._meta.get((backend.name, key))
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached.until > now:
+            return cached.meta
         known = None
         if self.stale_ttl > 0:  # 0: every open asks the backend (strict)
-            known = cached[1] if cached is not None else self._from_index(backend, key, now)
+            known = cached if cached is not None else self._from_index(backend, key, now)
         if known is not None:
-            if not self._immutable_key(backend.name, key):
+            if self._immutable_key(backend.name, key):
+                return known.meta  # never changes: never asked about again
+            if self._servable(known.confirmed):
                 self._revalidate(backend, key)  # meanwhile the known version is the answer
-            return known
+                if backend.unreachable() is not None:
+                    self._served_offline(backend)
+                return known.meta
         if nowait:
             return None
-        meta = backend.stat(key)
+        try:
+            meta = backend.stat(key)
+        except BackendUnavailableError as exc:
+            if known is None:
+                raise
+            age = format_duration(time.time() - known.confirmed)
+            raise BackendUnavailableError(
+                f"{exc}; the cached version was last confirmed {age} ago, longer than "
+                f"cache.offline_max_age ({format_duration(self.offline_max_age)}) allows"
+            ) from exc
+        self._answered(backend)
         self._remember(backend.name, meta, now)
+        if known is not None:
+            self._revalidate(backend, key)  # its siblings are as old: confirmed in one listing
         return meta
 
-    def _from_index(self, backend: Backend, key: str, now: float) -> ObjectMeta | None:
+    def _servable(self, confirmed: float) -> bool:
+        """Whether a version a backend last showed at ``confirmed`` (wall clock) may be the
+        answer without asking it first."""
+        return time.time() - confirmed <= self.offline_max_age and self.offline_max_age > 0
+
+    def _from_index(self, backend: Backend, key: str, now: float) -> _Known | None:
         """The version of ``key`` the cache index holds, remembered as stale (or, under an
-        immutable prefix, as fresh for good)."""
-        meta = self._known(backend.name, key) if self._known is not None else None
-        if meta is not None:
-            self._remember(backend.name, meta, now, stale=True)
-        return meta
+        immutable prefix, as fresh for good); None for one a listing showed gone."""
+        if self._index is None or (backend.name, key) in self._gone:
+            return None
+        found = self._index.known(backend.name, key)
+        return None if found is None else self._remember(backend.name, found[0], now, found[1])
 
-    def _remember(self, backend: str, meta: ObjectMeta, now: float, stale: bool = False) -> None:
+    def _remember(
+        self, backend: str, meta: ObjectMeta, now: float, confirmed: float | None = None
+    ) -> _Known:
+        """Remember ``meta``: the backend's answer just now (``confirmed`` None: fresh for
+        ``stale_ttl``), or a version a backend showed at ``confirmed`` (stale)."""
         if len(self._meta) >= MAX_META_ENTRIES:
             self._meta.clear()  # crude but bounded; entries are cheap to fetch again
+        if confirmed is None:
+            confirmed, until = time.time(), now + self.stale_ttl
+            self._confirmed(backend, meta, confirmed)
+        else:
+            until = now
         if self._immutable_key(backend, meta.key):
             until = float("inf")  # never changes: never asked for again
-        else:
-            until = now if stale else now + self.stale_ttl
-        self._meta[(backend, meta.key)] = (until, meta)
+        known = _Known(until, confirmed, meta)
+        self._meta[(backend, meta.key)] = known
+        return known
+
+    def _confirmed(self, backend: str, meta: ObjectMeta, when: float) -> None:
+        """Tell the index a backend showed ``meta`` now (unless it was told lately)."""
+        if self._gone:
+            self._gone.discard((backend, meta.key))
+        if self._index is None or self.offline_max_age <= 0:
+            return
+        before = self._meta.get((backend, meta.key))
+        if (
+            before is None
+            or before.meta.etag != meta.etag
+            or when - before.confirmed >= self._confirm_every
+        ):
+            self._index.confirm(backend, meta, when)
 
     def _remember_dir(self, backend: str, key: str, now: float) -> None:
         if len(self._dirs) >= MAX_META_ENTRIES:
@@ -260,6 +369,8 @@ class Namespace:
             return False
         if until <= time.monotonic():
             self._revalidate(backend, key)
+            if backend.unreachable() is not None:
+                self._served_offline(backend)
         return True
 
     def _immutable_key(self, backend: str, key: str) -> bool:
@@ -271,9 +382,15 @@ class Namespace:
         """List ``key``'s directory in the background (unless that is under way, or failed
         moments ago): fresh metadata for it and its siblings, a page at a time."""
         directory = key.rpartition("/")[0]
+        with self._lock:
+            self._asked.setdefault((backend.name, directory), set()).add(key)
+        self._relist_soon(backend, directory)
+
+    def _relist_soon(self, backend: Backend, directory: str) -> None:
+        """List ``directory`` in the background, unless that is under way or failed moments
+        ago."""
         job, now = (backend.name, directory), time.monotonic()
         with self._lock:
-            self._asked.setdefault(job, set()).add(key)
             if self._relisting.get(job, 0.0) > now:
                 return
             self._relisting[job] = float("inf")  # under way
@@ -291,7 +408,14 @@ class Namespace:
             try:
                 self._relist(backend, directory)
             except Exception as exc:  # the known versions stay the answer meanwhile
-                log.warning("revalidating %s:%s/ failed: %s", backend.name, directory, exc)
+                # In an outage already logged, each directory's failures are not news; nor is
+                # a config error (a credential not set): the call that needs the backend, the
+                # mount's start and its /readyz report it.
+                quiet = isinstance(exc, ConfigError) or (
+                    isinstance(exc, BackendUnavailableError) and backend.name in self._outages
+                )
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(level, "revalidating %s:%s/ failed: %s", backend.name, directory, exc)
                 retry_at = time.monotonic() + RELIST_BACKOFF
             with self._lock:
                 self._relisting[(backend.name, directory)] = retry_at
@@ -315,13 +439,17 @@ class Namespace:
                 self._remember(
                     backend.name, ObjectMeta(key, entry.size, entry.etag, entry.mtime), now
                 )
+        self._answered(backend)
         # Asked-for objects the listing no longer names are gone (or never were listable):
-        # forgotten, so that the next open asks the backend itself.
+        # forgotten, so that the next open asks the backend itself (not the index).
         with self._lock:
             asked = self._asked.pop((backend.name, directory), set())
         for key in asked - listed:
             self._meta.pop((backend.name, key), None)
             self._dirs.pop((backend.name, key), None)
+            if len(self._gone) >= MAX_META_ENTRIES:
+                self._gone.clear()
+            self._gone.add((backend.name, key))
 
     def close(self) -> None:
         """Stop the background revalidation; idempotent."""
@@ -330,14 +458,90 @@ class Namespace:
 
     def stat(self, path: str) -> FileInfo:
         loc = self.locate(path)
-        if loc.backend is None or not loc.key or self._known_dir(loc.backend, loc.key):
+        backend, key = loc.backend, loc.key
+        if backend is None or not key or self._known_dir(backend, key):
             return FileInfo(loc.path, is_dir=True)
-        try:
-            meta = self._meta_for(loc.backend, loc.key)
-        except IsDirectoryError:
-            self._remember_dir(loc.backend.name, loc.key, time.monotonic())
-            return FileInfo(loc.path, is_dir=True)
+        meta = self._meta_for(backend, key, nowait=True)
+        if meta is None:
+            if self._cached_dir(backend, key):
+                return FileInfo(loc.path, is_dir=True)
+            try:
+                meta = self._meta_for(backend, key)
+            except IsDirectoryError:
+                self._answered(backend)
+                self._remember_dir(backend.name, key, time.monotonic())
+                return FileInfo(loc.path, is_dir=True)
         return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
+
+    # -- outages ---------------------------------------------------------------------------
+
+    def _cached_dir(self, backend: Backend, key: str) -> bool:
+        """Whether ``key`` is a directory as the cache sees it (some cached object lies under
+        it, and no listing showed it gone): then it is the answer, as a known version is for an
+        object, and the parent directory is listed in the background to revalidate it."""
+        if self.stale_ttl <= 0 or self.offline_max_age <= 0 or self._index is None:
+            return False
+        if (backend.name, key) in self._gone or not self._index.cached_under(
+            backend.name, f"{key}/"
+        ):
+            return False
+        self._dirs[(backend.name, key)] = time.monotonic()  # known, stale: revalidated
+        self._revalidate(backend, key)
+        if backend.unreachable() is not None:
+            self._served_offline(backend)
+        return True
+
+    def _offline_listing(self, backend: Backend, loc: Location) -> list[FileInfo] | None:
+        """In an outage: the directory at ``loc`` as this process last listed it, if within
+        ``offline_max_age``, else as the cache holds it (partial: only what is cached, and
+        only versions within the bound); None when there is nothing to answer with."""
+        if self.offline_max_age <= 0:
+            return None
+        base = loc.path.rstrip("/")
+        kept = self._listings.get(loc.path)
+        if kept is not None and self._servable(kept[1]):
+            entries = kept[2]
+        elif self._index is not None:
+            prefix = f"{loc.key}/" if loc.key else ""
+            dirs, objects = self._index.children(backend.name, prefix)
+            infos = [FileInfo(f"{base}/{d}", is_dir=True) for d in dirs if _nameable(d)]
+            for meta, confirmed in objects:
+                name = meta.key[len(prefix) :]
+                if not _nameable(name):
+                    continue
+                if self._servable(confirmed) or self._immutable_key(backend.name, meta.key):
+                    path = f"{base}/{name}"
+                    infos.append(FileInfo(path, False, meta.size, meta.mtime, meta.etag))
+            if not infos:
+                return None
+            entries = sorted(infos, key=lambda e: e.name)
+        else:
+            return None
+        self._served_offline(backend)
+        self._relist_soon(backend, loc.key)
+        return entries
+
+    def _served_offline(self, backend: Backend) -> None:
+        """An answer taken from the cache because ``backend`` could not be reached: counted,
+        and logged once per outage."""
+        if self._metrics is not None:
+            self._metrics.offline_served.labels(backend.name).inc()
+        outage = backend.unreachable()
+        since = -1.0 if outage is None else outage.since
+        if self._outages.get(backend.name) != since:
+            self._outages[backend.name] = since
+            log.warning(
+                "%s: the backend cannot be reached (%s); answering from the cache what a backend "
+                "confirmed within %s (cache.offline_max_age) until it answers again",
+                backend.name,
+                "its requests fail" if outage is None else outage.cause,
+                format_duration(self.offline_max_age),
+            )
+
+    def _answered(self, backend: Backend) -> None:
+        """``backend`` answered: an outage logged is over."""
+        if self._outages and self._outages.pop(backend.name, None) is not None:
+            log.warning("%s: the backend answers again", backend.name)
 
     # -- listings --------------------------------------------------------------------------
 
@@ -353,47 +557,62 @@ class Namespace:
             yield [FileInfo(f"{base}/{n}", is_dir=True) for n in names]
             return
         backend, prefix = loc.backend, f"{loc.key}/" if loc.key else ""
+        if backend.unreachable() is not None:  # down: no call (and retries) for each listing
+            offline = self._offline_listing(backend, loc)
+            if offline is not None:
+                yield offline
+                return
         now = time.monotonic()
-        empty = True
+        empty, listed = True, False
         seen: list[FileInfo] | None = []  # kept for listdir() while the directory is small
-        for page in backend.list_pages(prefix):
-            infos = [
-                self._info(base, backend.name, prefix, e, now) for e in page if _nameable(e.name)
-            ]
-            empty = empty and not infos
-            if seen is not None:
-                seen.extend(infos)
-                if len(seen) > MAX_CACHED_LISTING:
-                    seen = None
-            yield infos
-        if seen is not None and not empty:  # listed to the end: `ls` then open lists once
-            self._keep_listing(loc.path, now, sorted(seen, key=lambda e: e.name))
+        try:
+            for page in backend.list_pages(prefix):
+                infos = [
+                    self._info(base, backend.name, prefix, e, now)
+                    for e in page
+                    if _nameable(e.name)
+                ]
+                empty = empty and not infos
+                if seen is not None:
+                    seen.extend(infos)
+                    if len(seen) > MAX_CACHED_LISTING:
+                        seen = None
+                listed = True
+                yield infos
+        except BackendUnavailableError:
+            # Before any page: the cache answers. After one: an error, never a mix of both.
+            offline = None if listed else self._offline_listing(backend, loc)
+            if offline is None:
+                raise
+            yield offline
+            return
+        self._answered(backend)
         if empty and loc.key:
             try:
                 backend.stat(loc.key)
             except IsDirectoryError:
-                return
+                pass
             except NotFoundError:
                 raise NotFoundError(f"{loc.path!r}: no such directory") from None
-            raise NotDirectoryError(f"{loc.path!r} is an object, not a directory")
+            else:
+                raise NotDirectoryError(f"{loc.path!r} is an object, not a directory")
+        if seen is not None:  # listed to the end: `ls` then open lists once
+            self._keep_listing(loc.path, now, sorted(seen, key=lambda e: e.name))
 
     def listdir(self, path: str) -> list[FileInfo]:
-        """All children of ``path``, sorted by name; small listings are reused ``list_ttl``."""
+        """All children of ``path``, sorted by name; small listings are reused ``list_ttl``
+        (what :meth:`list_pages` keeps: never an answer from the cache in an outage)."""
         norm = self.normalize(path)
-        now = time.monotonic()
         cached = self._listings.get(norm)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        entries = sorted((e for page in self.list_pages(norm) for e in page), key=lambda e: e.name)
-        self._keep_listing(norm, now, entries)
-        return entries
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[2]
+        return sorted((e for page in self.list_pages(norm) for e in page), key=lambda e: e.name)
 
     def _keep_listing(self, norm: str, now: float, entries: list[FileInfo]) -> None:
-        if len(entries) <= MAX_CACHED_LISTING:
-            with self._lock:
-                if len(self._listings) > 1024:
-                    self._listings.clear()
-                self._listings[norm] = (now + self.list_ttl, entries)
+        with self._lock:
+            if len(self._listings) > 1024:
+                self._listings.clear()
+            self._listings[norm] = (now + self.list_ttl, time.time(), entries)
 
     def _info(self, base: str, backend: str, prefix: str, entry: Entry, now: float) -> FileInfo:
         path = f"{base}/{entry.name}"

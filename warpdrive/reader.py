@@ -27,7 +27,15 @@ from concurrent.futures import Future
 from typing import Any
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
-from warpdrive.cache import BlockCache, CacheIndex, ObjectFile, ObjectVersion, Quota, Usage
+from warpdrive.cache import (
+    BlockCache,
+    CacheIndex,
+    ObjectFile,
+    ObjectRecord,
+    ObjectVersion,
+    Quota,
+    Usage,
+)
 from warpdrive.cache.store import in_memory
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
@@ -59,7 +67,7 @@ class _Core:
             for backend in self.backends.values():
                 backend.close()
             raise
-        self.namespace = Namespace(config, self.backends, self._known_version)
+        self.namespace = Namespace(config, self.backends, CachedVersions(self.cache), metrics)
         self.fetcher = Fetcher(
             self.cache,
             self.backends,
@@ -100,11 +108,6 @@ class _Core:
         if scan and self.config.cache.scan_prefetch:
             self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
         return Handle(self, norm, obj, team, user)
-
-    def _known_version(self, backend: str, key: str) -> ObjectMeta | None:
-        """The version of ``key`` some process last cached (a new process's first answer)."""
-        rec = self.cache.index.newest(backend, key)
-        return None if rec is None else ObjectMeta(rec.key, rec.size, rec.etag, rec.mtime)
 
     def record_access(self, handle: Handle) -> None:
         """A handle that read something closed: add it to the access records."""
@@ -271,6 +274,36 @@ class _Core:
         self.cache.close()
         for backend in self.backends.values():
             backend.close()
+
+
+class CachedVersions:
+    """The versions every process cached, as the namespace asks about them (its
+    ``VersionIndex``): a new process's first answers, and the answers in an outage."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self, cache: BlockCache) -> None:
+        self._cache = cache
+
+    def known(self, backend: str, key: str) -> tuple[ObjectMeta, float] | None:
+        rec = self._cache.index.newest(backend, key)
+        return None if rec is None else (_meta(rec), rec.confirmed_at)
+
+    def cached_under(self, backend: str, prefix: str) -> bool:
+        return self._cache.index.cached_under(backend, prefix)
+
+    def children(
+        self, backend: str, prefix: str
+    ) -> tuple[list[str], list[tuple[ObjectMeta, float]]]:
+        dirs, records = self._cache.index.children(backend, prefix)
+        return dirs, [(_meta(rec), rec.confirmed_at) for rec in records]
+
+    def confirm(self, backend: str, meta: ObjectMeta, when: float) -> None:
+        self._cache.confirm(backend, meta.key, meta.etag, when)
+
+
+def _meta(rec: ObjectRecord) -> ObjectMeta:
+    return ObjectMeta(rec.key, rec.size, rec.etag, rec.mtime)
 
 
 class CacheFile:

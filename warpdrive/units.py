@@ -96,3 +96,14 @@ def format_size(n: float) -> str:
         if abs(n) < 1024 or unit == "PiB":
             break
     return f"{n:.1f}{unit}"
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in two units at most: ``250ms``, ``45s``, ``12m5s``, ``3h20m``, ``2d3h``."""
+    if seconds < 1:
+        return f"{max(0.0, seconds) * 1000:.0f}ms"
+    whole = int(seconds)
+    parts = [(whole // 86400, "d"), (whole % 86400 // 3600, "h"), (whole % 3600 // 60, "m")]
+    parts.append((whole % 60, "s"))
+    start = next(i for i, (n, _) in enumerate(parts) if n or i == 3)
+    return "".join(f"{n}{unit}" for n, unit in parts[start : start + 2] if n) or "0s"

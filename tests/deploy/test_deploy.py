@@ -45,6 +45,7 @@ CUSTOM = {
             "blockSize": "8MB",
             "readaheadBlocks": 4,
             "maxParallelFetch": 16,
+            "offlineMaxAge": "3d",
         },
         "fetch": {"max_attempts": 7},
         "governance": {"teams": {"alice": "vision"}},
@@ -160,6 +161,7 @@ def test_custom_values_reach_the_manifests_and_the_config_loads() -> None:
     assert config.mount_point == "/mnt/datasets" and config.allow_other
     assert config.cache.path == "/local/nvme/wd" and config.cache.max_size == 500 * 2**30
     assert config.cache.block_size == 8 * 2**20 and config.fetch.max_attempts == 7
+    assert config.cache.offline_max_age == 3 * 86400
     # Cluster nodes read only their share of a directory: the chart turns directory scans off.
     assert config.cache.scan_prefetch is False
     assert config.metrics.addr == "0.0.0.0:9191" and config.governance.teams == {"alice": "vision"}
@@ -691,13 +693,6 @@ def test_the_chart_agent_keeps_serving_its_cache_through_a_backend_outage(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="read path: a mount started while the backend is down looks a directory up in the "
-    "backend (Namespace.stat -> backend.stat) though the cache index holds objects under it, "
-    "so cached objects below the top level of a backend are EIO until the backend is back",
-)
 def test_a_restart_during_an_outage_serves_cached_objects_under_directories(
     chart_agent: ChartAgent,
 ) -> None:

@@ -147,3 +147,41 @@ def test_iterating_objects_and_blocks_reads_in_batches(tmp_path: Path) -> None:
     assert len(everything) == 15
     assert [int.from_bytes(k[-4:], "big") for k, _ in index.iter_blocks(objs[2].oid)] == [0, 1, 2]
     index.close()
+
+
+def test_confirmations_move_forward_only_for_the_cached_version(tmp_path: Path) -> None:
+    index = _index(tmp_path, 100 * BS)
+    a = _obj("d/a")
+    index.insert(a, 0, 1, BS, b"")
+    first = index.newest("b", "d/a")
+    assert first is not None and first.confirmed_at == first.cached_at  # the fetch confirmed it
+    later = first.confirmed_at + 100
+    seen = {
+        ("b", "d/a"): ("e2", later),  # another version: says nothing of the cached one
+        ("b", "d/not-cached"): ("e1", later),  # most names a listing shows
+        ("other", "d/a"): ("e1", later),
+    }
+    assert index.confirm(seen) == 0
+    assert index.confirm({("b", "d/a"): ("e1", later)}) == 1
+    assert index.confirm({("b", "d/a"): ("e1", later - 50)}) == 0  # never backwards
+    record = index.newest("b", "d/a")
+    assert record is not None and record.confirmed_at == later
+    assert record.cached_at == first.cached_at
+    index.close()
+
+
+def test_children_lists_one_level_of_what_is_cached(tmp_path: Path) -> None:
+    index = _index(tmp_path, 100 * BS)
+    keys = ["top", "d/a", "d/b", "d/sub/x", "d/sub/deeper/y", "d/sub0", "d/tub/z", "e/q"]
+    for i, key in enumerate(keys):
+        index.insert(_obj(key), 0, i, 100, b"")
+    index.insert(_obj("d/a", backend="other"), 0, 99, 100, b"")
+    dirs, objects = index.children("b", "d/", batch=2)  # several transactions
+    assert dirs == ["sub", "tub"]
+    assert [r.key for r in objects] == ["d/a", "d/b", "d/sub0"]
+    dirs, objects = index.children("b", "")
+    assert (dirs, [r.key for r in objects]) == (["d", "e"], ["top"])
+    assert index.children("b", "nothing/") == ([], [])
+    assert index.cached_under("b", "d/sub/") and index.cached_under("b", "e/")
+    assert not index.cached_under("b", "d/a/") and not index.cached_under("b", "f/")
+    index.close()

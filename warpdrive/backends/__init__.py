@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
-from warpdrive.backends.base import Backend, Entry, ObjectClient, ObjectMeta
+from warpdrive.backends.base import Backend, Entry, ObjectClient, ObjectMeta, Outage
 from warpdrive.backends.retry import RetryingBackend, RetryPolicy
 from warpdrive.config import (
     AzureBlobOptions,
@@ -32,6 +32,7 @@ __all__ = [
     "LazyClient",
     "ObjectClient",
     "ObjectMeta",
+    "Outage",
     "RetryPolicy",
     "RetryingBackend",
     "make_backend",

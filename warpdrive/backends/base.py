@@ -32,6 +32,15 @@ class ObjectMeta:
 
 
 @dataclass(frozen=True, slots=True)
+class Outage:
+    """A backend that cannot be reached: since when (``time.monotonic()``) and the last cause.
+    One outage lasts from the first failure to connect until a call gets an answer."""
+
+    since: float
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One child in a listing: a directory (a common prefix) or an object."""
 
@@ -60,6 +69,12 @@ class Backend(Protocol):
         """Bytes ``[start, end)`` of version ``etag`` of ``key``, exactly ``end - start`` of them.
 
         ObjectChangedError when ``key`` is now another version."""
+        ...
+
+    def unreachable(self) -> Outage | None:
+        """The outage under way, if a call lately could not reach the store (connection
+        refused or reset, no answer in time) and none has been answered since; None otherwise.
+        Never blocks: callers that can answer from the cache do so rather than wait on retries."""
         ...
 
     def close(self) -> None: ...

@@ -5,18 +5,26 @@ the server's Retry-After is honoured up to ``max_backoff``. When attempts run ou
 BackendUnavailableError, naming backend, operation, key and the last cause. Every attempt is timed
 into ``warpdrive_backend_request_duration_seconds``; each failure, and only a failure (see
 :data:`ANSWERS`), is counted by type in ``warpdrive_backend_errors_total``.
+
+Reachability: a request that could not reach the store after every retry (connection refused or
+reset, no answer in time), or a health probe that could not, starts an :class:`Outage`; any
+answer ends it. For ``DOWN_FOR`` seconds after the last such failure :meth:`unreachable` says so,
+and the namespace answers what the cache index holds without asking (and waiting on retries);
+requests themselves are never refused here, so whoever does ask finds the store as soon as it
+is back. 5xx and throttling do not count: the store is there, only failing.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta
+from warpdrive.backends.base import Entry, ObjectClient, ObjectMeta, Outage
 from warpdrive.config import FetchConfig
 from warpdrive.errors import (
     BackendUnavailableError,
@@ -47,6 +55,8 @@ T = TypeVar("T")
 # there: ContainerNotFoundError, not a NotFoundError, because then nothing in it can be read) and
 # other (any other refusal, e.g. a 400).
 ANSWERS = (NotFoundError, IsDirectoryError, NotDirectoryError, ObjectChangedError)
+UNREACHABLE = ("connection", "timeout")  # failure kinds that mean the store was not reached
+DOWN_FOR = 30.0  # seconds after a failure to reach the store that it is taken as down
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,40 @@ class RetryingBackend:
         self.policy = policy
         self._metrics = metrics
         self._sleep = sleep
+        # The outage under way (None: none) and when the store was last not reached
+        # (monotonic). Read without the lock (one attribute each); _lock orders changes.
+        self._outage: Outage | None = None
+        self._failed_at = 0.0
+        self._lock = threading.Lock()
+
+    def unreachable(self) -> Outage | None:
+        """The outage under way, while its last failure is under ``DOWN_FOR`` old."""
+        outage = self._outage
+        if outage is None or time.monotonic() - self._failed_at > DOWN_FOR:
+            return None
+        return outage
+
+    def probe(self) -> None:
+        """One listing request, without retries (health checks): whether the store answers
+        with our credentials. Raises what it failed with; updates :meth:`unreachable`."""
+        try:
+            self.client.list_page("", None)
+        except TransientBackendError as exc:
+            if exc.kind in UNREACHABLE:
+                self._not_reached(exc)
+            raise
+        self._answered()
+
+    def _not_reached(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failed_at = time.monotonic()
+            since = self._failed_at if self._outage is None else self._outage.since
+            self._outage = Outage(since, str(exc))
+
+    def _answered(self) -> None:
+        if self._outage is not None:
+            with self._lock:
+                self._outage = None
 
     def stat(self, key: str) -> ObjectMeta:
         return self._call("stat", key, lambda: self.client.stat(key))
@@ -144,6 +188,8 @@ class RetryingBackend:
                 duration.observe(time.monotonic() - started)
                 self._metrics.errors[error_type(exc)].inc()
                 if n == self.policy.max_attempts:
+                    if exc.kind in UNREACHABLE:
+                        self._not_reached(exc)
                     raise BackendUnavailableError(
                         f"{self.name}: {op} {subject!r} failed after {n} attempts: {exc}"
                     ) from exc
@@ -151,10 +197,13 @@ class RetryingBackend:
                 self._sleep(self.policy.backoff(n, exc.retry_after))
             except WarpDriveError as exc:
                 duration.observe(time.monotonic() - started)
-                if not isinstance(exc, ANSWERS):
+                if isinstance(exc, ANSWERS):
+                    self._answered()
+                else:
                     self._metrics.errors[error_type(exc)].inc()
                 raise
             else:
                 duration.observe(time.monotonic() - started)
+                self._answered()
                 return result
         raise AssertionError("unreachable: max_attempts >= 1")

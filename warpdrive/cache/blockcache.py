@@ -21,8 +21,9 @@ bytes under an unchanged record within ``REVERIFY_AFTER``; a machine crash that 
 bytes but keeps their records is caught, since a new process verifies before trusting. A
 mismatch is a counted miss (``warpdrive_checksum_errors_total``) and a refetch.
 
-Last-access times and counters are batched in memory and flushed to the index every couple of
-seconds by one background thread, so a cache hit costs index reads and no write.
+Last-access times, counters and the versions backends confirmed (stats and listings, for the
+offline staleness bound) are batched in memory and flushed to the index every couple of seconds
+by one background thread, so a cache hit costs index reads and no write.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class BlockCache:
         self._verified: dict[tuple[int, bytes], tuple[int, float]] = {}
         self.reconciled = self._join()
         self._pending: dict[bytes, int] = {}
+        # (backend, key) → (etag, when) a backend showed it: see CacheIndex.confirm
+        self._confirmed: dict[tuple[str, str], tuple[str, float]] = {}
         self._reported: dict[str, float] = metrics.totals()  # counted before us: not ours
         self._warned: dict[str, float] = {}
         self._quota_states: dict[tuple[str, str], str] = {}
@@ -380,9 +383,16 @@ class BlockCache:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def confirm(self, backend: str, key: str, etag: str, when: float) -> None:
+        """A backend showed version ``etag`` of ``key`` at ``when`` (wall clock): written to
+        the index at the next flush, if the cache holds that version."""
+        self._confirmed[(backend, key)] = (etag, when)
+
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         self.index.touch(pending)
+        confirmed, self._confirmed = self._confirmed, {}
+        self.index.confirm(confirmed)
         self.index.add_counters(self._counter_deltas())
 
     def close(self) -> None:

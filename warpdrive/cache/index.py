@@ -6,7 +6,9 @@ Sub-databases (schema 2):
              chunk checksums (the generation is new for every write of a block: a reader that
              sees the same generation before and after reading saw the same bytes)
 ``lru``      last access ms (8 bytes, big-endian) + block key → ``b""``, oldest first
-``objects``  oid → JSON {backend, key, etag, size, mtime, block_size, cached_at}
+``objects``  oid → JSON {backend, key, etag, size, mtime, block_size, cached_at, confirmed_at}
+             (``confirmed_at``: when a backend last showed this version, in a stat, a listing
+             or the fetch that cached it; a record without one was confirmed at ``cached_at``)
 ``names``    backend NUL key → oid of the newest version cached
 ``counters`` name → u64 (hits, misses, evictions, … summed over every process)
 ``usage``, ``teams``, ``quotas``: see :mod:`warpdrive.cache.accounts`
@@ -81,6 +83,7 @@ class ObjectRecord:
     mtime: float
     block_size: int
     cached_at: float
+    confirmed_at: float  # when a backend last showed this version (wall-clock seconds)
 
 
 def _rec(value: bytes | memoryview) -> BlockRecord:
@@ -203,6 +206,50 @@ class CacheIndex:
             record = self.object(oid)
             if record is not None:
                 yield record
+
+    def cached_under(self, backend: str, prefix: str) -> bool:
+        """Whether some cached object's key starts with ``prefix`` (``"dir/"``)."""
+        name = _name_key(backend, prefix)
+        with _txn(self.env, db=self.names) as txn:
+            cursor = txn.cursor()
+            return bool(cursor.set_range(name)) and bytes(cursor.key()).startswith(name)
+
+    def children(
+        self, backend: str, prefix: str, batch: int = 1024
+    ) -> tuple[list[str], list[ObjectRecord]]:
+        """One level of what the cache holds under ``prefix`` (``""`` or ending in ``/``), in
+        key order: the names of the directories below it that hold cached objects, and the
+        cached objects right in it. Skips over each directory's keys, reading none of them;
+        ``batch`` names per transaction, so that no transaction stays open long."""
+        base = _name_key(backend, prefix)
+        dirs: list[str] = []
+        objects: list[ObjectRecord] = []
+        start, more = base, True
+        while more:
+            more = False
+            with _txn(self.env) as txn:
+                cursor = txn.cursor(db=self.names)
+                found = cursor.set_range(start)
+                for _ in range(batch):
+                    name = bytes(cursor.key()) if found else b""
+                    if not name.startswith(base):
+                        break
+                    rest = name[len(base) :]
+                    slash = rest.find(b"/")
+                    if slash >= 0:  # a directory: on past its keys ("0" follows "/")
+                        dirs.append(rest[:slash].decode("utf-8", "surrogatepass"))
+                        found = cursor.set_range(base + rest[:slash] + b"0")
+                        continue
+                    oid = bytes(cursor.value())
+                    value = txn.get(oid, db=self.objects)
+                    if value is not None:
+                        objects.append(_obj(oid, value))
+                    found = cursor.next()
+                else:
+                    more = found and bytes(cursor.key()).startswith(base)
+                    if more:
+                        start = bytes(cursor.key())
+        return dirs, objects
 
     def iter_blocks(self, oid: bytes | None = None) -> Iterator[tuple[bytes, BlockRecord]]:
         """Every block record (of one object, when ``oid`` is given), in key order."""
@@ -347,6 +394,33 @@ class CacheIndex:
                 txn.put(_lru_key(atime, bkey), b"", db=self.lru)
                 txn.put(bkey, _pack(rec, atime), db=self.blocks)
 
+    def confirm(self, seen: Mapping[tuple[str, str], tuple[str, float]], batch: int = 1024) -> int:
+        """Record that a backend showed these versions, ``(backend, key) → (etag, when)``
+        (wall-clock seconds): each cached one's ``confirmed_at`` moves forward. Most names a
+        listing shows are not cached: they are looked up in read transactions (``batch`` at a
+        time), and only records that change are written. How many changed."""
+        items = list(seen.items())
+        changes: list[tuple[bytes, str, float]] = []
+        for first in range(0, len(items), batch):
+            with _txn(self.env) as txn:
+                for (backend, key), (etag, when) in items[first : first + batch]:
+                    oid = txn.get(_name_key(backend, key), db=self.names)
+                    value = None if oid is None else txn.get(oid, db=self.objects)
+                    if oid is not None and value is not None and _newer(value, etag, when):
+                        changes.append((bytes(oid), etag, when))
+        changed = 0
+        for first in range(0, len(changes), batch):
+            with _txn(self.env, write=True, db=self.objects) as txn:
+                for oid, etag, when in changes[first : first + batch]:
+                    value = txn.get(oid)
+                    if value is None or not _newer(value, etag, when):
+                        continue  # evicted, or confirmed later by another process, meanwhile
+                    record = json.loads(bytes(value))
+                    record["confirmed_at"] = when
+                    txn.put(oid, json.dumps(record).encode())
+                    changed += 1
+        return changed
+
     def add_counters(self, deltas: Mapping[str, int]) -> None:
         deltas = {k: v for k, v in deltas.items() if v}
         if not deltas:
@@ -408,7 +482,7 @@ class CacheIndex:
     # -- helpers (caller holds the write transaction) --------------------------------------
 
     def _add_object(self, txn: lmdb.Transaction, obj: ObjectVersion, dead: Dead) -> None:
-        name = _name_key(obj.backend, obj.key)
+        name, now = _name_key(obj.backend, obj.key), time.time()
         previous = txn.get(name, db=self.names)
         if previous is not None and previous != obj.oid:
             self._drop_object_blocks(txn, bytes(previous), dead)
@@ -420,7 +494,8 @@ class CacheIndex:
             "size": obj.size,
             "mtime": obj.mtime,
             "block_size": obj.block_size,
-            "cached_at": time.time(),
+            "cached_at": now,
+            "confirmed_at": now,  # the fetch that caches it checks the version (If-Match)
         }
         txn.put(obj.oid, json.dumps(record).encode(), db=self.objects)
         txn.put(name, obj.oid, db=self.names)
@@ -573,6 +648,12 @@ def _delete(cursor: lmdb.Cursor) -> bool:
     return bool(cursor.delete() and cursor.key())
 
 
+def _newer(value: bytes | memoryview, etag: str, when: float) -> bool:
+    """Whether an object record is of version ``etag`` and was confirmed before ``when``."""
+    d = json.loads(bytes(value))
+    return bool(d["etag"] == etag and d.get("confirmed_at", d["cached_at"]) < when)
+
+
 def _obj(oid: bytes, value: bytes | memoryview) -> ObjectRecord:
     d = json.loads(bytes(value))
     return ObjectRecord(
@@ -584,4 +665,5 @@ def _obj(oid: bytes, value: bytes | memoryview) -> ObjectRecord:
         d["mtime"],
         d["block_size"],
         d["cached_at"],
+        d.get("confirmed_at", d["cached_at"]),
     )

@@ -185,6 +185,7 @@ def _cache(sec: Section) -> CacheConfig:
         max_parallel_fetch=sec.get("max_parallel_fetch", as_int(1, 1024), d.max_parallel_fetch),
         stale_ttl=sec.get("stale_ttl", as_duration, d.stale_ttl),
         list_ttl=sec.get("list_ttl", as_duration, d.list_ttl),
+        offline_max_age=sec.get("offline_max_age", as_duration, d.offline_max_age),
         evict_high_water=high,
         evict_low_water=low,
     )

@@ -31,6 +31,10 @@ class CacheConfig:
     max_parallel_fetch: int = 32  # backend requests in flight at once, per process
     stale_ttl: float = 60.0  # seconds object metadata (size, etag) is trusted before a re-stat
     list_ttl: float = 60.0  # seconds a directory listing is reused
+    # Seconds since the backend last confirmed a version that it may still be answered without
+    # the backend (from the index, stale-while-revalidate, or in an outage); 0: only within
+    # stale_ttl. A day: a region down overnight does not stop training on what is cached.
+    offline_max_age: float = 86400.0
     evict_high_water: float = 0.90  # fraction of max_size that starts an eviction…
     evict_low_water: float = 0.80  # …which removes least recently used blocks down to this
 

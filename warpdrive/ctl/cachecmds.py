@@ -49,6 +49,7 @@ def stats(wd: WarpDrive) -> dict[str, Any]:
         "readahead_wasted": counters.get("readahead_wasted", 0),
         "hint_hits": counters.get("hint_hits", 0),
         "loader_skipped": counters.get("loader_skipped", 0),
+        "offline_served": counters.get("offline_served", 0),
         "bytes_by_backend": {name: u.bytes for name, u in sorted(wd.index.backend_usage().items())},
     }
 

@@ -184,7 +184,7 @@ class Health:
 def probe_backend(backend: Backend) -> str:
     """One listing request, without retries: is the store reachable with our credentials?"""
     if isinstance(backend, RetryingBackend):
-        backend.client.list_page("", None)
+        backend.probe()  # a store it cannot reach is taken as down (answered from the cache)
     else:
         next(iter(backend.list_pages("")), None)
     return "ok"
