@@ -3,10 +3,12 @@
 Every missing block has at most one fetch in flight per process: a second reader (or the
 prefetcher) gets the same future. ``max_parallel_fetch`` worker threads take jobs from a priority
 queue: demand reads first, then readahead, then hints; background work may occupy at most three
-quarters of the workers, so a demand read always finds one soon. A demand read for a block that
-is queued as prefetch raises the job's priority. Adjacent missing blocks of one object are
-fetched with one ranged request (up to ``fetch.coalesce_size``) when they outnumber
-the workers.
+quarters of the workers, so a demand read always finds one soon. So may the fetches of any one
+object: a read of another object finds a worker soon even while every request for that object
+hangs until its timeout (one large read of a stalled object would otherwise hold them all). A
+demand read for a block that is queued as prefetch raises the job's priority. Adjacent missing
+blocks of one object are fetched with one ranged request (up to ``fetch.coalesce_size``) when
+they outnumber the workers.
 
 Background work is also shared out per backend: each gets an equal part of the background
 workers, and prefetch hints only ``hint_slots`` requests in flight (2, more for a link whose
@@ -27,6 +29,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from enum import IntEnum
+from typing import TypeVar
 
 from warpdrive.backends import Backend
 from warpdrive.cache import BlockCache, ObjectVersion
@@ -34,6 +37,7 @@ from warpdrive.errors import BackendError
 from warpdrive.metrics import Metrics
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 BlockData = bytes | memoryview | None  # None: the block is now in the cache, read it there
 
@@ -76,9 +80,10 @@ class Fetcher:
         self.max_parallel = max_parallel
         self.coalesce_size = coalesce_size
         self.bg_limit = max(1, max_parallel - max(1, max_parallel // 4))
+        self.object_limit = self.bg_limit  # workers one object's jobs may hold at once
         self.max_queued_bg = 4 * max_parallel
         # Guarded by _lock: _inflight, _jobs, _heap, _queued_by_backend, _running_by_backend,
-        # _running_bg, _queued_bg, _threads, _closed.
+        # _running_by_object, _running_bg, _queued_bg, _threads, _closed.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._inflight: dict[bytes, Future[BlockData]] = {}
@@ -87,6 +92,7 @@ class Fetcher:
         self._queued_by_backend: dict[str, int] = {}
         self._running_by_backend: dict[str, int] = {}
         self._running_hints: dict[str, int] = {}
+        self._running_by_object: dict[bytes, int] = {}  # jobs running, by object (oid)
         # HINT jobs in flight allowed per backend (the prefetcher raises it for deep links).
         self.hint_slots: dict[str, int] = {}
         self._seq = itertools.count()
@@ -183,14 +189,15 @@ class Fetcher:
             try:
                 self._run(job)
             finally:
-                if job.priority != Priority.DEMAND:
-                    with self._wake:
+                with self._wake:
+                    _decrement(self._running_by_object, job.obj.oid)
+                    if job.priority != Priority.DEMAND:
                         self._running_bg -= 1
                         backend = job.obj.backend
                         _decrement(self._running_by_backend, backend)
                         if job.priority == Priority.HINT:
                             _decrement(self._running_hints, backend)
-                        self._wake.notify_all()
+                    self._wake.notify_all()
 
     def _next_job_locked(self) -> _Job | None:
         while True:
@@ -200,12 +207,14 @@ class Fetcher:
                 heapq.heappop(self._heap)  # a stale entry of a promoted job
             job = None
             if self._heap and self._heap[0][0] == Priority.DEMAND:
-                job = heapq.heappop(self._heap)[-1]
-            elif self._heap and self._running_bg < self.bg_limit:
+                job = self._pop_demand_locked()
+            if job is None and self._heap and self._running_bg < self.bg_limit:
                 job = self._pop_background_locked()
             if job is not None:
                 job.started = True
                 self._dequeued_locked(job)
+                oid = job.obj.oid
+                self._running_by_object[oid] = self._running_by_object.get(oid, 0) + 1
                 if job.priority != Priority.DEMAND:
                     self._queued_bg -= 1
                     self._running_bg += 1
@@ -216,6 +225,23 @@ class Fetcher:
                 self._wake.notify_all()
                 return job
             self._wake.wait()
+
+    def _pop_demand_locked(self) -> _Job | None:
+        """The first queued demand job whose object holds fewer than ``object_limit`` workers."""
+        skipped = []
+        job = None
+        while self._heap and self._heap[0][0] == Priority.DEMAND:
+            entry = heapq.heappop(self._heap)
+            candidate = entry[-1]
+            if candidate.started:
+                continue
+            if self._running_by_object.get(candidate.obj.oid, 0) < self.object_limit:
+                job = candidate
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return job
 
     def _pop_background_locked(self) -> _Job | None:
         """The first queued background job whose backend is under its share of the background
@@ -231,9 +257,13 @@ class Fetcher:
             if candidate.started:
                 continue
             backend = candidate.obj.backend
-            if self._running_by_backend.get(backend, 0) < share and (
-                candidate.priority != Priority.HINT
-                or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
+            if (
+                self._running_by_backend.get(backend, 0) < share
+                and self._running_by_object.get(candidate.obj.oid, 0) < self.object_limit
+                and (
+                    candidate.priority != Priority.HINT
+                    or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
+                )
             ):
                 job = candidate
                 break
@@ -342,7 +372,7 @@ class Fetcher:
             self._threads.append(thread)
 
 
-def _decrement(counts: dict[str, int], key: str) -> None:
+def _decrement(counts: dict[K, int], key: K) -> None:
     left = counts.get(key, 0) - 1
     if left > 0:
         counts[key] = left

@@ -65,14 +65,19 @@ class FsStats:
 
 
 class _DirHandle:
-    """An open directory: its listing, fetched a backend page at a time as the kernel reads."""
+    """An open directory: its listing, fetched a backend page at a time as the kernel reads.
 
-    __slots__ = ("entries", "lock", "pages", "path")
+    A listing that fails (the backend went down after some pages) keeps its error: every read
+    past the entries it got raises it again, so a caller that retries never takes the short
+    listing for the whole directory. Opening the directory again lists it anew."""
+
+    __slots__ = ("entries", "error", "lock", "pages", "path")
 
     def __init__(self, path: str, pages: Iterator[list[FileInfo]]) -> None:
         self.path = path
         self.pages: Iterator[list[FileInfo]] | None = pages
         self.entries: list[tuple[str, Attr]] = []
+        self.error: Exception | None = None  # why the listing stopped short
         self.lock = threading.Lock()
 
 
@@ -199,7 +204,11 @@ class WarpDriveFS:
             raise NotFoundError(f"directory handle {dh} is not open")
         with handle.lock:
             while len(handle.entries) < start + self.readdir_batch and handle.pages is not None:
-                page = next(handle.pages, None)
+                try:
+                    page = next(handle.pages, None)
+                except Exception as exc:  # a failed generator is over: it would say "end"
+                    handle.pages, handle.error = None, exc
+                    break
                 if page is None:
                     handle.pages = None
                     break
@@ -209,6 +218,8 @@ class WarpDriveFS:
                         for info in page
                     )
             batch = handle.entries[start : start + self.readdir_batch]
+            if not batch and handle.error is not None:
+                raise handle.error  # where the listing stopped: an error, never its end
         return [(name, attr, start + i + 1) for i, (name, attr) in enumerate(batch)]
 
     def releasedir(self, dh: int) -> None:

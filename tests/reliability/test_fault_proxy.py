@@ -15,6 +15,7 @@ import pytest
 
 from tests.reliability import report
 from warpdrive import BackendUnavailableError, WarpDrive, parse_config
+from warpdrive.config import AzureBlobOptions
 from warpdrive.testing.faultproxy import Fault, FaultProxy
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import Server, free_port
@@ -124,6 +125,46 @@ def test_persistent_faults_give_a_typed_error_in_time_and_cache_nothing(
         assert hashlib.sha256(again.read("/az/d/obj.bin")).digest() == hashlib.sha256(data).digest()
         assert proxy.requests - requests <= 1  # served from the cache (a stat at most)
     report.add(**{f"faults_{fault.kind}": 3, "bytes_verified": 2 * len(data)})
+
+
+def test_a_fault_aimed_at_one_object_spares_the_others(
+    proxied: tuple[FaultProxy, str, bytes, Path], azurite: Server
+) -> None:
+    """A rule sees each request's path (the blob's name, URL-decoded) and query: a stall
+    aimed at one blob's block reads times that blob out, while its stat (a HEAD) and every read
+    of another blob pass; a rule for all of a blob's requests fails its stat too, and only
+    its."""
+    from azure.storage.blob import BlobServiceClient
+
+    proxy, _, data, config = proxied
+    cfg = parse_config(config.read_text())
+    options = cfg.backend("az").options
+    assert isinstance(options, AzureBlobOptions)
+    other = os.urandom(BLOCK + 5)
+    container = BlobServiceClient.from_connection_string(
+        azurite.connection_string()
+    ).get_container_client(options.container)
+    container.upload_blob("d/other file.bin", other)
+    container.upload_blob("d/never read.bin", b"n")  # no cached version answers its stat
+    proxy.inject(Fault("stall", seconds=None, count=None, blob="d/obj.bin"))
+    with WarpDrive(cfg) as wd:
+        assert wd.stat("/az/d/obj.bin").size == len(data)  # a HEAD: not a block read
+        assert wd.read("/az/d/other file.bin") == other
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match=r"read 'd/obj.bin' failed after 3"):
+            wd.read("/az/d/obj.bin", 0, BLOCK)
+        assert time.monotonic() - started < 3 * 1.0 + 2 * 0.2 + 5
+        assert _errors(wd, {"timeout"}) == _all_errors(wd) == 3
+        assert wd.read("/az/d/other file.bin", BLOCK) == other[BLOCK:]  # cached or not: exact
+    assert dict(proxy.injected) == {"stall": 3}
+    proxy.clear()
+    aim = "d/never read.bin"  # sent as d/never%20read.bin: rules see the name decoded
+    proxy.inject(Fault("status", code=500, count=None, method=None, ranged_only=False, blob=aim))
+    with WarpDrive(parse_config(config.read_text())) as wd:
+        with pytest.raises(BackendUnavailableError, match=r"stat 'd/never read.bin' failed"):
+            wd.stat(f"/az/{aim}")
+        assert wd.stat("/az/d/obj.bin").size == len(data)  # asks the backend: nothing cached
+    report.add(faults_stall=3, faults_status=3, bytes_verified=2 * len(other))
 
 
 def test_through_the_mount_eio_then_recovery_and_metrics(

@@ -91,6 +91,52 @@ def test_parallelism_is_bounded_by_max_parallel_fetch(local_store: Store) -> Non
     wd.close()
 
 
+class HangingClient(CountingClient):
+    """Reads of one key hang until ``release`` is set (or 10 s pass): a stalled object."""
+
+    def __init__(self, inner: ObjectClient, key: str) -> None:
+        super().__init__(inner)
+        self.key = key
+        self.release = threading.Event()
+
+    def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
+        data = super().read_range(key, start, end, etag)
+        if key == self.key:
+            self.release.wait(10)
+        return data
+
+
+def test_a_large_read_of_a_stalled_object_leaves_workers_for_the_others(
+    local_store: Store,
+) -> None:
+    """One read of 16 blocks of an object whose requests all hang would take every worker;
+    it gets three quarters of them, and a read of another object goes through meanwhile."""
+    local_store.put("stuck", os.urandom(16 * 256 * KB))
+    other = os.urandom(256 * KB)
+    local_store.put("other", other)
+    made: list[HangingClient] = []
+
+    def wrap(client: ObjectClient) -> ObjectClient:
+        made.append(HangingClient(client, "stuck"))
+        return made[-1]
+
+    wd = local_store.reader(readahead_blocks=0, max_parallel_fetch=8, wrap_client=wrap)
+    stuck = threading.Thread(target=wd.read, args=(local_store.path("stuck"),))
+    stuck.start()
+    try:
+        deadline = time.monotonic() + 5
+        while made[0].calls["read"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert wd.read(local_store.path("other")) == other
+        assert time.monotonic() - started < 5  # not behind the hanging requests
+        assert sum(key == "stuck" for key, _, _ in made[0].ranges) == 6  # 3/4 of 8 workers
+    finally:
+        made[0].release.set()
+        stuck.join()
+    wd.close()
+
+
 def test_adjacent_missing_blocks_are_coalesced_up_to_coalesce_size(local_store: Store) -> None:
     data = os.urandom(8 * 256 * KB)
     local_store.put("obj", data)

@@ -9,8 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warpdrive import WarpDrive, parse_config
-from warpdrive.backends.wrappers import CountingClient
-from warpdrive.errors import InvalidPathError, IsDirectoryError, NotDirectoryError, NotFoundError
+from warpdrive.backends.wrappers import CountingClient, FaultInjectingClient
+from warpdrive.errors import (
+    BackendUnavailableError,
+    InvalidPathError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotFoundError,
+    TransientBackendError,
+    WarpDriveError,
+)
 
 
 @pytest.fixture
@@ -133,6 +141,62 @@ def test_metadata_is_cached_for_stale_ttl_and_listings_fill_it(tree: Path) -> No
         wd.read("/s/top.txt")
         wd.read("/s/top.txt")
         assert counting[0].calls["stat"] == 1
+
+
+def test_a_listing_cut_short_stays_an_error_on_its_directory_handle(tmp_path: Path) -> None:
+    """The backend goes down after two pages of a listing: the open directory answers the
+    entries it got, then the error at every read past them (a caller that retries never takes
+    the short listing for the directory: a failed generator would have said "end"); opened
+    again once the backend is back, it lists every entry."""
+    from warpdrive.fs import ROOT_INODE, WarpDriveFS
+
+    root = tmp_path / "src" / "many"
+    root.mkdir(parents=True)
+    names = [f"f{i:02d}" for i in range(10)]
+    for name in names:
+        (root / name).write_bytes(b"x")
+    state = {"pages": 0, "down": True}
+
+    def plan(op: str, key: str) -> WarpDriveError | None:
+        if op != "list":
+            return None
+        state["pages"] += 1
+        if state["down"] and state["pages"] > 2:
+            return TransientBackendError("injected: backend down", kind="connection")
+        return None
+
+    cfg = parse_config(
+        f"cache: {{path: {tmp_path / 'cache'}, max_size: 16MB, block_size: 1MB}}\n"
+        "fetch: {max_attempts: 2, initial_backoff: 1ms, max_backoff: 1ms}\n"
+        f"backends: [{{name: s, type: local, config: {{root: {tmp_path / 'src'}, "
+        "list_page_size: 3}}]",
+        env={},
+    )
+    with WarpDrive(cfg, wrap_client=lambda c: FaultInjectingClient(c, plan)) as wd:
+        fs = WarpDriveFS(wd)
+        top = fs.lookup(ROOT_INODE, "s")
+        assert top is not None
+        many = fs.lookup(top.ino, "many")
+        assert many is not None
+        dh = fs.opendir(many.ino)
+        got: list[str] = []
+
+        def read_on() -> None:
+            while batch := fs.readdir(dh, len(got)):
+                got.extend(name for name, _, _ in batch)
+
+        with pytest.raises(BackendUnavailableError):
+            read_on()
+        assert got == names[:6]  # the two pages it listed
+        for _ in range(2):  # where it stopped: the error again, never the end
+            with pytest.raises(BackendUnavailableError):
+                fs.readdir(dh, len(got))
+        assert [name for name, _, _ in fs.readdir(dh, 0)] == names[:6]
+        fs.releasedir(dh)
+        state["down"] = False
+        dh = fs.opendir(many.ino)
+        assert [name for name, _, _ in fs.readdir(dh, 0)] == names
+        fs.releasedir(dh)
 
 
 @settings(

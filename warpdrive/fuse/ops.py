@@ -203,8 +203,14 @@ class Operations(pyfuse3.Operations):
 
     @_handler("readdir")
     async def readdir(self, fh: FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        first = start_id
         while True:
-            batch = await self._call(self.fs.readdir, fh, start_id)
+            try:
+                batch = await self._call(self.fs.readdir, fh, start_id)
+            except WarpDriveError:
+                if start_id > first:  # the listing broke off: what it got goes out, and the
+                    return  # next request, from here, gets the error (the handle keeps it)
+                raise
             if not batch:
                 return
             for name, attr, next_id in batch:
