@@ -76,6 +76,12 @@ class ObjectChangedError(WarpDriveError):
     errno = errno.ESTALE
 
 
+class CacheDamagedError(WarpDriveError):
+    """The cache index cannot be read and other processes still use the cache."""
+
+    errno = errno.EIO
+
+
 class BackendError(WarpDriveError, OSError):
     """A backend request failed for a reason that retrying will not fix."""
 

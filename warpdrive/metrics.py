@@ -64,6 +64,11 @@ class Metrics:
             "Cached blocks whose checksum or size did not match; refetched, never served",
             registry=reg,
         )
+        self.index_resets = Counter(
+            "warpdrive_cache_index_resets",
+            "Times this process found the cache index damaged and started with an empty cache",
+            registry=reg,
+        )
         self.cache_write_errors = Counter(
             "warpdrive_cache_write_errors",
             "Fetched blocks that could not be stored (served from memory instead)",

@@ -290,7 +290,7 @@ def test_alert_rules_check_and_each_fires_then_resolves() -> None:
     check = subprocess.run(
         [promtool, "check", "rules", "alerts.yaml"], cwd=monitoring, capture_output=True, text=True
     )
-    assert check.returncode == 0 and "SUCCESS: 4 rules found" in check.stdout, (
+    assert check.returncode == 0 and "SUCCESS: 5 rules found" in check.stdout, (
         check.stdout + check.stderr
     )
     tests = subprocess.run(
@@ -313,6 +313,7 @@ def test_alert_rules_check_and_each_fires_then_resolves() -> None:
             "WarpDriveCacheHitRateLow",
             "WarpDriveBackendErrorRate",
             "WarpDriveCacheFull",
+            "WarpDriveCacheIndexReset",
             "WarpDriveMountDown",
         }
     )

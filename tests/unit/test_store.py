@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from warpdrive.cache import BlockCache, ObjectVersion
 from warpdrive.cache.store import CHUNK, chunk_sums, verify
 from warpdrive.config import parse_config
+from warpdrive.errors import CacheDamagedError
 from warpdrive.metrics import Metrics
 
 BS = 4 * CHUNK  # 256 KiB blocks: several chunks each, many blocks per object
@@ -262,6 +263,75 @@ def test_an_old_layout_is_removed_and_its_governance_records_kept(tmp_path: Path
         assert (tmp_path / "v2" / "governance.sqlite-wal").read_bytes() == b"wal"
     finally:
         cache.close()
+
+
+def _damage_index(root: Path, where: str) -> None:
+    """Overwrite the index file as a power loss might leave it: its meta pages, or the pages
+    they point at."""
+    data = root / "v2" / "index" / "data.mdb"
+    with data.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = 0 if where == "meta pages" else 2 * 4096
+        end = 2 * 4096 if where == "meta pages" else size
+        f.seek(start)
+        f.write(b"\xab" * (end - start))
+
+
+@pytest.mark.parametrize("where", ["meta pages", "data pages"])
+def test_a_damaged_index_starts_an_empty_cache_that_fills_again(
+    tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = _cache(tmp_path)
+    obj, data = _obj("kept", 3 * BS), _source("kept", 3 * BS)
+    for index in range(3):
+        _put(cache, obj, data, index)
+    cache.close()
+    _damage_index(tmp_path, where)
+    cache = _cache(tmp_path)  # raised lmdb.Error before
+    try:
+        assert cache.metrics.index_resets._value.get() == 1
+        assert "is damaged" in caplog.text and "starting with an empty cache" in caplog.text
+        assert not any(cache.contains(obj, i) for i in range(3))
+        assert not os.path.exists(cache.store.path(obj.oid))  # removed with the index
+        for index in range(3):
+            _put(cache, obj, data, index)
+        got, unfilled = _read(cache, obj, 0, obj.size)
+        assert (got, unfilled) == (data, [])
+    finally:
+        cache.close()
+    cache = _cache(tmp_path)  # and the new index survives a restart
+    try:
+        assert cache.metrics.index_resets._value.get() == 0
+        assert all(cache.contains(obj, i) for i in range(3))
+    finally:
+        cache.close()
+
+
+def _use_cache(root: str, ready: mp.synchronize.Event, done: mp.synchronize.Event) -> None:
+    cache = _cache(Path(root))
+    ready.set()
+    done.wait(60)
+    cache.close()
+
+
+def test_a_damaged_index_in_use_by_another_process_is_left_alone(tmp_path: Path) -> None:
+    cache = _cache(tmp_path)
+    obj, data = _obj("kept", BS), _source("kept", BS)
+    _put(cache, obj, data, 0)
+    cache.close()
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_use_cache, args=(str(tmp_path), ready, done))
+    other.start()
+    try:
+        assert ready.wait(60)
+        _damage_index(tmp_path, "meta pages")
+        with pytest.raises(CacheDamagedError, match=r"is damaged .* other processes use the cache"):
+            _cache(tmp_path)
+        assert os.path.exists(cache.store.path(obj.oid))  # nothing removed under the other
+    finally:
+        done.set()
+        other.join(60)
 
 
 # -- processes -----------------------------------------------------------------------------

@@ -8,7 +8,10 @@ from older releases) is removed at start when no process uses it; it only held c
 Every process using the cache holds a shared ``flock`` on ``users.lock``; a process that can
 take it exclusively at start is alone, and only then reconciles (stray files and files of no
 indexed object removed, records whose file is missing or too short dropped, usage recounted), so
-it never deletes what another process is writing.
+it never deletes what another process is writing. An index LMDB cannot read (a power loss can
+damage it: commits skip fsync) is removed with the object files by a process that is alone,
+which then starts with an empty cache (logged, ``warpdrive_cache_index_resets_total``): they
+only held copies. With other processes still using the cache it refuses to start instead.
 
 **When bytes are verified.** Checksums are computed from the fetched bytes before they are
 written (so the writing process knows them verified). A block is verified (all of it, against
@@ -40,6 +43,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+import lmdb
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from warpdrive.cache.accounts import Quota, Usage, quota_status
@@ -55,6 +59,7 @@ from warpdrive.cache.store import (
     verify,
 )
 from warpdrive.config import CacheConfig
+from warpdrive.errors import CacheDamagedError
 from warpdrive.metrics import Metrics
 from warpdrive.perms import private_dir
 from warpdrive.units import format_size
@@ -78,13 +83,16 @@ class BlockCache:
         self.metrics = metrics
         self.store = ObjectStore(self.root)
         self.clock = EvictionClock(self.root)
-        self.index = CacheIndex(self.root, cfg.max_size, cfg.evict_high_water, cfg.evict_low_water)
         self._users = os.open(
             os.path.join(self.root, "users.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         # (file inode, block key) -> (generation, trusted until): see "When bytes are verified"
         self._verified: dict[tuple[int, bytes], tuple[int, float]] = {}
-        self.reconciled = self._join()
+        try:
+            self.index = self._new_index()
+            self.reconciled = self._join()
+        except lmdb.Error as exc:
+            self.index, self.reconciled = self._start_empty(exc), True
         self._pending: dict[bytes, int] = {}
         # (backend, key) → (etag, when) a backend showed it: see CacheIndex.confirm
         self._confirmed: dict[tuple[str, str], tuple[str, float]] = {}
@@ -440,6 +448,39 @@ class BlockCache:
         return dropped, removed
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _new_index(self) -> CacheIndex:
+        cfg = self.cfg
+        return CacheIndex(self.root, cfg.max_size, cfg.evict_high_water, cfg.evict_low_water)
+
+    def _start_empty(self, damage: lmdb.Error) -> CacheIndex:
+        """The index cannot be read: remove it and the object files (only copies) and start
+        empty, if no other process uses the cache (it may be reading those files)."""
+        index_dir = os.path.join(self.root, "index")
+        if hasattr(self, "index"):
+            self.index.close()
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._users)
+            raise CacheDamagedError(
+                f"cache index {index_dir} is damaged ({damage}) and other processes use the "
+                "cache: stop them and start again, and the cache starts empty"
+            ) from None
+        try:
+            for name in ("index", "objects"):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+            log.error(
+                "cache index %s is damaged (%s): removed it and the cached objects, starting "
+                "with an empty cache (teams and quotas set with warpdrive-ctl must be set again)",
+                index_dir,
+                damage,
+            )
+            self.metrics.index_resets.inc()
+            self.store = ObjectStore(self.root)
+            return self._new_index()
+        finally:
+            fcntl.flock(self._users, fcntl.LOCK_SH)
 
     def _join(self) -> bool:
         """Register as a user of the cache; reconcile first if no one else is using it."""

@@ -60,8 +60,12 @@ def acquire(path: str) -> tuple[lmdb.Environment, dict[bytes, Any]]:
                 meminit=False,
                 mode=0o600,  # the index names every cached object: private, like the blocks
             )
-            with txn(env, write=True) as t:
-                _dbs[real] = {name: env.open_db(name, txn=t) for name in DB_NAMES}
+            try:
+                with txn(env, write=True) as t:
+                    _dbs[real] = {name: env.open_db(name, txn=t) for name in DB_NAMES}
+            except lmdb.Error:
+                env.close()  # a damaged file: let the caller open the path again afresh
+                raise
         _envs[real] = (env, users + 1)
         return env, _dbs[real]
 
