@@ -927,6 +927,7 @@ def test_systemd_unit_runs_the_mount_in_the_foreground() -> None:
     unit.read(DEPLOY / "systemd" / "warpdrive-agent.service")
     assert unit["Service"]["ExecStart"].split() == [
         "/usr/local/bin/warpdrive-mount", "--config", "/etc/warpdrive/config.yaml", "--foreground",
+        "--degraded-ok",
     ]  # fmt: skip
     assert (
         unit["Service"]["Restart"] == "on-failure"
