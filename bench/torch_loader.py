@@ -11,7 +11,9 @@
    a simulated training step per sample (``--step-ms``), without hints (``prefetch_shards=0``)
    and with them, in-process and with a DataLoader of ``--cold-workers`` workers. Wall seconds,
    the reads that had to wait for the backend (misses), and the bytes fetched over the bytes of
-   the shards (above 1: some block was fetched twice, or read ahead and never used).
+   the shards (above 1: some block was fetched twice, or read ahead and never used). The same
+   for ``webdataset.WebDataset`` over ``warpdrive://`` (no shuffle), with webdataset's own
+   ``split_by_worker`` (no hints) and with ``warpdrive_torch.wds.split_by_worker`` (2 ahead).
 
 Prints tables and writes bench/out/torch_loader.json.
 Run: ``python bench/torch_loader.py [--shards 16] [--samples 200] [--kb 64] [--runs 3]
@@ -43,7 +45,7 @@ from bench.report import print_table, row, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive.testing.servers import AZURITE_KEY, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
-from warpdrive_torch import ShardDataset
+from warpdrive_torch import ShardDataset, register_webdataset, wds
 
 
 def make_shard(index: int, samples: int, kb: int) -> bytes:
@@ -152,12 +154,14 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
         endpoint = f"http://127.0.0.1:{proxy.port}/devstoreaccount1"
         urls = f"warpdrive://ds/train/shard-{{000000..{args.cold_shards - 1:06d}}}.tar"
         cases = [
-            (w, s, k)
+            (loader, w, s, k)
+            for loader in ("ShardDataset", "webdataset")
             for w in (0, args.cold_workers)
             for s in (0.0, args.step_ms)
-            for k in (0, 2, 4)
+            for k in ((0, 2, 4) if loader == "ShardDataset" else (0, 2))
         ]
-        for workers, step_ms, k in cases:
+        shard_urls = [f"warpdrive://ds/train/shard-{i:06d}.tar" for i in range(args.cold_shards)]
+        for loader, workers, step_ms, k in cases:
             walls, misses, fetched = [], [], []
             for _ in range(args.runs):
                 shutil.rmtree(work / "cold-cache", ignore_errors=True)
@@ -170,7 +174,14 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
                         "    auth: {method: account_key, account_key_env: WD_BENCH_KEY}\n"
                     )
                 )
-                ds = ShardDataset(urls, wd=wd, seed=1, prefetch_shards=k)
+                if loader == "ShardDataset":
+                    ds: Any = ShardDataset(urls, wd=wd, seed=1, prefetch_shards=k)
+                else:
+                    register_webdataset(wd)
+                    split = wds.split_by_worker if k else webdataset.split_by_worker
+                    ds = webdataset.WebDataset(
+                        shard_urls, shardshuffle=False, nodesplitter=None, workersplitter=split
+                    )
                 started = time.perf_counter()
                 n = 0
                 samples = DataLoader(ds, batch_size=None, num_workers=workers) if workers else ds
@@ -186,7 +197,8 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
                 if n != args.cold_shards * args.samples:
                     raise SystemExit(f"cold epoch saw {n} samples")
             where = f"{workers} workers" if workers else "in-process"
-            label = f"{where}, step {step_ms:g} ms, prefetch_shards={k}"
+            hints = f"prefetch_shards={k}" if loader == "ShardDataset" else f"{k} ahead"
+            label = f"{loader}, {where}, step {step_ms:g} ms, {hints}"
             results[f"cold epoch seconds, {label}"] = statistics.median(walls)
             results[f"cold epoch misses, {label}"] = statistics.median(misses)
             results[f"cold epoch fetched / source bytes, {label}"] = max(fetched)
@@ -224,11 +236,12 @@ def main() -> int:
     p.add_argument("--step-ms", type=float, default=2.0)
     p.add_argument("--cold-workers", type=int, default=2, help="DataLoader workers, cold cases")
     p.add_argument("--skip-cold", action="store_true")
+    p.add_argument("--skip-warm", action="store_true")
     p.add_argument("--json", default=str(Path(__file__).parent / "out" / "torch_loader.json"))
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wd-torch-bench-"))
     try:
-        results = warm_bench(args, work)
+        results = {} if args.skip_warm else warm_bench(args, work)
         if not args.skip_cold:
             results.update(cold_bench(args, work))
     finally:

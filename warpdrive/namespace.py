@@ -171,6 +171,7 @@ class Namespace:
         self._dirs: dict[tuple[str, str], float] = {}
         self._relists: queue.SimpleQueue[tuple[Backend, str] | None] = queue.SimpleQueue()
         self._relister: threading.Thread | None = None
+        self._closing = False
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -408,6 +409,8 @@ class Namespace:
             try:
                 self._relist(backend, directory)
             except Exception as exc:  # the known versions stay the answer meanwhile
+                if self._closing:  # the backend's client is being closed under this listing
+                    return
                 # In an outage already logged, each directory's failures are not news; nor is
                 # a config error (a credential not set): the call that needs the backend, the
                 # mount's start and its /readyz report it.
@@ -453,6 +456,7 @@ class Namespace:
 
     def close(self) -> None:
         """Stop the background revalidation; idempotent."""
+        self._closing = True
         if self._relister is not None:
             self._relists.put(None)
 

@@ -346,18 +346,47 @@ def test_prefetch_hints_cut_demand_misses_in_a_cold_epoch(azurite: Server, tmp_p
     assert with_hints["misses"] < without["misses"] / 2, (without, with_hints)
 
 
-@pytest.mark.parametrize("loader", ["shard_dataset", "shard_dataset_no_hints", "webdataset"])
+def test_webdataset_stage_hints_the_next_shards_as_each_opens(regions: Regions) -> None:
+    from warpdrive_torch import register_webdataset
+    from warpdrive_torch.wds import hint_shards
+
+    wd = regions.wd()
+    register_webdataset(wd)
+    urls = [f"warpdrive://{REGIONS[i % 2]}/train/shard-{i:06d}.tar" for i in range(6)]
+    sizes = [wd.version(u.removeprefix("warpdrive:/")).size for u in urls]
+
+    def cached_becomes(expected: int) -> None:
+        deadline = time.monotonic() + 30
+        while wd.usage().bytes < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert wd.usage().bytes == expected
+
+    stream = hint_shards(2)(iter([{"url": u} for u in urls]))
+    assert next(stream)["url"] == urls[0]  # about to be opened: 1 and 2 are hinted, 0 is not
+    cached_becomes(sizes[1] + sizes[2])
+    assert next(stream)["url"] == urls[1]
+    cached_becomes(sizes[1] + sizes[2] + sizes[3])
+    assert [i["url"] for i in stream] == urls[2:]
+    cached_becomes(sum(sizes[1:]))
+    with pytest.raises(ValueError, match="ahead must be at least 1, got 0"):
+        hint_shards(0)
+
+
+@pytest.mark.parametrize(
+    "loader", ["shard_dataset", "shard_dataset_no_hints", "webdataset", "webdataset_hints"]
+)
 def test_workers_of_a_cold_epoch_fetch_every_byte_once(regions: Regions, loader: str) -> None:
     # The workers' WarpDrives share the cache but not their fetchers: a directory-scan
     # prefetch in one fetched the shards dealt to the others again (~11% more bytes).
     wd = regions.wd()
     urls = [f"warpdrive://{REGIONS[i % 2]}/train/shard-{i:06d}.tar" for i in range(regions.shards)]
-    if loader == "webdataset":
-        from warpdrive_torch import register_webdataset
+    if loader.startswith("webdataset"):
+        from warpdrive_torch import register_webdataset, wds
 
         register_webdataset(wd)
+        split = wds.split_by_worker if loader == "webdataset_hints" else webdataset.split_by_worker
         ds: Any = webdataset.WebDataset(
-            urls, shardshuffle=False, nodesplitter=None, workersplitter=webdataset.split_by_worker
+            urls, shardshuffle=False, nodesplitter=None, workersplitter=split
         )
     else:
         hints = 0 if loader == "shard_dataset_no_hints" else 2
