@@ -190,6 +190,7 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
                     if step_ms:
                         time.sleep(step_ms / 1000)
                 walls.append(time.perf_counter() - started)
+                wd.flush()  # the in-process opener's counters (workers flush as they exit)
                 counters = wd.index.counters()
                 misses.append(counters.get("misses", 0))
                 fetched.append(counters.get("bytes_fetched", 0) / total)
