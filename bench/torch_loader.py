@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader
 
 from bench.report import print_table, row, write_json
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.testing.servers import AZURITE_KEY, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
 from warpdrive_torch import ShardDataset
@@ -179,7 +180,7 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
                     if step_ms:
                         time.sleep(step_ms / 1000)
                 walls.append(time.perf_counter() - started)
-                counters = wd.index.counters()
+                counters = cache_counters(wd.config)
                 misses.append(counters.get("misses", 0))
                 fetched.append(counters.get("bytes_fetched", 0) / total)
                 wd.close()

@@ -16,46 +16,87 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import multiprocessing.util
 import os
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
-from warpdrive.cache import (
-    BlockCache,
-    CacheIndex,
-    ObjectFile,
-    ObjectRecord,
-    ObjectVersion,
-    Quota,
-    Usage,
-)
+from warpdrive.cache import BlockCache, ObjectFile, ObjectRecord, ObjectVersion, Usage
 from warpdrive.cache.store import in_memory
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.fetch import BlockData, Fetcher, Priority
-from warpdrive.governance.access import AccessLog
-from warpdrive.governance.teams import TeamResolver
 from warpdrive.metrics import Metrics
 from warpdrive.namespace import FileInfo, Namespace
 from warpdrive.prefetch import HintItem, Prefetcher, Readahead
+from warpdrive.teams import TeamResolver
 
 DEFAULT_BUFFER = 1 << 20
 WHOLE_CHECK_EVERY = 16  # reads through the read path between looks for a whole cache file
 DISK_AHEAD = 16 << 20  # bytes of a whole cache file read ahead of a sequential reader
 _MAX_VERIFY_RETRIES = 3
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedHandle:
+    """What one handle read, reported to the observers when it closes (if it read anything).
+    ``hits``/``fetched``: blocks its reads found in the cache / had fetched from the backend;
+    ``late``: of those fetched, how many had been prefetched but not early enough."""
+
+    backend: str
+    key: str
+    etag: str
+    user: str
+    team: str | None
+    bytes_read: int
+    cache_bytes: int  # of bytes_read, how many came from the cache (the rest from a backend)
+    hits: int
+    fetched: int
+    late: int
+
+
+class HandleObserver(Protocol):
+    """Told of every handle that read something, as it closes (on the closing thread: keep it
+    short, never raise). ``close`` is called once, when the reader closes."""
+
+    def closed(self, record: ClosedHandle) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# Builds one observer per process from the reader's config (a class or a module-level function:
+# it travels, pickled, with a WarpDrive to DataLoader workers, where each builds its own).
+ObserverFactory = Callable[[Config], HandleObserver]
+_default_observers: list[ObserverFactory] = []
+
+
+def observe_by_default(factory: ObserverFactory) -> None:
+    """Give every WarpDrive made without ``observers=`` an observer built by ``factory`` (the
+    ``warpdrive`` package registers the node's access records this way: see
+    ``warpdrive.governance.access``). Registering the same factory twice adds it once."""
+    if factory not in _default_observers:
+        _default_observers.append(factory)
 
 
 class _Core:
     """The live parts of a WarpDrive in one process."""
 
-    def __init__(self, config: Config, metrics: Metrics, wrap: ClientWrapper | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        wrap: ClientWrapper | None,
+        observers: Sequence[ObserverFactory] = (),
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.backends: dict[str, Backend] = {}
@@ -80,8 +121,9 @@ class _Core:
         self.prefetcher = Prefetcher(
             self.cache, self.fetcher, metrics, config.cache.readahead_blocks
         )
-        self._access: AccessLog | None = None  # started by the first file read
-        self._access_lock = threading.Lock()
+        self._observer_factories = tuple(observers)
+        self._observers: tuple[HandleObserver, ...] | None = None  # built at the first report
+        self._observers_lock = threading.Lock()
 
     def open_handle(
         self,
@@ -109,21 +151,21 @@ class _Core:
             self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
         return Handle(self, norm, obj, team, user)
 
-    def record_access(self, handle: Handle) -> None:
-        """A handle that read something closed: add it to the access records."""
-        access = self._access
-        if access is None:
+    def report_closed(self, record: ClosedHandle) -> None:
+        """A handle that read something closed: tell the observers."""
+        observers = self._observers
+        if observers is None:
             if sys.is_finalizing():  # a handle left open, closed by the exiting interpreter:
-                return  # no new thread can start now (it would wait for ever)
-            with self._access_lock:
-                if self._access is None:
-                    interval = self.config.governance.access_flush_interval
-                    self._access = AccessLog(self.cache.root, interval)
-                access = self._access
-        obj = handle.obj
-        access.record(
-            obj.backend, obj.key, handle.user, handle.team, handle.bytes_read, handle.cache_bytes
-        )
+                return  # an observer could not start a thread now (it would wait for ever)
+            with self._observers_lock:
+                if self._observers is None:
+                    self._observers = tuple(f(self.config) for f in self._observer_factories)
+                observers = self._observers
+        for observer in observers:
+            try:
+                observer.closed(record)
+            except Exception:  # an observer's failure never fails a read or a close
+                log.exception("observer %r failed", observer)
 
     def version(self, path: str) -> ObjectVersion:
         return self._version_of(*self.namespace.object_meta(path))
@@ -138,23 +180,23 @@ class _Core:
         obj: ObjectVersion,
         offset: int,
         dst: memoryview,
-        ra: Readahead | None = None,
+        stream: Stream | None = None,
         file: CacheFile | None = None,
     ) -> None:
         """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps):
         what is cached in one read of the object's cache file, then each missing block."""
         if file is None:
             with CacheFile(self.cache, obj) as own:
-                return self.read_into(obj, offset, dst, ra, own)
+                return self.read_into(obj, offset, dst, stream, own)
         end = offset + len(dst)
-        if ra is not None:
-            self.prefetcher.readahead(ra, offset, end)
+        if stream is not None:
+            self.prefetcher.readahead(stream.ra, offset, end)
         bs = obj.block_size
         first, last = offset // bs, (end - 1) // bs
         if last > first:  # start every missing block now, so they arrive in parallel
             missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
             if missing:
-                team = ra.team if ra is not None else self.team
+                team = stream.team if stream is not None else self.team
                 self.fetcher.request(obj, missing, Priority.DEMAND, team)
         opened = file.get()
         unfilled = (
@@ -167,18 +209,18 @@ class _Core:
         for index in range(first, last + 1):
             lo, hi = max(offset, index * bs), min(end, index * bs + bs)
             if index != next_miss:
-                self._hit(obj, index, hi - lo, ra)
+                self._hit(obj, index, hi - lo, stream)
                 continue
             next_miss = next(todo, -1)
             part = dst[lo - offset : hi - offset]
-            part[:] = self._miss(obj, index, lo - index * bs, hi - lo, ra, file)
+            part[:] = self._miss(obj, index, lo - index * bs, hi - lo, stream, file)
 
     def read(
         self,
         obj: ObjectVersion,
         offset: int,
         n: int,
-        ra: Readahead | None,
+        stream: Stream | None,
         file: CacheFile,
         nowait: bool = False,
     ) -> bytes | bytearray | memoryview | None:
@@ -195,23 +237,23 @@ class _Core:
             if nowait:
                 return None
             buf = bytearray(n)
-            self.read_into(obj, offset, memoryview(buf), ra, file)
+            self.read_into(obj, offset, memoryview(buf), stream, file)
             return buf
-        if ra is not None and not nowait:
-            self.prefetcher.readahead(ra, offset, offset + n)
+        if stream is not None and not nowait:
+            self.prefetcher.readahead(stream.ra, offset, offset + n)
         lo = offset - index * bs
         opened = file.get()
         data = (
             self.cache.read_block(obj, opened, index, lo, n, nowait) if opened is not None else None
         )
         if data is not None:
-            self._hit(obj, index, n, ra)
-            if nowait and ra is not None:
-                self.prefetcher.readahead(ra, offset, offset + n)
+            self._hit(obj, index, n, stream)
+            if nowait and stream is not None:
+                self.prefetcher.readahead(stream.ra, offset, offset + n)
             return data
         if nowait:
             return None
-        return self._miss(obj, index, lo, n, ra, file)
+        return self._miss(obj, index, lo, n, stream, file)
 
     def _miss(
         self,
@@ -219,55 +261,65 @@ class _Core:
         index: int,
         lo: int,
         n: int,
-        ra: Readahead | None,
+        stream: Stream | None,
         file: CacheFile,
     ) -> bytes | memoryview:
         """Bytes ``[lo, lo+n)`` of block ``index``, which the cache could not serve: fetched,
         or read from the cache if another reader cached it meanwhile."""
         metrics = self.metrics
-        team = ra.team if ra is not None else self.team
+        ra = stream.ra if stream is not None else None
+        team = stream.team if stream is not None else self.team
         for _ in range(_MAX_VERIFY_RETRIES):
             metrics.cache_misses.inc()
             if ra is not None and self.prefetcher.prefetched(ra, obj.block_key(index), index):
                 self.prefetcher.late(ra)  # prefetched, but not early enough
+                if stream is not None:
+                    stream.late += 1
             data = self.fetcher.fetch(obj, index, team)
             if data is not None:
                 metrics.served_from_backend.inc(n)
+                if stream is not None:
+                    stream.fetched += 1
                 self.prefetcher.note_read(ra, obj.block_key(index), index)
                 return memoryview(data)[lo : lo + n]
             opened = file.get(reopen=True)  # cached meanwhile: read it there
             got = self.cache.read_block(obj, opened, index, lo, n) if opened else None
             if got is not None:
-                self._hit(obj, index, n, ra)
+                self._hit(obj, index, n, stream)
                 return got
         raise BackendError(
             f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
         )
 
-    def whole_hit(self, obj: ObjectVersion, offset: int, n: int, ra: Readahead) -> None:
+    def whole_hit(self, obj: ObjectVersion, offset: int, n: int, stream: Stream) -> None:
         """A read of ``[offset, offset+n)`` served straight from a whole cache file: counted
         as the read path counts its hits."""
         bs = obj.block_size
         first, last = offset // bs, (offset + n - 1) // bs
         self.metrics.cache_hits.inc(last - first + 1)
         self.metrics.served_from_cache.inc(n)
-        ra.served_cache += n
+        stream.hits += last - first + 1
+        stream.cache_bytes += n
+        ra = stream.ra
         if self.prefetcher.tracking(ra):
             for index in range(first, last + 1):
                 self.prefetcher.note_read(ra, obj.block_key(index), index)
 
-    def _hit(self, obj: ObjectVersion, index: int, n: int, ra: Readahead | None) -> None:
+    def _hit(self, obj: ObjectVersion, index: int, n: int, stream: Stream | None) -> None:
         self.metrics.cache_hits.inc()
         self.metrics.served_from_cache.inc(n)
-        if ra is not None:
-            ra.served_cache += n  # approximate under concurrent reads of one handle: a statistic
+        ra = None
+        if stream is not None:
+            stream.hits += 1  # approximate under concurrent reads of one handle: a statistic
+            stream.cache_bytes += n
+            ra = stream.ra
         self.prefetcher.note_read(ra, obj.block_key(index), index)
 
     def close(self) -> None:
-        with self._access_lock:
-            access, self._access = self._access, None
-        if access is not None:
-            access.close()  # writes what is pending
+        with self._observers_lock:
+            observers, self._observers = self._observers or (), ()
+        for observer in observers:
+            observer.close()  # writes what is pending
         self.namespace.close()
         self.prefetcher.close()
         self.fetcher.close()
@@ -345,6 +397,23 @@ class CacheFile:
         self.close()
 
 
+class Stream:
+    """One handle's reading state: its readahead, its reader (user and team: whose quota its
+    fetches count against, whose access records its reads add to) and what its reads found.
+    The counts are statistics: under concurrent reads of one handle they may miss a few."""
+
+    __slots__ = ("cache_bytes", "fetched", "hits", "late", "ra", "team", "user")
+
+    def __init__(self, ra: Readahead, user: str, team: str | None) -> None:
+        self.ra = ra
+        self.user = user
+        self.team = team
+        self.hits = 0  # blocks read from the cache
+        self.fetched = 0  # blocks fetched from the backend for this handle's reads
+        self.late = 0  # of those, blocks prefetched but not early enough
+        self.cache_bytes = 0  # bytes read from the cache
+
+
 class Handle(io.RawIOBase):
     """An open object: readinto/seek/tell over one pinned version, with readahead."""
 
@@ -359,7 +428,7 @@ class Handle(io.RawIOBase):
         self.size = obj.size
         self.bytes_read = 0  # what this handle returned, for access records
         self._pos = 0
-        self._ra = core.prefetcher.open(obj, team)
+        self._stream = Stream(core.prefetcher.open(obj, team), user, team)
         self._file = CacheFile(core.cache, obj)
         # Set while every block is cached and verified: reads go straight to the cache file.
         self._whole: ObjectFile | None = None
@@ -394,7 +463,7 @@ class Handle(io.RawIOBase):
             served = self._read_whole(whole, offset, n, nowait)
             if served is not None:
                 return served
-        data = self._core.read(self.obj, offset, n, self._ra, self._file, nowait)
+        data = self._core.read(self.obj, offset, n, self._stream, self._file, nowait)
         if data is not None:
             self.bytes_read += n
             self._after_slow_read()
@@ -412,7 +481,7 @@ class Handle(io.RawIOBase):
         whole = self._whole if self._slow_reads else self._first_look()
         if whole is not None and self._read_whole(whole, offset, n, dst=dst[:n]) is not None:
             return n
-        self._core.read_into(self.obj, offset, dst[:n], self._ra, self._file)
+        self._core.read_into(self.obj, offset, dst[:n], self._stream, self._file)
         self.bytes_read += n
         self._after_slow_read()
         return n
@@ -449,7 +518,7 @@ class Handle(io.RawIOBase):
                 data = None
             if data is not None and clock.now() == at:
                 self.bytes_read += n
-                self._core.whole_hit(self.obj, offset, n, self._ra)
+                self._core.whole_hit(self.obj, offset, n, self._stream)
                 if offset == self._next:
                     self._disk_ahead(whole, offset + n)
                 self._next = offset + n
@@ -493,11 +562,11 @@ class Handle(io.RawIOBase):
     @property
     def cache_bytes(self) -> int:
         """Of :attr:`bytes_read`, how many came from the cache (the rest from a backend)."""
-        return self._ra.served_cache
+        return self._stream.cache_bytes
 
     @property
     def team(self) -> str | None:
-        return self._ra.team
+        return self._stream.team
 
     def readall(self) -> bytes:
         buf = bytearray(max(0, self.size - self._pos))
@@ -525,9 +594,24 @@ class Handle(io.RawIOBase):
         if not self.closed:
             self._whole = None
             self._file.close()
-            self._core.prefetcher.release(self._ra)
+            stream = self._stream
+            self._core.prefetcher.release(stream.ra)
             if self.bytes_read:
-                self._core.record_access(self)
+                obj = self.obj
+                self._core.report_closed(
+                    ClosedHandle(
+                        obj.backend,
+                        obj.key,
+                        obj.etag,
+                        stream.user,
+                        stream.team,
+                        self.bytes_read,
+                        stream.cache_bytes,
+                        stream.hits,
+                        stream.fetched,
+                        stream.late,
+                    )
+                )
         super().close()
 
 
@@ -546,27 +630,43 @@ class WarpDrive:
         *,
         metrics: Metrics | None = None,
         wrap_client: ClientWrapper | None = None,
+        observers: Sequence[ObserverFactory] | None = None,
     ) -> None:
         """``config``: a Config, a YAML path, or None for ``$WARPDRIVE_CONFIG``.
-        ``wrap_client`` wraps each backend's client (request counting, fault injection)."""
+        ``wrap_client`` wraps each backend's client (request counting, fault injection).
+        ``observers``: what is told of each handle that read something as it closes (a
+        :class:`ClosedHandle`), one built per process from each factory; default: those
+        registered with :func:`observe_by_default` (the node's access records)."""
+        if observers is None:
+            observers = _default_observers
         self._setup(
-            config if isinstance(config, Config) else load_config(config), metrics, wrap_client
+            config if isinstance(config, Config) else load_config(config),
+            metrics,
+            wrap_client,
+            tuple(observers),
         )
 
-    def _setup(self, config: Config, metrics: Metrics | None, wrap: ClientWrapper | None) -> None:
+    def _setup(
+        self,
+        config: Config,
+        metrics: Metrics | None,
+        wrap: ClientWrapper | None,
+        observers: tuple[ObserverFactory, ...],
+    ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self._wrap = wrap
+        self._observers = observers
         self._core_pid = -1
         self._core_obj: _Core | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         """Only the configuration travels (to DataLoader workers, say): they open their own."""
-        return {"config": self.config, "wrap": self._wrap}
+        return {"config": self.config, "wrap": self._wrap, "observers": self._observers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["config"], None, state["wrap"])
+        self._setup(state["config"], None, state["wrap"], state["observers"])
 
     @property
     def _core(self) -> _Core:
@@ -576,7 +676,7 @@ class WarpDrive:
         with self._lock:
             if self._core_obj is None or self._core_pid != os.getpid():
                 # A core inherited from our parent is abandoned, never closed or used here.
-                self._core_obj = _Core(self.config, self.metrics, self._wrap)
+                self._core_obj = _Core(self.config, self.metrics, self._wrap, self._observers)
                 self._core_pid = os.getpid()
                 # A process may end without closing us (a DataLoader worker does): its last
                 # counters still reach the shared index as it exits. A weak reference, so the
@@ -622,24 +722,6 @@ class WarpDrive:
         cached and fresh): the FUSE loop opens such files without a thread hand-off."""
         return self._core.open_handle(path, team, user, True, nowait=True)
 
-    @property
-    def cache_root(self) -> str:
-        """The versioned cache directory (``<cache.path>/v2``): object files, index, records."""
-        return self._core.cache.root
-
-    @property
-    def index(self) -> CacheIndex:
-        """The shared cache index (for tools: usage, teams, quotas, eviction by path)."""
-        return self._core.cache.index
-
-    def set_quota(self, quota: Quota) -> int:
-        """Store a team's quota; how many blocks were evicted at once to honour it."""
-        return self._core.cache.set_quota(quota)
-
-    def evict(self, oids: list[bytes]) -> int:
-        """Drop every cached block of these objects; how many blocks went."""
-        return self._core.cache.evict_objects(oids)
-
     def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
         """The user name of ``uid`` (default: this process's) and their team."""
         return self._core.teams.user_and_team(uid)
@@ -654,8 +736,13 @@ class WarpDrive:
         return self._core.backends
 
     def usage(self) -> Usage:
-        """Bytes and blocks in the shared cache (all processes)."""
+        """Bytes and blocks in the shared cache (all processes): how full it is, as the mount's
+        ``statfs`` answers. Everything else about the cache is :class:`warpdrive.admin.Admin`'s."""
         return self._core.cache.usage()
+
+    def cached(self, obj: ObjectVersion, index: int) -> bool:
+        """Whether block ``index`` of ``obj`` is in the cache (by the index; not verified)."""
+        return self._core.cache.contains(obj, index)
 
     def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         """Bytes ``[offset, offset+size)`` of ``path`` (to the end when ``size`` < 0)."""
