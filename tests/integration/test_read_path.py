@@ -423,7 +423,7 @@ def test_reads_straight_from_a_whole_cache_file_stop_at_the_first_eviction(store
         for offset in range(0, len(data), len(buf)):  # warm: straight from the file
             n = handle.pread_into(offset, buf)
             assert buf[:n] == data[offset : offset + n]
-        assert handle._whole is not None
+        assert handle._stream._whole is not None
         hits = wd.metrics.cache_hits._value.get()
         stop = threading.Event()
 

@@ -111,3 +111,24 @@ def test_the_admin_facade_evicts_what_the_read_facade_cached(
         assert not any(wd.cached(obj, i) for i in range(3))
         assert wd.read("/s/f.bin") == payload  # fetched again
     assert not hasattr(WarpDrive, "evict") and not hasattr(WarpDrive, "index")
+
+
+def test_a_cached_only_read_does_nothing_unless_it_can_answer_at_once(
+    setup: tuple[Config, bytes],
+) -> None:
+    cfg, payload = setup
+    with WarpDrive(cfg, observers=[Recorder]) as wd:
+        handle = wd.open_handle("/s/f.bin", None, "alice")
+        assert handle.pread_cached(0, BS) is None  # cold: no fetch started, nothing counted
+        assert handle.pread_cached(BS - 10, 20) is None  # across two blocks: never at once
+        handle.close()
+        obj = wd.version("/s/f.bin")
+        assert not any(wd.cached(obj, i) for i in range(3))
+        assert Recorder.seen == []  # a handle that read nothing reports nothing
+        assert wd.read("/s/f.bin") == payload  # no handle: no report either
+        handle = wd.open_handle("/s/f.bin", None, "alice")
+        assert handle.pread(0, BS) == payload[:BS]  # verified, and now in memory
+        assert handle.pread_cached(0, BS) == payload[:BS]
+        handle.close()
+    [record] = Recorder.seen
+    assert (record.hits, record.fetched, record.bytes_read) == (2, 0, 2 * BS)
