@@ -13,6 +13,7 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	lint-imports --no-cache
 
 pytest:
 	HYPOTHESIS_PROFILE=ci $(PYTHON) -m pytest -q

@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from bench.report import print_table, row, write_json
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.testing.servers import AZURITE_KEY, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
 from warpdrive_torch import ShardDataset, register_webdataset, wds
@@ -191,7 +192,7 @@ def cold_bench(args: argparse.Namespace, work: Path) -> dict[str, float]:
                         time.sleep(step_ms / 1000)
                 walls.append(time.perf_counter() - started)
                 wd.flush()  # the in-process opener's counters (workers flush as they exit)
-                counters = wd.index.counters()
+                counters = cache_counters(wd.config)
                 misses.append(counters.get("misses", 0))
                 fetched.append(counters.get("bytes_fetched", 0) / total)
                 wd.close()

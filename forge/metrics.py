@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from warpdrive import WarpDrive
+from warpdrive.admin import cache_counters
 
 Snapshot = dict[str, float]
 
@@ -42,7 +43,7 @@ def scrape(url: str) -> Snapshot:
 
 def from_index(wd: WarpDrive) -> Snapshot:
     wd.flush()
-    counters = wd.index.counters()
+    counters = cache_counters(wd.config)
     return {
         k: float(v)
         for k, v in counters.items()

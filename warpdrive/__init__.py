@@ -8,6 +8,7 @@
 
 from importlib import metadata as _metadata
 
+from warpdrive.admin import Admin
 from warpdrive.config import Config, load_config, parse_config
 from warpdrive.errors import (
     BackendError,
@@ -19,8 +20,13 @@ from warpdrive.errors import (
     PermissionDeniedError,
     WarpDriveError,
 )
+from warpdrive.governance.access import AccessRecorder as _AccessRecorder
 from warpdrive.namespace import FileInfo
-from warpdrive.reader import WarpDrive
+from warpdrive.reader import WarpDrive, observe_by_default
+
+# Every reader of a node adds to its access records (``warpdrive-ctl usage``): governance
+# observes the read path's closed handles; the read path never imports governance.
+observe_by_default(_AccessRecorder)
 
 # One source: the version in pyproject.toml, as installed (also warpdrive_torch.__version__ and
 # both tools' --version). A source tree on sys.path that was never installed has none.
@@ -30,6 +36,7 @@ except _metadata.PackageNotFoundError:
     __version__ = "0+unknown"
 
 __all__ = [
+    "Admin",
     "BackendError",
     "BackendUnavailableError",
     "Config",

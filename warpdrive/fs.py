@@ -27,7 +27,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from warpdrive.config import HEALTH_FILE
@@ -150,15 +150,24 @@ class WarpDriveFS:
 
     # -- metadata --------------------------------------------------------------------------
 
-    def lookup(self, parent: int, name: str, nowait: bool = False) -> Attr | None:
-        """Attributes of ``name`` in directory ``parent``; counts one kernel reference. With
-        ``nowait``: None, having done nothing, if that needs a backend call."""
+    def lookup(self, parent: int, name: str) -> Attr:
+        """Attributes of ``name`` in directory ``parent``; counts one kernel reference."""
+        attr = self._lookup(parent, name, self.wd.stat)
+        assert attr is not None
+        return attr
+
+    def lookup_cached(self, parent: int, name: str) -> Attr | None:
+        """:meth:`lookup` if it needs no backend call; None otherwise, having done nothing."""
+        return self._lookup(parent, name, self.wd.stat_cached)
+
+    def _lookup(
+        self, parent: int, name: str, stat: Callable[[str], FileInfo | None]
+    ) -> Attr | None:
         if not name or "/" in name or name in (".", ".."):
             raise InvalidPathError(f"invalid name {name!r}")
         if parent == ROOT_INODE and name == HEALTH_FILE:
             return self._health_attr()
-        path = self.path_of(parent).rstrip("/") + "/" + name
-        info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
+        info = stat(self.path_of(parent).rstrip("/") + "/" + name)
         if info is None:
             return None
         with self._lock:
@@ -166,12 +175,16 @@ class WarpDriveFS:
             self._refs[ino] += 1
         return self._attr(info, ino)
 
-    def getattr(self, ino: int, nowait: bool = False) -> Attr | None:
-        """With ``nowait``: None if the attributes need a backend call."""
+    def getattr(self, ino: int) -> Attr:
         if ino == HEALTH_INODE:
             return self._health_attr()
-        path = self.path_of(ino)
-        info = self.wd.stat_cached(path) if nowait else self.wd.stat(path)
+        return self._attr(self.wd.stat(self.path_of(ino)), ino)
+
+    def getattr_cached(self, ino: int) -> Attr | None:
+        """:meth:`getattr` if it needs no backend call; None otherwise."""
+        if ino == HEALTH_INODE:
+            return self._health_attr()
+        info = self.wd.stat_cached(self.path_of(ino))
         return None if info is None else self._attr(info, ino)
 
     def _health_attr(self) -> Attr:
@@ -228,14 +241,20 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(
-        self, ino: int, flags: int, uid: int | None = None, nowait: bool = False
-    ) -> Opened | None:
+    def open(self, ino: int, flags: int, uid: int | None = None) -> Opened:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
-        etag is the one the previous open saw; never for the health file, opened ``direct_io``).
-        With ``nowait``: None, having done nothing, if opening needs a backend call (the
-        object's metadata is not cached)."""
+        etag is the one the previous open saw; never for the health file, opened ``direct_io``)."""
+        opened = self._open(ino, flags, uid, False)
+        assert opened is not None
+        return opened
+
+    def open_cached(self, ino: int, flags: int, uid: int | None = None) -> Opened | None:
+        """:meth:`open` if it needs no backend call (the object's metadata is cached) and no
+        passwd/NSS lookup (LDAP on clusters); None otherwise, having done nothing."""
+        return self._open(ino, flags, uid, True)
+
+    def _open(self, ino: int, flags: int, uid: int | None, cached: bool) -> Opened | None:
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
         if ino == HEALTH_INODE:
@@ -244,7 +263,7 @@ class WarpDriveFS:
                 self._health_fhs.add(fh)
             return Opened(fh, keep_cache=False, direct_io=True)
         path = self.path_of(ino)
-        if nowait:  # no backend call, and no passwd/NSS lookup (LDAP on clusters) either
+        if cached:
             who = self.wd.known_user_and_team(uid if uid is not None else os.getuid())
             handle = None if who is None else self.wd.open_cached(path, who[1], who[0])
             if handle is None:
@@ -259,16 +278,21 @@ class WarpDriveFS:
             self._files[fh] = _OpenFile(ino, handle)
         return Opened(fh, keep_cache)
 
-    def read(
-        self, fh: int, offset: int, size: int, nowait: bool = False
-    ) -> bytes | bytearray | memoryview | None:
-        """The bytes; with ``nowait``, None (nothing done) if reading them would block."""
+    def read(self, fh: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         f = self._files.get(fh)
         if f is None:
             if fh in self._health_fhs:
                 return self._health[offset : offset + size]
             raise NotFoundError(f"file handle {fh} is not open")
-        return f.handle.pread(offset, size, nowait)
+        return f.handle.pread(offset, size)
+
+    def read_cached(self, fh: int, offset: int, size: int) -> bytes | bytearray | memoryview | None:
+        """:meth:`read` if it cannot block (cached, verified, in memory); None otherwise,
+        having done nothing."""
+        f = self._files.get(fh)
+        if f is None:
+            return self.read(fh, offset, size)  # the health file, or the error
+        return f.handle.pread_cached(offset, size)
 
     def release(self, fh: int) -> None:
         with self._lock:

@@ -53,7 +53,6 @@ def _clamp(size: int, start: int | None, end: int | None) -> tuple[int, int]:
 
 def _pread(handle: Handle, start: int, end: int) -> bytes:
     data = handle.pread(start, end - start)
-    assert data is not None  # only nowait reads give None
     return data if type(data) is bytes else bytes(data)
 
 

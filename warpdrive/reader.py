@@ -1,11 +1,18 @@
 """The one read path: ``WarpDrive(config).open(path)``, ``.read(path, offset, size)``, ``.stat``,
-``.listdir``, ``.prefetch``. The FUSE mount, ``warpdrive-ctl``, the torch adapters and the
+``.listdir``, ``.prefetch``. The FUSE mount, ``warpdrive-ctl warm``, the torch adapters and the
 ``warpdrive://`` fsspec filesystem all read through it.
 
-A read splits into blocks; each block comes from the cache (verified on read) or from the
-fetcher (one backend request per missing block per process, shared by every reader). An open
-handle is pinned to the object version it saw at open: it never mixes two versions, and reads
-fail with ObjectChangedError (ESTALE) once the backend holds another.
+Data flows one way: a handle reads through its stream (``stream.py``: readahead, the reader's
+record, a whole cached file read straight), the stream through the block source (``blocks.py``:
+cache or fetch, verified), the block source through the cache and the fetcher (``fetch.py``: one
+backend request per missing block per process, shared by every reader). An open handle is pinned
+to the object version it saw at open: it never mixes two versions, and reads fail with
+ObjectChangedError (ESTALE) once the backend holds another.
+
+What a handle read is reported, as it closes, to the observers its builder registered
+(:class:`ClosedHandle`; the node's access records are one, in ``warpdrive.governance``, which
+this module never imports). Admin operations (eviction, quotas, teams, the index) are
+``warpdrive.admin.Admin``'s; this facade only reads.
 
 A ``WarpDrive`` holds only its configuration until first used; the live parts (backend
 clients, LMDB, threads) are created per process, so an instance may be pickled or inherited
@@ -14,48 +21,85 @@ across ``fork()`` (DataLoader workers) and each process opens its own.
 
 from __future__ import annotations
 
-import contextlib
 import io
+import logging
 import multiprocessing.util
 import os
 import sys
 import threading
-import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
-from warpdrive.cache import (
-    BlockCache,
-    CacheIndex,
-    ObjectFile,
-    ObjectRecord,
-    ObjectVersion,
-    Quota,
-    Usage,
-)
-from warpdrive.cache.store import in_memory
+from warpdrive.blocks import BlockSource
+from warpdrive.cache import BlockCache, ObjectRecord, ObjectVersion, Usage
 from warpdrive.config import Config, load_config
-from warpdrive.errors import BackendError, InvalidPathError
+from warpdrive.errors import InvalidPathError
 from warpdrive.fetch import BlockData, Fetcher, Priority
-from warpdrive.governance.access import AccessLog
-from warpdrive.governance.teams import TeamResolver
 from warpdrive.metrics import Metrics
 from warpdrive.namespace import FileInfo, Namespace
-from warpdrive.prefetch import HintItem, Prefetcher, Readahead
+from warpdrive.prefetch import HintItem, Prefetcher
+from warpdrive.stream import Stream
+from warpdrive.teams import TeamResolver
 
 DEFAULT_BUFFER = 1 << 20
-WHOLE_CHECK_EVERY = 16  # reads through the read path between looks for a whole cache file
-DISK_AHEAD = 16 << 20  # bytes of a whole cache file read ahead of a sequential reader
-_MAX_VERIFY_RETRIES = 3
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedHandle:
+    """What one handle read, reported to the observers when it closes (if it read anything).
+    ``hits``/``fetched``: blocks its reads found in the cache / had fetched from the backend;
+    ``late``: of those fetched, how many had been prefetched but not early enough."""
+
+    backend: str
+    key: str
+    etag: str
+    user: str
+    team: str | None
+    bytes_read: int
+    cache_bytes: int  # of bytes_read, how many came from the cache (the rest from a backend)
+    hits: int
+    fetched: int
+    late: int
+
+
+class HandleObserver(Protocol):
+    """Told of every handle that read something, as it closes (on the closing thread: keep it
+    short, never raise). ``close`` is called once, when the reader closes."""
+
+    def closed(self, record: ClosedHandle) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# Builds one observer per process from the reader's config (a class or a module-level function:
+# it travels, pickled, with a WarpDrive to DataLoader workers, where each builds its own).
+ObserverFactory = Callable[[Config], HandleObserver]
+_default_observers: list[ObserverFactory] = []
+
+
+def observe_by_default(factory: ObserverFactory) -> None:
+    """Give every WarpDrive made without ``observers=`` an observer built by ``factory`` (the
+    ``warpdrive`` package registers the node's access records this way: see
+    ``warpdrive.governance.access``). Registering the same factory twice adds it once."""
+    if factory not in _default_observers:
+        _default_observers.append(factory)
 
 
 class _Core:
     """The live parts of a WarpDrive in one process."""
 
-    def __init__(self, config: Config, metrics: Metrics, wrap: ClientWrapper | None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        wrap: ClientWrapper | None,
+        observers: Sequence[ObserverFactory] = (),
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.backends: dict[str, Backend] = {}
@@ -80,8 +124,10 @@ class _Core:
         self.prefetcher = Prefetcher(
             self.cache, self.fetcher, metrics, config.cache.readahead_blocks
         )
-        self._access: AccessLog | None = None  # started by the first file read
-        self._access_lock = threading.Lock()
+        self.blocks = BlockSource(self.cache, self.fetcher, metrics)
+        self._observer_factories = tuple(observers)
+        self._observers: tuple[HandleObserver, ...] | None = None  # built at the first report
+        self._observers_lock = threading.Lock()
 
     def open_handle(
         self,
@@ -89,41 +135,46 @@ class _Core:
         team: str | None = None,
         user: str | None = None,
         scan: bool = True,
-        nowait: bool = False,
-    ) -> Handle | None:
+    ) -> Handle:
         """A handle on the current version of ``path`` for ``user`` of ``team`` (default: this
         process's user and team); tells the prefetcher a file opened (``scan``; none when the
-        config's ``scan_prefetch`` is off). With ``nowait``: None, having done nothing, unless
-        the object's metadata is cached (then nothing here blocks)."""
+        config's ``scan_prefetch`` is off)."""
         norm = self.namespace.normalize(path)
-        if nowait:
-            known = self.namespace.known_meta(norm)
-            if known is None:
-                return None
-            obj = self._version_of(*known)
-        else:
-            obj = self.version(norm)
+        return self._open(norm, self.version(norm), team, user, scan)
+
+    def open_cached(self, path: str, team: str | None, user: str | None) -> Handle | None:
+        """:meth:`open_handle` if nothing in it blocks (the object's metadata is cached and
+        fresh); None otherwise, having done nothing."""
+        norm = self.namespace.normalize(path)
+        known = self.namespace.known_meta(norm)
+        if known is None:
+            return None
+        return self._open(norm, self._version_of(*known), team, user, True)
+
+    def _open(
+        self, norm: str, obj: ObjectVersion, team: str | None, user: str | None, scan: bool
+    ) -> Handle:
         if user is None:
             user, team = self.user, self.team
         if scan and self.config.cache.scan_prefetch:
             self.prefetcher.on_open(norm, obj, self.namespace, self.version, team)
-        return Handle(self, norm, obj, team, user)
+        return Handle(self, norm, Stream(self.blocks, self.prefetcher, obj, user, team))
 
-    def record_access(self, handle: Handle) -> None:
-        """A handle that read something closed: add it to the access records."""
-        access = self._access
-        if access is None:
+    def report_closed(self, record: ClosedHandle) -> None:
+        """A handle that read something closed: tell the observers."""
+        observers = self._observers
+        if observers is None:
             if sys.is_finalizing():  # a handle left open, closed by the exiting interpreter:
-                return  # no new thread can start now (it would wait for ever)
-            with self._access_lock:
-                if self._access is None:
-                    interval = self.config.governance.access_flush_interval
-                    self._access = AccessLog(self.cache.root, interval)
-                access = self._access
-        obj = handle.obj
-        access.record(
-            obj.backend, obj.key, handle.user, handle.team, handle.bytes_read, handle.cache_bytes
-        )
+                return  # an observer could not start a thread now (it would wait for ever)
+            with self._observers_lock:
+                if self._observers is None:
+                    self._observers = tuple(f(self.config) for f in self._observer_factories)
+                observers = self._observers
+        for observer in observers:
+            try:
+                observer.closed(record)
+            except Exception:  # an observer's failure never fails a read or a close
+                log.exception("observer %r failed", observer)
 
     def version(self, path: str) -> ObjectVersion:
         return self._version_of(*self.namespace.object_meta(path))
@@ -133,141 +184,20 @@ class _Core:
             backend.name, meta.key, meta.etag, meta.size, meta.mtime, self.config.cache.block_size
         )
 
-    def read_into(
-        self,
-        obj: ObjectVersion,
-        offset: int,
-        dst: memoryview,
-        ra: Readahead | None = None,
-        file: CacheFile | None = None,
-    ) -> None:
-        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps):
-        what is cached in one read of the object's cache file, then each missing block."""
-        if file is None:
-            with CacheFile(self.cache, obj) as own:
-                return self.read_into(obj, offset, dst, ra, own)
-        end = offset + len(dst)
-        if ra is not None:
-            self.prefetcher.readahead(ra, offset, end)
-        bs = obj.block_size
-        first, last = offset // bs, (end - 1) // bs
-        if last > first:  # start every missing block now, so they arrive in parallel
-            missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
-            if missing:
-                team = ra.team if ra is not None else self.team
-                self.fetcher.request(obj, missing, Priority.DEMAND, team)
-        opened = file.get()
-        unfilled = (
-            self.cache.read_into(obj, opened, offset, dst)
-            if opened is not None
-            else list(range(first, last + 1))
-        )
-        todo = iter(unfilled)
-        next_miss = next(todo, -1)
-        for index in range(first, last + 1):
-            lo, hi = max(offset, index * bs), min(end, index * bs + bs)
-            if index != next_miss:
-                self._hit(obj, index, hi - lo, ra)
-                continue
-            next_miss = next(todo, -1)
-            part = dst[lo - offset : hi - offset]
-            part[:] = self._miss(obj, index, lo - index * bs, hi - lo, ra, file)
-
-    def read(
-        self,
-        obj: ObjectVersion,
-        offset: int,
-        n: int,
-        ra: Readahead | None,
-        file: CacheFile,
-        nowait: bool = False,
-    ) -> bytes | bytearray | memoryview | None:
-        """``n`` bytes at ``offset`` of ``obj`` (caller clamps), as any bytes-like object.
-
-        A read inside one block (the usual FUSE request) allocates no zeroed buffer: a cached
-        block is read with ``pread`` into a fresh bytes object, a fetched one is returned as a
-        view of the fetched bytes. With ``nowait`` the read is done only if it cannot block
-        (one block, cached, verified, in memory); otherwise None and no effect, so the caller
-        can retry from a thread."""
-        bs = obj.block_size
-        index = offset // bs
-        if (offset + n - 1) // bs != index:
-            if nowait:
-                return None
-            buf = bytearray(n)
-            self.read_into(obj, offset, memoryview(buf), ra, file)
-            return buf
-        if ra is not None and not nowait:
-            self.prefetcher.readahead(ra, offset, offset + n)
-        lo = offset - index * bs
-        opened = file.get()
-        data = (
-            self.cache.read_block(obj, opened, index, lo, n, nowait) if opened is not None else None
-        )
-        if data is not None:
-            self._hit(obj, index, n, ra)
-            if nowait and ra is not None:
-                self.prefetcher.readahead(ra, offset, offset + n)
-            return data
-        if nowait:
-            return None
-        return self._miss(obj, index, lo, n, ra, file)
-
-    def _miss(
-        self,
-        obj: ObjectVersion,
-        index: int,
-        lo: int,
-        n: int,
-        ra: Readahead | None,
-        file: CacheFile,
-    ) -> bytes | memoryview:
-        """Bytes ``[lo, lo+n)`` of block ``index``, which the cache could not serve: fetched,
-        or read from the cache if another reader cached it meanwhile."""
-        metrics = self.metrics
-        team = ra.team if ra is not None else self.team
-        for _ in range(_MAX_VERIFY_RETRIES):
-            metrics.cache_misses.inc()
-            if ra is not None and self.prefetcher.prefetched(ra, obj.block_key(index), index):
-                self.prefetcher.late(ra)  # prefetched, but not early enough
-            data = self.fetcher.fetch(obj, index, team)
-            if data is not None:
-                metrics.served_from_backend.inc(n)
-                self.prefetcher.note_read(ra, obj.block_key(index), index)
-                return memoryview(data)[lo : lo + n]
-            opened = file.get(reopen=True)  # cached meanwhile: read it there
-            got = self.cache.read_block(obj, opened, index, lo, n) if opened else None
-            if got is not None:
-                self._hit(obj, index, n, ra)
-                return got
-        raise BackendError(
-            f"{obj.backend}: {obj.key!r} block {index}: cached copy kept failing verification"
-        )
-
-    def whole_hit(self, obj: ObjectVersion, offset: int, n: int, ra: Readahead) -> None:
-        """A read of ``[offset, offset+n)`` served straight from a whole cache file: counted
-        as the read path counts its hits."""
-        bs = obj.block_size
-        first, last = offset // bs, (offset + n - 1) // bs
-        self.metrics.cache_hits.inc(last - first + 1)
-        self.metrics.served_from_cache.inc(n)
-        ra.served_cache += n
-        if self.prefetcher.tracking(ra):
-            for index in range(first, last + 1):
-                self.prefetcher.note_read(ra, obj.block_key(index), index)
-
-    def _hit(self, obj: ObjectVersion, index: int, n: int, ra: Readahead | None) -> None:
-        self.metrics.cache_hits.inc()
-        self.metrics.served_from_cache.inc(n)
-        if ra is not None:
-            ra.served_cache += n  # approximate under concurrent reads of one handle: a statistic
-        self.prefetcher.note_read(ra, obj.block_key(index), index)
+    def read_into(self, obj: ObjectVersion, offset: int, dst: memoryview) -> None:
+        """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps), as
+        this process's reader, with no readahead (the caller names the bytes it wants)."""
+        stream = Stream(self.blocks, self.prefetcher, obj, self.user, self.team, readahead=False)
+        try:
+            stream.read_into(offset, dst)
+        finally:
+            stream.close()
 
     def close(self) -> None:
-        with self._access_lock:
-            access, self._access = self._access, None
-        if access is not None:
-            access.close()  # writes what is pending
+        with self._observers_lock:
+            observers, self._observers = self._observers or (), ()
+        for observer in observers:
+            observer.close()  # writes what is pending
         self.namespace.close()
         self.prefetcher.close()
         self.fetcher.close()
@@ -306,66 +236,19 @@ def _meta(rec: ObjectRecord) -> ObjectMeta:
     return ObjectMeta(rec.key, rec.size, rec.etag, rec.mtime)
 
 
-class CacheFile:
-    """The cache file of one object as a handle reads it: opened at the first read that finds
-    it, opened again if it was removed (the handle's copy then holds no cached bytes)."""
-
-    __slots__ = ("_cache", "_file", "_lock", "_obj")
-
-    def __init__(self, cache: BlockCache, obj: ObjectVersion) -> None:
-        self._cache = cache
-        self._obj = obj
-        self._file: ObjectFile | None = None
-        self._lock = threading.Lock()
-
-    def get(self, reopen: bool = False) -> ObjectFile | None:
-        """The open file, or None while the object has none; ``reopen``: check that it is
-        still the cache's file first (after a read it should have served failed)."""
-        file = self._file
-        if file is not None and not reopen:
-            return file
-        with self._lock:
-            if self._file is not None and reopen and self._file.unlinked():
-                self._file.close()
-                self._file = None
-            if self._file is None:
-                self._file = self._cache.open_object(self._obj)
-            return self._file
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-    def __enter__(self) -> CacheFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Handle(io.RawIOBase):
-    """An open object: readinto/seek/tell over one pinned version, with readahead."""
+    """An open object: readinto/seek/tell over one pinned version, read through its stream
+    (readahead, the reader's record, what its reads found)."""
 
-    def __init__(
-        self, core: _Core, path: str, obj: ObjectVersion, team: str | None, user: str
-    ) -> None:
+    def __init__(self, core: _Core, path: str, stream: Stream) -> None:
         super().__init__()
         self._core = core
-        self.user = user
+        self._stream = stream
+        self.user = stream.user
         self.name = path
-        self.obj = obj
-        self.size = obj.size
-        self.bytes_read = 0  # what this handle returned, for access records
+        self.obj = stream.obj
+        self.size = stream.obj.size
         self._pos = 0
-        self._ra = core.prefetcher.open(obj, team)
-        self._file = CacheFile(core.cache, obj)
-        # Set while every block is cached and verified: reads go straight to the cache file.
-        self._whole: ObjectFile | None = None
-        self._slow_reads = 0  # reads through the read path since the last look for a whole file
-        self._next = 0  # where a sequential reader of the whole file reads next
-        self._advised = 0  # the kernel was asked to read the whole file ahead up to here
 
     def readable(self) -> bool:
         return True
@@ -378,27 +261,26 @@ class Handle(io.RawIOBase):
         self._pos += n
         return n
 
-    def pread(
-        self, offset: int, size: int, nowait: bool = False
-    ) -> bytes | bytearray | memoryview | None:
+    def pread(self, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to ``size`` bytes at ``offset``, as a bytes-like object, without moving the
-        position (what the mount replies with). Thread-safe, as :meth:`pread_into`. With
-        ``nowait``: None, having done nothing, if the read would block (see ``_Core.read``)."""
+        position (what the mount replies with). Thread-safe, as :meth:`pread_into`."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
         n = min(size, self.size - offset)
         if n <= 0:
             return b""
-        whole = self._whole if self._slow_reads else self._first_look()
-        if whole is not None:
-            served = self._read_whole(whole, offset, n, nowait)
-            if served is not None:
-                return served
-        data = self._core.read(self.obj, offset, n, self._ra, self._file, nowait)
-        if data is not None:
-            self.bytes_read += n
-            self._after_slow_read()
-        return data
+        return self._stream.read(offset, n)
+
+    def pread_cached(self, offset: int, size: int) -> bytes | bytearray | memoryview | None:
+        """:meth:`pread` if it cannot block (the bytes are cached, verified and in memory);
+        None otherwise, having done nothing: what the mount's event loop asks before it hands
+        the read to a thread."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = min(size, self.size - offset)
+        if n <= 0:
+            return b""
+        return self._stream.read_cached(offset, n)
 
     def pread_into(self, offset: int, buffer: Any) -> int:
         """Read at ``offset`` into ``buffer`` without moving the position; bytes read.
@@ -409,95 +291,22 @@ class Handle(io.RawIOBase):
         n = min(len(dst), self.size - offset)
         if n <= 0:
             return 0
-        whole = self._whole if self._slow_reads else self._first_look()
-        if whole is not None and self._read_whole(whole, offset, n, dst=dst[:n]) is not None:
-            return n
-        self._core.read_into(self.obj, offset, dst[:n], self._ra, self._file)
-        self.bytes_read += n
-        self._after_slow_read()
+        self._stream.read_into(offset, dst[:n])
         return n
 
-    def _read_whole(
-        self,
-        whole: ObjectFile,
-        offset: int,
-        n: int,
-        nowait: bool = False,
-        dst: memoryview | None = None,
-    ) -> bytes | memoryview | None:
-        """A read straight from the cache file, while nothing was evicted since every block
-        was found cached and verified (the eviction clock reads the same before and after) and
-        the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
-        read path (and stop coming here until the file is found whole again)."""
-        clock = self._core.cache.clock
-        at = whole.whole_at
-        data: bytes | memoryview | None = None
-        if clock.now() == at and time.monotonic() < whole.whole_until:
-            try:
-                if dst is not None:
-                    got = os.preadv(whole.fd, [dst], offset)
-                    data = dst if got == n else None
-                elif not nowait or (
-                    in_memory(whole.fd, offset) and in_memory(whole.fd, offset + n - 1)
-                ):
-                    data = os.pread(whole.fd, n, offset)
-                    if len(data) != n:
-                        data = None
-                elif nowait:
-                    return None  # on disk: the caller retries from a thread, through here
-            except OSError:
-                data = None
-            if data is not None and clock.now() == at:
-                self.bytes_read += n
-                self._core.whole_hit(self.obj, offset, n, self._ra)
-                if offset == self._next:
-                    self._disk_ahead(whole, offset + n)
-                self._next = offset + n
-                return data
-        self._whole = None
-        return None
-
-    def _first_look(self) -> ObjectFile | None:
-        """Before the first read: if the object is whole in the cache, no read takes the read
-        path (a warm epoch's files are)."""
-        if self._whole is None and self._core.cache.contains(self.obj, self.obj.nblocks - 1):
-            self._slow_reads = WHOLE_CHECK_EVERY - 1  # the next slow read does not look again
-            file = self._file.get()
-            if file is not None and self._core.cache.whole(self.obj, file):
-                self._whole = file
-        return self._whole
-
-    def _disk_ahead(self, whole: ObjectFile, end: int) -> None:
-        """Keep the next ``DISK_AHEAD`` bytes of a sequentially read file on their way into
-        memory: the kernel's own readahead (128 KiB by default) leaves a disk idle between
-        1 MiB reads. Asked once per half window, and only when not resident already."""
-        if end + DISK_AHEAD // 2 <= self._advised or end >= self.size:
-            return
-        start = max(self._advised, end)
-        self._advised = start + DISK_AHEAD
-        last = min(self._advised, self.size) - 1
-        if not in_memory(whole.fd, last):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(whole.fd, start, DISK_AHEAD, os.POSIX_FADV_WILLNEED)
-
-    def _after_slow_read(self) -> None:
-        """Now and then, see whether the read path is still needed (every block cached and
-        verified: then reads go straight to the file)."""
-        self._slow_reads += 1
-        if self._slow_reads % WHOLE_CHECK_EVERY != 1:
-            return
-        file = self._file.get()
-        if file is not None and self._core.cache.whole(self.obj, file):
-            self._whole = file
+    @property
+    def bytes_read(self) -> int:
+        """What this handle returned (for access records)."""
+        return self._stream.bytes_read
 
     @property
     def cache_bytes(self) -> int:
         """Of :attr:`bytes_read`, how many came from the cache (the rest from a backend)."""
-        return self._ra.served_cache
+        return self._stream.cache_bytes
 
     @property
     def team(self) -> str | None:
-        return self._ra.team
+        return self._stream.team
 
     def readall(self) -> bytes:
         buf = bytearray(max(0, self.size - self._pos))
@@ -523,11 +332,24 @@ class Handle(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._whole = None
-            self._file.close()
-            self._core.prefetcher.release(self._ra)
-            if self.bytes_read:
-                self._core.record_access(self)
+            stream = self._stream
+            stream.close()
+            if stream.bytes_read:
+                obj = stream.obj
+                self._core.report_closed(
+                    ClosedHandle(
+                        obj.backend,
+                        obj.key,
+                        obj.etag,
+                        stream.user,
+                        stream.team,
+                        stream.bytes_read,
+                        stream.cache_bytes,
+                        stream.hits,
+                        stream.fetched,
+                        stream.late,
+                    )
+                )
         super().close()
 
 
@@ -546,27 +368,43 @@ class WarpDrive:
         *,
         metrics: Metrics | None = None,
         wrap_client: ClientWrapper | None = None,
+        observers: Sequence[ObserverFactory] | None = None,
     ) -> None:
         """``config``: a Config, a YAML path, or None for ``$WARPDRIVE_CONFIG``.
-        ``wrap_client`` wraps each backend's client (request counting, fault injection)."""
+        ``wrap_client`` wraps each backend's client (request counting, fault injection).
+        ``observers``: what is told of each handle that read something as it closes (a
+        :class:`ClosedHandle`), one built per process from each factory; default: those
+        registered with :func:`observe_by_default` (the node's access records)."""
+        if observers is None:
+            observers = _default_observers
         self._setup(
-            config if isinstance(config, Config) else load_config(config), metrics, wrap_client
+            config if isinstance(config, Config) else load_config(config),
+            metrics,
+            wrap_client,
+            tuple(observers),
         )
 
-    def _setup(self, config: Config, metrics: Metrics | None, wrap: ClientWrapper | None) -> None:
+    def _setup(
+        self,
+        config: Config,
+        metrics: Metrics | None,
+        wrap: ClientWrapper | None,
+        observers: tuple[ObserverFactory, ...],
+    ) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self._wrap = wrap
+        self._observers = observers
         self._core_pid = -1
         self._core_obj: _Core | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         """Only the configuration travels (to DataLoader workers, say): they open their own."""
-        return {"config": self.config, "wrap": self._wrap}
+        return {"config": self.config, "wrap": self._wrap, "observers": self._observers}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["config"], None, state["wrap"])
+        self._setup(state["config"], None, state["wrap"], state["observers"])
 
     @property
     def _core(self) -> _Core:
@@ -576,7 +414,7 @@ class WarpDrive:
         with self._lock:
             if self._core_obj is None or self._core_pid != os.getpid():
                 # A core inherited from our parent is abandoned, never closed or used here.
-                self._core_obj = _Core(self.config, self.metrics, self._wrap)
+                self._core_obj = _Core(self.config, self.metrics, self._wrap, self._observers)
                 self._core_pid = os.getpid()
                 # A process may end without closing us (a DataLoader worker does): its last
                 # counters still reach the shared index as it exits. A weak reference, so the
@@ -611,34 +449,14 @@ class WarpDrive:
         directory read in name order). A loader that deals a directory's files out to several
         workers or ranks must pass it: each worker would otherwise prefetch the files dealt to
         the others, and the processes, each with its own fetcher, fetch the same blocks twice."""
-        handle = self._core.open_handle(path, team, user, scan)
-        assert handle is not None  # only nowait opens give None
-        return handle
+        return self._core.open_handle(path, team, user, scan)
 
     def open_cached(
         self, path: str, team: str | None = None, user: str | None = None
     ) -> Handle | None:
         """:meth:`open_handle`, but only if it needs no backend call (the object's metadata is
         cached and fresh): the FUSE loop opens such files without a thread hand-off."""
-        return self._core.open_handle(path, team, user, True, nowait=True)
-
-    @property
-    def cache_root(self) -> str:
-        """The versioned cache directory (``<cache.path>/v2``): object files, index, records."""
-        return self._core.cache.root
-
-    @property
-    def index(self) -> CacheIndex:
-        """The shared cache index (for tools: usage, teams, quotas, eviction by path)."""
-        return self._core.cache.index
-
-    def set_quota(self, quota: Quota) -> int:
-        """Store a team's quota; how many blocks were evicted at once to honour it."""
-        return self._core.cache.set_quota(quota)
-
-    def evict(self, oids: list[bytes]) -> int:
-        """Drop every cached block of these objects; how many blocks went."""
-        return self._core.cache.evict_objects(oids)
+        return self._core.open_cached(path, team, user)
 
     def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
         """The user name of ``uid`` (default: this process's) and their team."""
@@ -654,8 +472,13 @@ class WarpDrive:
         return self._core.backends
 
     def usage(self) -> Usage:
-        """Bytes and blocks in the shared cache (all processes)."""
+        """Bytes and blocks in the shared cache (all processes): how full it is, as the mount's
+        ``statfs`` answers. Everything else about the cache is :class:`warpdrive.admin.Admin`'s."""
         return self._core.cache.usage()
+
+    def cached(self, obj: ObjectVersion, index: int) -> bool:
+        """Whether block ``index`` of ``obj`` is in the cache (by the index; not verified)."""
+        return self._core.cache.contains(obj, index)
 
     def read(self, path: str, offset: int = 0, size: int = -1) -> bytes:
         """Bytes ``[offset, offset+size)`` of ``path`` (to the end when ``size`` < 0)."""

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from tests.integration.test_torch import REGIONS, Regions, upload_regions
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.partition import node_shards
 from warpdrive.shards import expand
 from warpdrive.testing.cluster import Cluster, EpochReport, fetched, sample_digest
@@ -184,7 +185,7 @@ def test_file_dataset_nodes_sample_their_own_files_every_epoch(data: Regions) ->
             ]
             wds[n].flush()
         assert sorted(seen) == sorted(ds[0].keys)
-        fetched_now = [w.index.counters().get("bytes_fetched", 0) for w in wds]
+        fetched_now = [cache_counters(w.config).get("bytes_fetched", 0) for w in wds]
         if epoch == 0:
             first = fetched_now
             assert sum(first) == sum(sizes.values())
@@ -291,7 +292,7 @@ def test_forge_trains_under_torchrun_on_two_nodes(azurite: Server, tmp_path: Pat
         by_node = []
         for node in c.members:
             wd = WarpDrive(parse_config(node.config.read_text()))
-            by_node.append(wd.index.counters().get("bytes_fetched", 0))
+            by_node.append(cache_counters(wd.config).get("bytes_fetched", 0))
             wd.close()
     assert all(by_node) and sum(by_node) == total, (by_node, total)
 

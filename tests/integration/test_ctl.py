@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.conftest import Store
-from warpdrive.governance.teams import username
+from warpdrive.teams import username
 from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import Server, free_port, start_wan_proxy
 

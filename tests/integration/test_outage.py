@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from tests.conftest import _azure_store
 from warpdrive import BackendUnavailableError, WarpDrive, load_config
+from warpdrive.admin import Admin
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import Server, ServerError, free_port, start_azurite
 from warpdrive_torch import FileDataset
@@ -139,7 +140,8 @@ def test_a_mount_restarted_in_an_outage_serves_cached_objects_under_directories(
         mount.cleanup()
     region.azurite.stop()
     with WarpDrive(load_config(region.config)) as wd:  # when a backend last confirmed it
-        record = wd.index.newest("az", "train/c0/0000.jpg")
+        with Admin(wd.config) as admin:
+            record = admin.index.newest("az", "train/c0/0000.jpg")
         assert record is not None
         expires = record.confirmed_at + load_config(region.config).cache.offline_max_age
     mount = start_mount(region.config, region.point, region.port, "--degraded-ok")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Store, run_threads
 from warpdrive import ConfigError, ObjectChangedError, WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.backends.base import ObjectClient
 from warpdrive.backends.wrappers import CountingClient
 from warpdrive.cache import CacheIndex
@@ -159,7 +160,7 @@ def test_a_closed_reader_stays_closed(store: Store, objects: dict[str, bytes]) -
         assert second.read(path) == objects["multi"]
         second.flush()
         first.flush()
-        fetched = second.index.counters()["bytes_fetched"]
+        fetched = cache_counters(second.config)["bytes_fetched"]
         assert fetched == len(objects["multi"]), "counted twice" if fetched else "not counted"
     assert first._core_obj is None
 
@@ -422,7 +423,7 @@ def test_reads_straight_from_a_whole_cache_file_stop_at_the_first_eviction(store
         for offset in range(0, len(data), len(buf)):  # warm: straight from the file
             n = handle.pread_into(offset, buf)
             assert buf[:n] == data[offset : offset + n]
-        assert handle._whole is not None
+        assert handle._stream._whole is not None
         hits = wd.metrics.cache_hits._value.get()
         stop = threading.Event()
 

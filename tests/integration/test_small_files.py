@@ -15,6 +15,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.testing.faultproxy import FaultProxy
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
@@ -82,12 +83,12 @@ def test_a_warm_epoch_in_new_processes_asks_nothing_per_file_after_stale_ttl(
     assert epoch(ds) == expected(files)  # cold: every file fetched
     time.sleep(1.2)  # past stale_ttl: every version known is stale now
     before = dict(proxy.by_method)
-    fetched = wd.index.counters()["bytes_fetched"]
+    fetched = cache_counters(wd.config)["bytes_fetched"]
     assert epoch(ds) == expected(files)
     asked = {m: n - before.get(m, 0) for m, n in proxy.by_method.items()}
     # The workers are new processes: they took each file's version from the cache index.
     assert asked.get("HEAD", 0) == 0, asked
-    assert wd.index.counters()["bytes_fetched"] == fetched
+    assert cache_counters(wd.config)["bytes_fetched"] == fetched
     if immutable:
         assert sum(asked.values()) == 0, asked  # never revalidated
     else:  # revalidated by listing directories, a page each (a round per stale_ttl and

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tests.conftest import Store
 from tests.shardgen import Fields, make_shard, sample_fields
 from warpdrive import NotFoundError, WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port, start_wan_proxy
 from warpdrive_torch import (
@@ -320,10 +321,10 @@ def test_real_dataloader_with_decoders_over_azurite(azurite: Server, tmp_path: P
         expected = [int(content[k]["cls"]) for k in batch["__key__"]]
         assert batch["cls"].tolist() == expected
     # The workers' reads went through the shared cache: all of it is there now.
-    assert wd.index.counters().get("misses", 0) > 0
-    before = wd.index.counters().get("misses", 0)
+    assert cache_counters(wd.config).get("misses", 0) > 0
+    before = cache_counters(wd.config).get("misses", 0)
     list(DataLoader(ds, batch_size=8, num_workers=2))
-    assert wd.index.counters().get("misses", 0) == before  # warm epoch: no misses at all
+    assert cache_counters(wd.config).get("misses", 0) == before  # warm epoch: no misses at all
 
 
 def test_prefetch_hints_cut_demand_misses_in_a_cold_epoch(azurite: Server, tmp_path: Path) -> None:
@@ -337,7 +338,7 @@ def test_prefetch_hints_cut_demand_misses_in_a_cold_epoch(azurite: Server, tmp_p
             ds = ShardDataset(regions.urls, wd=wd, seed=11, prefetch_shards=k, shuffle_buffer=4)
             for _ in ds:
                 time.sleep(0.004)  # a training step: what gives a hint time to land
-            results[k] = wd.index.counters()
+            results[k] = cache_counters(wd.config)
             wd.close()
     finally:
         proxy.stop()
@@ -394,7 +395,7 @@ def test_workers_of_a_cold_epoch_fetch_every_byte_once(regions: Regions, loader:
     keys = [s["__key__"] for s in DataLoader(ds, batch_size=None, num_workers=3)]
     assert sorted(keys) == sorted(regions.content)
     source = sum(wd.version(u.removeprefix("warpdrive:/")).size for u in urls)
-    counters = wd.index.counters()
+    counters = cache_counters(wd.config)
     assert wd.usage().bytes == source
     assert counters["bytes_fetched"] == source, counters
 
@@ -570,7 +571,7 @@ def test_file_dataset_random_access_through_the_cache(azure_store: Store) -> Non
         assert sample["json"] == files[f"images/{cls}/{stem}.json"]
         assert sample["cls"] == ds.classes.index(cls)
     wd.flush()
-    before = wd.index.counters().get("bytes_fetched", 0)
+    before = cache_counters(wd.config).get("bytes_fetched", 0)
     loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, collate_fn=list)
     got = {s["__key__"]: s["jpg"] for batch in loader for s in batch}
     # The workers fetched the samples not read above, and their counters reached the shared
@@ -581,7 +582,7 @@ def test_file_dataset_random_access_through_the_cache(azure_store: Store) -> Non
         for key, data in files.items()
         if key != "images/README" and key[7:].rpartition(".")[0] not in read_above
     )
-    assert wd.index.counters()["bytes_fetched"] - before == cold
+    assert cache_counters(wd.config)["bytes_fetched"] - before == cold
     assert got == {
         f"{base}/{k.split('/')[1]}/{k.split('/')[2][:4]}": v
         for k, v in files.items()
@@ -667,6 +668,7 @@ import lightning as L, torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from warpdrive_torch import ShardDataset
 from warpdrive_torch.lightning import WarpDriveCallback
+from warpdrive.admin import cache_counters
 
 built, config, urls, out, ckpt_dir, resume, stateful = sys.argv[1:8]
 

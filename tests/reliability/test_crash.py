@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import Store
 from tests.reliability import report
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import Admin
 from warpdrive.ctl import cachecmds
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import free_port
@@ -62,9 +63,10 @@ def _verify(config: Path, store: Store, objects: dict[str, bytes]) -> int:
 def _evict_some(config: Path, store: Store, keys: list[str], rnd: random.Random) -> None:
     """Drop half the objects from the cache (in-process, as `warpdrive-ctl evict` does), so the
     next kill lands in cold reads again, among blocks that earlier kills left behind."""
-    with WarpDrive(parse_config(config.read_text())) as wd:
+    cfg = parse_config(config.read_text())
+    with WarpDrive(cfg) as wd, Admin(cfg) as admin:
         for key in rnd.sample(keys, len(keys) // 2):
-            cachecmds.evict(wd, cachecmds.evict_plan(wd, store.path(key), False))
+            cachecmds.evict(admin, cachecmds.evict_plan(wd, admin, store.path(key), False))
 
 
 def test_kill_9_during_cold_reads_and_warm_up_then_remount_serves_exact_bytes(

@@ -15,6 +15,7 @@ import pytest
 
 from tests.reliability import report
 from warpdrive import BackendUnavailableError, WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.config import AzureBlobOptions
 from warpdrive.testing.faultproxy import Fault, FaultProxy
 from warpdrive.testing.mounts import start_mount
@@ -116,7 +117,7 @@ def test_persistent_faults_give_a_typed_error_in_time_and_cache_nothing(
         # 3 attempts of at most 1 s each, two backoffs of at most 0.2 s, and slack for the machine.
         assert time.monotonic() - started < 3 * 1.0 + 2 * 0.2 + 5
         assert _errors(wd, error_type) == _all_errors(wd) == 3
-        assert wd.index.counters().get("checksum_errors", 0) == 0
+        assert cache_counters(wd.config).get("checksum_errors", 0) == 0
         assert wd.usage().blocks == 0  # nothing was cached while it failed
         proxy.clear()
         assert wd.read("/az/d/obj.bin") == data  # the backend is back: exact bytes

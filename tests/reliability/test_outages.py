@@ -30,6 +30,7 @@ import pytest
 from tests.conftest import run_threads
 from tests.reliability import report
 from warpdrive import BackendUnavailableError, WarpDrive, parse_config
+from warpdrive.admin import Admin
 from warpdrive.testing.faultproxy import Fault, FaultProxy, Request
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import Server, free_port
@@ -168,7 +169,8 @@ class _Readers:
         else:
             with self.wd.open(f"/az/{key}") as f:
                 got = f.read()
-        self.wd.evict([self.oids[key]])  # and the block cache
+        with Admin(self.wd.config) as admin:
+            admin.evict([self.oids[key]])  # and the block cache
         return got
 
     def read_stalled(self, offset: int) -> bytes:
@@ -295,7 +297,8 @@ def test_half_the_requests_throttled_cost_time_never_a_readers_error(backend: Pr
 
         def read(key: str) -> bytes:
             got = wd.read(f"/az/{key}")
-            wd.evict([oids[key]])  # the next read is cold
+            with Admin(wd.config) as admin:
+                admin.evict([oids[key]])  # the next read is cold
             return got
 
         healthy = _cold_reads(read, data, BASELINE)

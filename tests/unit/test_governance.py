@@ -77,7 +77,7 @@ def test_lowering_a_quota_evicts_at_once_and_quotas_and_teams_survive_reopening(
 
 
 def test_many_reads_of_one_file_make_one_access_record(tmp_path: Path) -> None:
-    from warpdrive import WarpDrive, parse_config
+    from warpdrive import Admin, WarpDrive, parse_config
 
     source = tmp_path / "src"
     source.mkdir()
@@ -93,7 +93,7 @@ def test_many_reads_of_one_file_make_one_access_record(tmp_path: Path) -> None:
         for _ in range(200):
             with wd.open("/s/f.bin") as f:
                 assert f.read() == payload
-        root = wd.cache_root
+        root = Admin(cfg).cache_root
     store = GovernanceStore(root)  # closing the WarpDrive wrote the pending records
     try:
         rows = store.db.execute("SELECT key, bytes, cache_bytes, opens FROM access").fetchall()

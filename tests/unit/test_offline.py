@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from warpdrive import BackendUnavailableError, WarpDrive, parse_config
+from warpdrive.admin import Admin
 from warpdrive.backends import RetryingBackend, RetryPolicy
 from warpdrive.backends.base import ObjectClient
 from warpdrive.backends.wrappers import CountingClient, FaultInjectingClient
@@ -175,7 +176,8 @@ def test_past_offline_max_age_a_cached_version_is_asked_about_first(
         assert wd.read("/s/train/c0/a.bin") == FILES["train/c0/a.bin"]
         assert counting[0].calls["stat"] >= 1
         wd.flush()
-        record = wd.index.newest("s", "train/c0/a.bin")
+        with Admin(wd.config) as admin:
+            record = admin.index.newest("s", "train/c0/a.bin")
         assert record is not None and time.time() - record.confirmed_at < 1.0
     # The confirmation is in the index: a new process serves it in an outage again.
     outage, counting = Outage(), []

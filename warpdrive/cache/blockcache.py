@@ -223,18 +223,23 @@ class BlockCache:
         return True
 
     def read_block(
-        self,
-        obj: ObjectVersion,
-        file: ObjectFile,
-        index: int,
-        lo: int,
-        n: int,
-        nowait: bool = False,
+        self, obj: ObjectVersion, file: ObjectFile, index: int, lo: int, n: int
     ) -> bytes | None:
         """Bytes ``[lo, lo+n)`` of block ``index`` as a new bytes object (no zeroed buffer, no
         copy when the block is verified already), or None if it cannot be served from the
-        cache (checked as in :meth:`read_into`). With ``nowait``, None also when it would wait
-        for the disk or for hashing."""
+        cache (checked as in :meth:`read_into`)."""
+        return self._read_block(obj, file, index, lo, n, False)
+
+    def read_block_resident(
+        self, obj: ObjectVersion, file: ObjectFile, index: int, lo: int, n: int
+    ) -> bytes | None:
+        """:meth:`read_block` when it needs neither the disk nor hashing (the block is verified
+        already and its bytes are in the page cache); None otherwise, having done nothing."""
+        return self._read_block(obj, file, index, lo, n, True)
+
+    def _read_block(
+        self, obj: ObjectVersion, file: ObjectFile, index: int, lo: int, n: int, resident: bool
+    ) -> bytes | None:
         bkey = obj.block_key(index)
         before = self.clock.now()
         if file.seen_at != before:
@@ -248,7 +253,7 @@ class BlockCache:
                 return None
             file.present[index] = generation = rec.generation
         if not self._is_verified(file, bkey, generation):
-            if nowait:
+            if resident:
                 return None
             rec = rec or self.index.get(bkey)
             whole = None
@@ -259,7 +264,7 @@ class BlockCache:
                 return None
             return whole[lo : lo + n]
         offset = index * obj.block_size + lo
-        if nowait and not (in_memory(file.fd, offset) and in_memory(file.fd, offset + n - 1)):
+        if resident and not (in_memory(file.fd, offset) and in_memory(file.fd, offset + n - 1)):
             return None
         try:
             data = os.pread(file.fd, n, offset)

@@ -22,10 +22,10 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from warpdrive.admin import Admin
 from warpdrive.cache.accounts import Quota
 from warpdrive.governance.store import GovernanceStore
 from warpdrive.periodic import Periodic
-from warpdrive.reader import WarpDrive
 
 log = logging.getLogger(__name__)
 BATCH = 5000  # access records per request
@@ -35,14 +35,16 @@ CRAWL_LIMIT = 200_000  # objects of one backend per crawl report (the API's boun
 class Reporter(Periodic):
     def __init__(
         self,
-        wd: WarpDrive,
+        admin: Admin,
+        flush: Callable[[], None] | None = None,
         health: Callable[[], tuple[bool, dict[str, str]]] | None = None,
         node: str | None = None,
     ) -> None:
-        telemetry = wd.config.telemetry
+        telemetry = admin.config.telemetry
         assert telemetry.control_plane_addr
         super().__init__("reporter", max(0.2, telemetry.flush_interval), final_tick=True)
-        self.wd = wd
+        self.admin = admin
+        self.flush = flush  # the node's reader: its pending counters, written before a round
         self.base = telemetry.control_plane_addr.rstrip("/") + "/api/v1"
         self.token = os.environ.get(telemetry.control_plane_token_env or "", "")
         self.health = health
@@ -53,7 +55,7 @@ class Reporter(Periodic):
 
     def tick(self) -> None:
         # A connection per round: it sees what other processes (warpdrive-ctl) committed since.
-        store = GovernanceStore(self.wd.cache_root)
+        store = GovernanceStore(self.admin.cache_root)
         try:
             self.report_once(store)
         finally:
@@ -62,7 +64,8 @@ class Reporter(Periodic):
     def report_once(self, store: GovernanceStore) -> bool:
         """One round; False when the control plane could not be reached."""
         try:
-            self.wd.flush()
+            if self.flush is not None:
+                self.flush()
             self._heartbeat()
             self._access(store)
             self._jobs(store)
@@ -88,16 +91,16 @@ class Reporter(Periodic):
             return json.loads(reply.read() or b"null")
 
     def _heartbeat(self) -> None:
-        counters = self.wd.index.counters()
-        usage = self.wd.usage()
+        counters = self.admin.index.counters()
+        usage = self.admin.usage()
         healthy, checks = self.health() if self.health is not None else (True, {})
         reply = self._post(
             "nodes/heartbeat",
             {
                 "node": self.node,
-                "mount_point": self.wd.config.mount_point,
+                "mount_point": self.admin.config.mount_point,
                 "cache_bytes": usage.bytes,
-                "max_size": self.wd.config.cache.max_size,
+                "max_size": self.admin.config.cache.max_size,
                 "hits": int(counters.get("hits", 0)),
                 "misses": int(counters.get("misses", 0)),
                 "healthy": healthy,
@@ -106,7 +109,7 @@ class Reporter(Periodic):
                     for k, v in checks.items()
                     if k.startswith("backend:")
                 },
-                "teams": {t: u.bytes for t, u in self.wd.index.team_usage().items() if t},
+                "teams": {t: u.bytes for t, u in self.admin.index.team_usage().items() if t},
             },
         )
         self._apply_quotas(reply.get("quotas", []))
@@ -117,10 +120,10 @@ class Reporter(Periodic):
             (q["team"], "" if q["backend"] == "*" else q["backend"]): (q["soft"], q["hard"])
             for q in central
         }
-        current = {(q.team, q.backend): (q.soft, q.hard) for q, _ in self.wd.index.quotas()}
+        current = {(q.team, q.backend): (q.soft, q.hard) for q, _ in self.admin.index.quotas()}
         for (team, backend), (soft, hard) in wanted.items():
             if current.get((team, backend)) != (soft, hard):
-                self.wd.set_quota(Quota(team, backend, soft, hard))
+                self.admin.set_quota(Quota(team, backend, soft, hard))
                 log.info("quota for team %s set centrally: soft %d, hard %d", team, soft, hard)
 
     def _access(self, store: GovernanceStore) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from warpdrive.admin import Admin
 from warpdrive.cache import ObjectRecord
 from warpdrive.errors import NotFoundError, WarpDriveError
 from warpdrive.fuse.health import probe_backend, with_deadline
@@ -19,21 +20,21 @@ from warpdrive.metrics_server import parse_addr
 from warpdrive.reader import WarpDrive
 
 
-def stats(wd: WarpDrive) -> dict[str, Any]:
+def stats(admin: Admin) -> dict[str, Any]:
     """Entries, bytes, utilization and the counters every process added to the index."""
-    usage = wd.usage()
-    counters = wd.index.counters()
+    usage = admin.usage()
+    counters = admin.index.counters()
     hits, misses = counters.get("hits", 0), counters.get("misses", 0)
     from_cache = counters.get("bytes_served_cache", 0)
     from_backend = counters.get("bytes_served_backend", 0)
-    objects = sum(1 for _ in wd.index.iter_objects())
+    objects = sum(1 for _ in admin.index.iter_objects())
     return {
-        "cache_path": wd.config.cache.path,
+        "cache_path": admin.config.cache.path,
         "objects": objects,
         "blocks": usage.blocks,
         "bytes": usage.bytes,
-        "max_size": wd.config.cache.max_size,
-        "utilization": usage.bytes / wd.config.cache.max_size,
+        "max_size": admin.config.cache.max_size,
+        "utilization": usage.bytes / admin.config.cache.max_size,
         "hits": hits,
         "misses": misses,
         "evictions": counters.get("evictions", 0),
@@ -50,7 +51,9 @@ def stats(wd: WarpDrive) -> dict[str, Any]:
         "hint_hits": counters.get("hint_hits", 0),
         "loader_skipped": counters.get("loader_skipped", 0),
         "offline_served": counters.get("offline_served", 0),
-        "bytes_by_backend": {name: u.bytes for name, u in sorted(wd.index.backend_usage().items())},
+        "bytes_by_backend": {
+            name: u.bytes for name, u in sorted(admin.index.backend_usage().items())
+        },
     }
 
 
@@ -60,7 +63,7 @@ class EvictPlan:
     found: list[ObjectRecord]
 
 
-def evict_plan(wd: WarpDrive, path: str, recursive: bool) -> EvictPlan:
+def evict_plan(wd: WarpDrive, admin: Admin, path: str, recursive: bool) -> EvictPlan:
     """What evicting ``path`` drops: the cached object at ``path``, or those in the directory at
     ``path`` (below it, with ``recursive``). Works from the index, so it also finds objects
     that no longer exist in the backend. NotFoundError when nothing is cached there and the
@@ -70,12 +73,12 @@ def evict_plan(wd: WarpDrive, path: str, recursive: bool) -> EvictPlan:
         names = [
             b.name for b in wd.config.backends if b.mount_path.startswith(norm.rstrip("/") + "/")
         ]
-        found = [r for name in names for r in wd.index.iter_names(name, "") if recursive]
+        found = [r for name in names for r in admin.index.iter_names(name, "") if recursive]
         return EvictPlan(norm, found)
     prefix = f"{key}/" if key else ""
     found = [
         r
-        for r in wd.index.iter_names(backend, key)
+        for r in admin.index.iter_names(backend, key)
         if r.key == key
         or (r.key.startswith(prefix) and (recursive or "/" not in r.key[len(prefix) :]))
     ]
@@ -89,10 +92,10 @@ def evict_plan(wd: WarpDrive, path: str, recursive: bool) -> EvictPlan:
     return EvictPlan(norm, found)
 
 
-def evict(wd: WarpDrive, plan: EvictPlan) -> dict[str, Any]:
+def evict(admin: Admin, plan: EvictPlan) -> dict[str, Any]:
     """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints."""
-    cached = sum(rec.size for r in plan.found for _, rec in wd.index.iter_blocks(r.oid))
-    blocks = wd.evict([r.oid for r in plan.found])
+    cached = sum(rec.size for r in plan.found for _, rec in admin.index.iter_blocks(r.oid))
+    blocks = admin.evict([r.oid for r in plan.found])
     return {"path": plan.path, "objects": len(plan.found), "blocks": blocks, "bytes": cached}
 
 
@@ -160,10 +163,10 @@ def _mount_answers(mount_point: str, timeout: float) -> tuple[str, int | None]:
     return verdict, pids[0] if verdict == "ok" and pids else None
 
 
-def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
+def status(admin: Admin, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
     """Is the node healthy: mount answering (its health file reads), its own metrics endpoint
     up, cache usable, backends reachable (with latency)? Returns (healthy, report)."""
-    config = wd.config
+    config = admin.config
     mount_point = config.mount_point
     entry = find_mount(mount_point)
     mount_pid = None
@@ -177,9 +180,9 @@ def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
     if config.metrics.enabled:
         answer = _ask_health(_health_url(config.metrics.addr), timeout)
         metrics = metrics_verdict(answer, mount_point, entry)
-    usage = wd.usage()
+    usage = admin.usage()
     backends: dict[str, Any] = {}
-    for name, backend in wd.backends.items():
+    for name, backend in admin.backends.items():
         started = time.monotonic()
         verdict = with_deadline(partial(probe_backend, backend), timeout)
         latency = time.monotonic() - started
@@ -198,7 +201,7 @@ def status(wd: WarpDrive, timeout: float = 5.0) -> tuple[bool, dict[str, Any]]:
         "cache_path": config.cache.path,
         "cache_bytes": usage.bytes,
         "cache_utilization": usage.bytes / config.cache.max_size,
-        "cache_writable": os.access(wd.cache_root, os.W_OK),
+        "cache_writable": os.access(admin.cache_root, os.W_OK),
         "backends": backends,
     }
     return healthy, report

@@ -7,43 +7,43 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from warpdrive.admin import Admin
 from warpdrive.cache import Quota
 from warpdrive.cache.accounts import quota_status
 from warpdrive.errors import ConfigError
 from warpdrive.governance.crawl import crawl
 from warpdrive.governance.store import GovernanceStore
-from warpdrive.reader import WarpDrive
 
 GROUPS = ("user", "team", "backend", "prefix")
 
 
-def cached_bytes_by(wd: WarpDrive, group: str, backend: str | None) -> dict[str, int]:
+def cached_bytes_by(admin: Admin, group: str, backend: str | None) -> dict[str, int]:
     """Bytes in the cache per group (users are not tracked in the cache: empty)."""
     if group == "team":
-        return {t: u.bytes for t, u in wd.index.team_usage(backend).items()}
+        return {t: u.bytes for t, u in admin.index.team_usage(backend).items()}
     if group == "backend":
         return {
             name: u.bytes
-            for name, u in wd.index.backend_usage().items()
+            for name, u in admin.index.backend_usage().items()
             if backend is None or name == backend
         }
     if group == "prefix":
         out: dict[str, int] = defaultdict(int)
-        for record in wd.index.iter_objects():
+        for record in admin.index.iter_objects():
             if backend is None or record.backend == backend:
                 top = record.key.split("/", 1)[0] if "/" in record.key else ""
                 out[f"{record.backend}:{top}"] += sum(
-                    rec.size for _, rec in wd.index.iter_blocks(record.oid)
+                    rec.size for _, rec in admin.index.iter_blocks(record.oid)
                 )
         return dict(out)
     return {}
 
 
 def usage(
-    wd: WarpDrive, store: GovernanceStore, group: str, backend: str | None
+    admin: Admin, store: GovernanceStore, group: str, backend: str | None
 ) -> list[dict[str, Any]]:
     rows = {r["group"]: r for r in store.usage(group, backend)}
-    cached = cached_bytes_by(wd, group, backend)
+    cached = cached_bytes_by(admin, group, backend)
     for name in cached.keys() - rows.keys():
         rows[name] = {
             "group": name,
@@ -58,7 +58,7 @@ def usage(
 
 
 def stale(
-    wd: WarpDrive,
+    admin: Admin,
     store: GovernanceStore,
     days: float,
     min_size: int,
@@ -73,9 +73,9 @@ def stale(
     cutoff = now - days * 86400
     accessed = store.last_access()
     cached: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in wd.index.iter_objects():
+    for record in admin.index.iter_objects():
         if backend is None or record.backend == backend:
-            blocks = [rec for _, rec in wd.index.iter_blocks(record.oid)]
+            blocks = [rec for _, rec in admin.index.iter_blocks(record.oid)]
             cached[(record.backend, record.key)] = {
                 "oid": record.oid,
                 "size": record.size,
@@ -98,7 +98,7 @@ def stale(
             {
                 "backend": name,
                 "key": key,
-                "path": wd.path_of(name, key),
+                "path": admin.path_of(name, key),
                 "size": info["size"],
                 "last_access": read or None,
                 "modified_at": info["mtime"],
@@ -110,14 +110,14 @@ def stale(
     return sorted(rows, key=lambda r: -r["size"])
 
 
-def run_crawl(wd: WarpDrive, store: GovernanceStore, backend: str | None) -> list[dict[str, Any]]:
-    if backend is not None and backend not in wd.backends:
+def run_crawl(admin: Admin, store: GovernanceStore, backend: str | None) -> list[dict[str, Any]]:
+    if backend is not None and backend not in admin.backends:
         raise ConfigError("--backend", f"no backend named {backend!r}")
-    found = crawl(wd, store, [backend] if backend else None)
+    found = crawl(admin.backends, store, [backend] if backend else None)
     return [{"backend": b, "objects": n, "bytes": size} for b, (n, size) in found.items()]
 
 
-def quota_rows(wd: WarpDrive) -> list[dict[str, Any]]:
+def quota_rows(admin: Admin) -> list[dict[str, Any]]:
     return [
         {
             "team": q.team,
@@ -127,22 +127,23 @@ def quota_rows(wd: WarpDrive) -> list[dict[str, Any]]:
             "usage_bytes": u.bytes,
             "status": quota_status(q, u),
         }
-        for q, u in wd.index.quotas()
+        for q, u in admin.index.quotas()
     ]
 
 
-def set_quota(wd: WarpDrive, team: str, backend: str | None, soft: int, hard: int) -> int:
-    if backend is not None and backend not in wd.backends:
+def set_quota(admin: Admin, team: str, backend: str | None, soft: int, hard: int) -> int:
+    if backend is not None and backend not in admin.backends:
         raise ConfigError("--backend", f"no backend named {backend!r}")
     if soft > hard:
         raise ConfigError("--soft", f"soft limit ({soft}) is above the hard limit ({hard})")
-    return wd.set_quota(Quota(team, backend or "", soft, hard))
+    return admin.set_quota(Quota(team, backend or "", soft, hard))
 
 
-def team_rows(wd: WarpDrive) -> list[dict[str, Any]]:
+def team_rows(admin: Admin) -> list[dict[str, Any]]:
     rows = {
-        u: {"user": u, "team": t, "source": "config"} for u, t in wd.config.governance.teams.items()
+        u: {"user": u, "team": t, "source": "config"}
+        for u, t in admin.config.governance.teams.items()
     }
-    for user, team in wd.index.user_teams().items():
+    for user, team in admin.index.user_teams().items():
         rows[user] = {"user": user, "team": team, "source": "warpdrive-ctl"}
     return sorted(rows.values(), key=lambda r: (r["team"], r["user"]))

@@ -16,16 +16,16 @@ import time
 import urllib.request
 from typing import Any
 
+from warpdrive.admin import Admin
 from warpdrive.governance.store import GovernanceStore
-from warpdrive.reader import WarpDrive
 
 log = logging.getLogger(__name__)
 FIELDS = ("hits", "misses", "bytes_fetched", "bytes_served_cache", "bytes_served_backend")
 
 
-def start(wd: WarpDrive, store: GovernanceStore, job_id: str) -> dict[str, Any]:
-    wd.flush()
-    now = wd.index.counters()
+def start(admin: Admin, store: GovernanceStore, job_id: str) -> dict[str, Any]:
+    admin.flush()
+    now = admin.index.counters()
     counters = {k: now.get(k, 0) for k in FIELDS}
     at = time.time()
     store.job_started(job_id, counters, at)
@@ -33,11 +33,11 @@ def start(wd: WarpDrive, store: GovernanceStore, job_id: str) -> dict[str, Any]:
 
 
 def report(
-    wd: WarpDrive, store: GovernanceStore, job_id: str, user: str, status: int
+    admin: Admin, store: GovernanceStore, job_id: str, user: str, status: int
 ) -> tuple[dict[str, Any], bool]:
     """The job's report and whether the control plane took it."""
-    wd.flush()
-    now = wd.index.counters()
+    admin.flush()
+    now = admin.index.counters()
     begun = store.job_start(job_id)
     base = begun[1] if begun else {}
     delta = {k: now.get(k, 0) - base.get(k, 0) for k in FIELDS}
@@ -59,16 +59,16 @@ def report(
         "since_job_start": begun is not None,
     }
     store.save_job(record, sent=False)
-    sent = send_pending(wd, store)
+    sent = send_pending(admin, store)
     return record, job_id in sent
 
 
-def send_pending(wd: WarpDrive, store: GovernanceStore) -> set[str]:
+def send_pending(admin: Admin, store: GovernanceStore) -> set[str]:
     """Post every unsent report to the control plane; the job ids it took."""
-    addr = wd.config.telemetry.control_plane_addr
+    addr = admin.config.telemetry.control_plane_addr
     if not addr:
         return set()
-    token_env = wd.config.telemetry.control_plane_token_env
+    token_env = admin.config.telemetry.control_plane_token_env
     token = os.environ.get(token_env) if token_env else None
     sent = set()
     for pending in store.unsent_jobs():

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
+from warpdrive.admin import Admin
 from warpdrive.cache.blockcache import LAYOUT_VERSION
 from warpdrive.cliargs import FILE, add_version_and_completion, complete
 from warpdrive.config import load_config
@@ -35,7 +36,7 @@ from warpdrive.reader import WarpDrive
 from warpdrive.shards import expand
 from warpdrive.units import format_size, parse_size
 
-Command = Callable[[argparse.Namespace, WarpDrive], int]
+Command = Callable[[argparse.Namespace, WarpDrive, Admin], int]
 
 
 def size_arg(text: str) -> int:
@@ -270,8 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "warm":
             cache = dataclasses.replace(config.cache, max_parallel_fetch=max(1, args.workers))
             config = dataclasses.replace(config, cache=cache)
-        with WarpDrive(config) as wd:
-            result: int = args.run(args, wd)
+        # The read facade for what reads (warm, paths), the admin facade for the rest; each
+        # opens the cache and the backends only if a command uses it.
+        with WarpDrive(config) as wd, Admin(config) as admin:
+            result: int = args.run(args, wd, admin)
             return result
     except KeyboardInterrupt:
         print("warpdrive-ctl: interrupted", file=sys.stderr)
@@ -281,14 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _store(wd: WarpDrive) -> GovernanceStore:
-    return GovernanceStore(wd.cache_root)
+def _store(admin: Admin) -> GovernanceStore:
+    return GovernanceStore(admin.cache_root)
 
 
 # -- cache operations -------------------------------------------------------------------------
 
 
-def cmd_warm(args: argparse.Namespace, wd: WarpDrive) -> int:
+def cmd_warm(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
     if args.backend:
         if args.backend not in wd.backends:
             raise WarpDriveError(f"no backend named {args.backend!r}")
@@ -349,37 +352,37 @@ def node_share(wd: WarpDrive, args: argparse.Namespace) -> list[str]:
     return [s.path for s in node_shards(groups, args.seed, not args.no_shuffle, nodes, node)]
 
 
-def cmd_stats(args: argparse.Namespace, wd: WarpDrive) -> int:
-    emit_record(cachecmds.stats(wd), args.format)
+def cmd_stats(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    emit_record(cachecmds.stats(admin), args.format)
     return 0
 
 
-def cmd_evict(args: argparse.Namespace, wd: WarpDrive) -> int:
-    plans = [cachecmds.evict_plan(wd, path, args.recursive) for path in args.paths]
-    rows = [cachecmds.evict(wd, plan) for plan in plans]  # all checked before any goes
+def cmd_evict(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    plans = [cachecmds.evict_plan(wd, admin, path, args.recursive) for path in args.paths]
+    rows = [cachecmds.evict(admin, plan) for plan in plans]  # all checked before any goes
     emit(rows, ["path", "objects", "blocks", "bytes"], args.format)
     return 0
 
 
-def cmd_status(args: argparse.Namespace, wd: WarpDrive) -> int:
-    healthy, report = cachecmds.status(wd)
+def cmd_status(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    healthy, report = cachecmds.status(admin)
     emit_record(report, args.format)
     return 0 if healthy else 1
 
 
-def cmd_job_start(args: argparse.Namespace, wd: WarpDrive) -> int:
-    store = _store(wd)
+def cmd_job_start(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    store = _store(admin)
     try:
-        emit_record(jobs.start(wd, store, args.job_id), args.format)
+        emit_record(jobs.start(admin, store, args.job_id), args.format)
     finally:
         store.close()
     return 0
 
 
-def cmd_job_report(args: argparse.Namespace, wd: WarpDrive) -> int:
-    store = _store(wd)
+def cmd_job_report(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    store = _store(admin)
     try:
-        record, sent = jobs.report(wd, store, args.job_id, args.user, args.status)
+        record, sent = jobs.report(admin, store, args.job_id, args.user, args.status)
     finally:
         store.close()
     emit_record({**record, "sent_to_control_plane": sent}, args.format)
@@ -389,10 +392,10 @@ def cmd_job_report(args: argparse.Namespace, wd: WarpDrive) -> int:
 # -- governance --------------------------------------------------------------------------------
 
 
-def cmd_usage(args: argparse.Namespace, wd: WarpDrive) -> int:
-    store = _store(wd)
+def cmd_usage(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    store = _store(admin)
     try:
-        rows = govern.usage(wd, store, args.group_by, args.backend)
+        rows = govern.usage(admin, store, args.group_by, args.backend)
     finally:
         store.close()
     columns = ["group", "bytes_read", "files_accessed", "hit_ratio", "cached_bytes", "last_access"]
@@ -400,14 +403,14 @@ def cmd_usage(args: argparse.Namespace, wd: WarpDrive) -> int:
     return 0
 
 
-def cmd_stale(args: argparse.Namespace, wd: WarpDrive) -> int:
-    store = _store(wd)
+def cmd_stale(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    store = _store(admin)
     try:
-        rows = govern.stale(wd, store, args.days, args.min_size, args.backend, args.now)
+        rows = govern.stale(admin, store, args.days, args.min_size, args.backend, args.now)
     finally:
         store.close()
     if args.evict:
-        evicted = wd.evict([r["oid"] for r in rows if r["oid"] is not None])
+        evicted = admin.evict([r["oid"] for r in rows if r["oid"] is not None])
         print(f"warpdrive-ctl stale: evicted {evicted} cached blocks", file=sys.stderr)
     columns = [
         "path",
@@ -423,63 +426,63 @@ def cmd_stale(args: argparse.Namespace, wd: WarpDrive) -> int:
     return 0
 
 
-def cmd_crawl(args: argparse.Namespace, wd: WarpDrive) -> int:
-    store = _store(wd)
+def cmd_crawl(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    store = _store(admin)
     try:
-        rows = govern.run_crawl(wd, store, args.backend)
+        rows = govern.run_crawl(admin, store, args.backend)
     finally:
         store.close()
     emit(rows, ["backend", "objects", "bytes"], args.format)
     return 0
 
 
-def cmd_quota_set(args: argparse.Namespace, wd: WarpDrive) -> int:
-    evicted = govern.set_quota(wd, args.team, args.backend, args.soft, args.hard)
+def cmd_quota_set(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    evicted = govern.set_quota(admin, args.team, args.backend, args.soft, args.hard)
     scope = f" on {args.backend}" if args.backend else ""
     print(
         f"quota for team {args.team}{scope}: soft {format_size(args.soft)}, hard "
         f"{format_size(args.hard)}; {evicted} blocks evicted to honour it",
         file=sys.stderr,
     )
-    return cmd_quota_list(args, wd)
+    return cmd_quota_list(args, wd, admin)
 
 
-def cmd_quota_list(args: argparse.Namespace, wd: WarpDrive) -> int:
+def cmd_quota_list(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
     emit(
-        govern.quota_rows(wd),
+        govern.quota_rows(admin),
         ["team", "backend", "soft", "hard", "usage_bytes", "status"],
         args.format,
     )
     return 0
 
 
-def cmd_quota_rm(args: argparse.Namespace, wd: WarpDrive) -> int:
-    if not wd.index.remove_quota(args.team, args.backend or ""):
+def cmd_quota_rm(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    if not admin.remove_quota(args.team, args.backend or ""):
         raise WarpDriveError(
             f"no quota for team {args.team!r}" + (f" on {args.backend}" if args.backend else "")
         )
-    return cmd_quota_list(args, wd)
+    return cmd_quota_list(args, wd, admin)
 
 
-def cmd_team_add(args: argparse.Namespace, wd: WarpDrive) -> int:
-    wd.index.set_user_team(args.user, args.team)
-    return cmd_team_list(args, wd)
+def cmd_team_add(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    admin.set_user_team(args.user, args.team)
+    return cmd_team_list(args, wd, admin)
 
 
-def cmd_team_rm(args: argparse.Namespace, wd: WarpDrive) -> int:
-    if wd.index.user_team(args.user) is None:
+def cmd_team_rm(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    if admin.index.user_team(args.user) is None:
         raise WarpDriveError(f"user {args.user!r} has no team set with warpdrive-ctl")
-    wd.index.set_user_team(args.user, None)
-    return cmd_team_list(args, wd)
+    admin.set_user_team(args.user, None)
+    return cmd_team_list(args, wd, admin)
 
 
-def cmd_team_list(args: argparse.Namespace, wd: WarpDrive) -> int:
-    emit(govern.team_rows(wd), ["user", "team", "source"], args.format)
+def cmd_team_list(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    emit(govern.team_rows(admin), ["user", "team", "source"], args.format)
     return 0
 
 
-def cmd_move(args: argparse.Namespace, wd: WarpDrive) -> int:
-    done, failed = mover.move(wd, args.src, args.dst, args.recursive, args.delete)
+def cmd_move(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
+    done, failed = mover.move(admin, args.src, args.dst, args.recursive, args.delete)
     rows: list[dict[str, Any]] = [dataclasses.asdict(m) for m in done]
     emit(rows, ["src", "dst", "size", "sha256", "deleted"], args.format)
     for label, error in failed.items():

@@ -12,11 +12,11 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from warpdrive.admin import Admin
 from warpdrive.backends import Backend, RetryingBackend
 from warpdrive.backends.base import ObjectMeta
 from warpdrive.errors import ConfigError, IsDirectoryError, NotFoundError, WarpDriveError
 from warpdrive.governance.crawl import walk
-from warpdrive.reader import WarpDrive
 
 CHUNK = 8 << 20
 
@@ -30,14 +30,14 @@ class Moved:
     deleted: bool
 
 
-def parse(spec: str, wd: WarpDrive, flag: str) -> tuple[RetryingBackend, str]:
+def parse(spec: str, admin: Admin, flag: str) -> tuple[RetryingBackend, str]:
     """``BACKEND:PATH`` → (backend, key)."""
     name, sep, key = spec.partition(":")
     if not sep or not name:
         raise ConfigError(flag, f"expected BACKEND:PATH, got {spec!r}")
-    backend = wd.backends.get(name)
+    backend = admin.backends.get(name)
     if backend is None:
-        names = ", ".join(wd.backends) or "none"
+        names = ", ".join(admin.backends) or "none"
         raise ConfigError(flag, f"no backend named {name!r} (configured: {names})")
     assert isinstance(backend, RetryingBackend)
     return backend, key.strip("/")
@@ -88,10 +88,10 @@ def copy_one(src: RetryingBackend, meta: ObjectMeta, dst: RetryingBackend, key: 
 
 
 def move(
-    wd: WarpDrive, src_spec: str, dst_spec: str, recursive: bool, delete: bool
+    admin: Admin, src_spec: str, dst_spec: str, recursive: bool, delete: bool
 ) -> tuple[list[Moved], dict[str, str]]:
-    src, src_key = parse(src_spec, wd, "--src")
-    dst, dst_key = parse(dst_spec, wd, "--dst")
+    src, src_key = parse(src_spec, admin, "--src")
+    dst, dst_key = parse(dst_spec, admin, "--dst")
     into_dir = dst_spec.endswith(("/", ":"))  # "b:dir/" or "b:": keep the source's name
     done: list[Moved] = []
     failed: dict[str, str] = {}

@@ -67,7 +67,7 @@ def plan(wd: WarpDrive, paths: Iterable[str], max_size: int | None) -> Plan:
         except WarpDriveError as exc:
             out.failed[path] = str(exc)
             continue
-        missing = [b for b in range(obj.nblocks) if not wd.index.contains(obj.block_key(b))]
+        missing = [b for b in range(obj.nblocks) if not wd.cached(obj, b)]
         need = sum(obj.block_len(b) for b in missing)
         if max_size is not None and out.missing_bytes + need > max_size:
             out.skipped_for_budget += 1

@@ -36,6 +36,7 @@ from warpdrive.config import Config, load_config
 from warpdrive.errors import WarpDriveError, printable
 from warpdrive.fuse.health import Health, probe_backend, with_deadline, with_deadlines
 from warpdrive.fuse.mountinfo import MountEntry, find_mount, mounts, probe_mount
+from warpdrive.governance.access import AccessRecorder
 from warpdrive.governance.crawl import PeriodicCrawl
 from warpdrive.metrics_server import MetricsServer
 from warpdrive.perms import private_dir
@@ -145,16 +146,20 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
     import pyfuse3
     import trio
 
+    from warpdrive.admin import Admin
     from warpdrive.fs import WarpDriveFS
     from warpdrive.fuse.ops import Operations
     from warpdrive.reader import WarpDrive
 
     ready = ready or ReadyPipe(None)
     mount_point = config.mount_point
-    wd = WarpDrive(config)
+    # The read path reports closed handles; the node's access records observe them.
+    wd = WarpDrive(config, observers=[AccessRecorder])
+    admin = Admin(config)  # the reporter's (quotas from the control plane): opened if used
     # Closed in reverse order of opening, whatever stops the start or the serving.
     with contextlib.ExitStack() as opened:
         opened.callback(wd.close)
+        opened.callback(admin.close)
         try:
             wd.usage()  # opens the cache: path, permissions, index
         except (OSError, RuntimeError) as exc:
@@ -166,7 +171,9 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
         if server is not None:
             opened.callback(server.close)
         if config.governance.crawl_interval > 0:
-            opened.callback(PeriodicCrawl(wd, config.governance.crawl_interval).close)
+            opened.callback(
+                PeriodicCrawl(wd.backends, admin.cache_root, config.governance.crawl_interval).close
+            )
         fs = WarpDriveFS(wd)
         opened.callback(fs.close)
         ops = Operations(
@@ -205,7 +212,7 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
         if config.telemetry.control_plane_addr:
             from warpdrive.control.reporter import Reporter
 
-            opened.callback(Reporter(wd, health.ready_checks).close)
+            opened.callback(Reporter(admin, wd.flush, health.ready_checks).close)
         read_ahead_kb = max(MIN_READ_AHEAD_KB, config.cache.block_size // 1024)
         trio.run(_main_loop, health, read_ahead_kb, ready)
     return 0

@@ -165,18 +165,16 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: InodeT, name: FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path_name = os.fsdecode(name)
-        attr = self.fs.lookup(parent_inode, path_name, nowait=True)
+        attr = self.fs.lookup_cached(parent_inode, path_name)
         if attr is None:
             attr = await self._call(self.fs.lookup, parent_inode, path_name)
-        assert attr is not None
         return self._entry(attr)
 
     @_handler("getattr")
     async def getattr(self, inode: InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        attr = self.fs.getattr(inode, nowait=True)
+        attr = self.fs.getattr_cached(inode)
         if attr is None:
             attr = await self._call(self.fs.getattr, inode)
-        assert attr is not None
         return self._entry(attr)
 
     @_handler("forget")
@@ -229,10 +227,9 @@ class Operations(pyfuse3.Operations):
     async def open(
         self, inode: InodeT, flags: FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        opened = self.fs.open(inode, flags, ctx.uid, nowait=True)
+        opened = self.fs.open_cached(inode, flags, ctx.uid)
         if opened is None:
             opened = await self._call(self.fs.open, inode, flags, ctx.uid)
-        assert opened is not None
         return pyfuse3.FileInfo(
             fh=FileHandleT(opened.fh), keep_cache=opened.keep_cache, direct_io=opened.direct_io
         )
@@ -242,7 +239,7 @@ class Operations(pyfuse3.Operations):
         # Cached bytes already in memory are read right here (it cannot block, and a thread
         # hand-off costs more than the read); anything else goes to a worker thread. pyfuse3
         # replies with any contiguous buffer, so nothing is copied into bytes.
-        data = self.fs.read(fh, off, size, nowait=True)
+        data = self.fs.read_cached(fh, off, size)
         if data is None:
             data = await self._call(self.fs.read, fh, off, size)
         return cast(bytes, data)

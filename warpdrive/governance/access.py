@@ -1,14 +1,26 @@
 """Access records of the mount: bytes each user read of each object each day, and how much of
 it came from the cache. Aggregated in memory (bounded) and written to the governance store by a
-background thread every ``governance.access_flush_interval`` — never one record per read."""
+background thread every ``governance.access_flush_interval`` — never one record per read.
+
+The read path never imports this: :class:`AccessRecorder` observes its closed handles (see
+``warpdrive.reader.HandleObserver``), registered by whoever builds the reader (the ``warpdrive``
+package registers it for every reader by default; the mount passes it explicitly)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
+from warpdrive.cache.blockcache import LAYOUT_VERSION
+from warpdrive.config import Config
 from warpdrive.governance.store import AccessKey, AccessTotals, GovernanceStore, day_of
+
+if TYPE_CHECKING:
+    from warpdrive.reader import ClosedHandle
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 50_000  # distinct (object, user, day) keys held before an early flush
@@ -66,3 +78,40 @@ class AccessLog:
             self.flush(store)
         finally:
             store.close()
+
+
+class AccessRecorder:
+    """A reader's observer that adds each closed handle to the node's access records; its
+    :class:`AccessLog` (a thread) starts at the first record. Built per process from the
+    reader's config (``WarpDrive(config, observers=[AccessRecorder])``)."""
+
+    def __init__(self, config: Config) -> None:
+        self.cache_root = os.path.join(config.cache.path, LAYOUT_VERSION)
+        self.interval = config.governance.access_flush_interval
+        self._log: AccessLog | None = None
+        self._lock = threading.Lock()  # guards _log (starting and closing it)
+
+    def closed(self, record: ClosedHandle) -> None:
+        access = self._log
+        if access is None:
+            if sys.is_finalizing():  # no new thread can start now (it would wait for ever)
+                return
+            with self._lock:
+                if self._log is None:
+                    self._log = AccessLog(self.cache_root, self.interval)
+                access = self._log
+        access.record(
+            record.backend,
+            record.key,
+            record.user,
+            record.team,
+            record.bytes_read,
+            record.cache_bytes,
+        )
+
+    def close(self) -> None:
+        """Write what is pending and stop; idempotent."""
+        with self._lock:
+            access, self._log = self._log, None
+        if access is not None:
+            access.close()

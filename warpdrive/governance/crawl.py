@@ -5,12 +5,11 @@ data nobody reads. Run by ``warpdrive-ctl crawl``, or by the mount every
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from warpdrive.backends import Backend
 from warpdrive.governance.store import GovernanceStore
 from warpdrive.periodic import Periodic
-from warpdrive.reader import WarpDrive
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +28,11 @@ def walk(backend: Backend, prefix: str = "") -> Iterator[tuple[str, int, float, 
 
 
 def crawl(
-    wd: WarpDrive, store: GovernanceStore, names: list[str] | None = None
+    backends: Mapping[str, Backend], store: GovernanceStore, names: list[str] | None = None
 ) -> dict[str, tuple[int, int]]:
     """Crawl the named backends (default: all); objects and bytes found per backend."""
     found = {}
-    for name, backend in wd.backends.items():
+    for name, backend in backends.items():
         if names is None or name in names:
             found[name] = store.replace_crawl(name, walk(backend))
     return found
@@ -42,15 +41,16 @@ def crawl(
 class PeriodicCrawl(Periodic):
     """The mount's crawl thread (only when ``governance.crawl_interval`` is set)."""
 
-    def __init__(self, wd: WarpDrive, interval: float) -> None:
+    def __init__(self, backends: Mapping[str, Backend], cache_root: str, interval: float) -> None:
         super().__init__("crawl", interval)
-        self.wd = wd
+        self.backends = backends
+        self.cache_root = cache_root
         self.start()
 
     def tick(self) -> None:
-        store = GovernanceStore(self.wd.cache_root)
+        store = GovernanceStore(self.cache_root)
         try:
-            for name, (count, total) in crawl(self.wd, store).items():
+            for name, (count, total) in crawl(self.backends, store).items():
                 log.info("crawled %s: %d objects, %d bytes", name, count, total)
         finally:
             store.close()

@@ -24,6 +24,7 @@ from typing import Any
 import torch.distributed as dist
 from prometheus_client.parser import text_string_to_metric_families
 
+from warpdrive.admin import cache_counters
 from warpdrive.testing.cluster import sample_digest
 from warpdrive_torch import ResumableLoader, ShardDataset
 from warpdrive_torch.sources import CacheSource
@@ -54,7 +55,7 @@ def node_counters(ds: ShardDataset) -> dict[str, int]:
                 totals[MOUNT_COUNTERS[family.name]] = int(total)
         return totals
     assert isinstance(ds.source, CacheSource)
-    counters = ds.source.wd.index.counters()  # every rank of the node has flushed
+    counters = cache_counters(ds.source.wd.config)  # every rank of the node has flushed
     return {name: int(counters.get(name, 0)) for name in MOUNT_COUNTERS.values()}
 
 

@@ -1,0 +1,228 @@
+"""A stream: one open handle's reading of one object version (``handle → stream → blocks``).
+
+The stream owns what is per handle: the readahead state (``prefetch.Readahead``), the cursor of
+a sequential reader of a whole cached file and how far the kernel was asked to read it ahead, the
+reader (user and team) and what its reads found (hits, fetches, late prefetches, bytes). It asks
+the block source (``blocks.py``) for bytes and hears back, block by block, what each was; it
+tells the prefetcher about its reads. Nothing below it knows of handles.
+
+A whole cached file: once every block of the object is cached and verified, reads go straight to
+the cache file (one ``pread``/``preadv``), while the eviction clock shows nothing left the cache
+since and the verification is recent; otherwise through the block source, which looks again
+every ``WHOLE_CHECK_EVERY`` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from warpdrive.blocks import BlockSource, CacheFile
+from warpdrive.cache import ObjectFile, ObjectVersion
+from warpdrive.cache.store import in_memory
+from warpdrive.prefetch import Prefetcher, Readahead
+
+WHOLE_CHECK_EVERY = 16  # reads through the block source between looks for a whole cache file
+DISK_AHEAD = 16 << 20  # bytes of a whole cache file read ahead of a sequential reader
+
+
+class Stream:
+    """Thread-safe for reads (the kernel may send several reads of one open file at once); the
+    counts are statistics, approximate under such concurrent reads. ``close`` is idempotent."""
+
+    __slots__ = (
+        "_advised",
+        "_blocks",
+        "_file",
+        "_next",
+        "_prefetcher",
+        "_slow_reads",
+        "_whole",
+        "bytes_read",
+        "cache_bytes",
+        "fetched",
+        "hits",
+        "late",
+        "obj",
+        "ra",
+        "team",
+        "user",
+    )
+
+    def __init__(
+        self,
+        blocks: BlockSource,
+        prefetcher: Prefetcher,
+        obj: ObjectVersion,
+        user: str,
+        team: str | None,
+        readahead: bool = True,
+    ) -> None:
+        """``readahead=False``: a one-off read that names the bytes it wants (no readahead)."""
+        self._blocks = blocks
+        self._prefetcher = prefetcher
+        self.obj = obj
+        self.user = user
+        self.team = team  # whose quota this stream's fetches count against
+        self.ra: Readahead | None = prefetcher.open(obj, team) if readahead else None
+        self._file: CacheFile = blocks.file(obj)
+        self.bytes_read = 0  # bytes this stream returned
+        self.hits = 0  # blocks read from the cache
+        self.fetched = 0  # blocks fetched from the backend for this stream's reads
+        self.late = 0  # of those, blocks prefetched but not early enough
+        self.cache_bytes = 0  # of bytes_read, bytes read from the cache
+        # Set while every block is cached and verified: reads go straight to the cache file.
+        self._whole: ObjectFile | None = None
+        self._slow_reads = 0  # reads through the block source since the last look for it
+        self._next = 0  # where a sequential reader of the whole file reads next
+        self._advised = 0  # the kernel was asked to read the whole file ahead up to here
+
+    # -- reads (the caller clamps to the object's size; n > 0) -----------------------------
+
+    def read(self, offset: int, n: int) -> bytes | bytearray | memoryview:
+        """``n`` bytes at ``offset``, as any bytes-like object (may wait for the backend)."""
+        whole = self._whole if self._slow_reads else self._first_look()
+        if whole is not None:
+            served = self._read_whole(whole, offset, n, False)
+            if served is not None:
+                return served
+        if self.ra is not None:
+            self._prefetcher.readahead(self.ra, offset, offset + n)
+        data = self._blocks.read(self.obj, offset, n, self._file, self)
+        self.bytes_read += n
+        self._after_slow_read()
+        return data
+
+    def read_cached(self, offset: int, n: int) -> bytes | bytearray | memoryview | None:
+        """:meth:`read` if it cannot block (cached, verified, in memory); None otherwise,
+        having done nothing (the caller reads again from a thread)."""
+        whole = self._whole if self._slow_reads else self._first_look()
+        if whole is not None:
+            served = self._read_whole(whole, offset, n, True)
+            if served is not None or self._whole is not None:
+                return served  # None: on disk, not in memory
+        data = self._blocks.read_cached(self.obj, offset, n, self._file, self)
+        if data is not None:
+            if self.ra is not None:
+                self._prefetcher.readahead(self.ra, offset, offset + n)
+            self.bytes_read += n
+            self._after_slow_read()
+        return data
+
+    def read_into(self, offset: int, dst: memoryview) -> None:
+        """Fill ``dst`` with the bytes at ``offset`` (may wait for the backend)."""
+        n = len(dst)
+        whole = self._whole if self._slow_reads else self._first_look()
+        if whole is not None and self._read_whole(whole, offset, n, False, dst) is not None:
+            return
+        if self.ra is not None:
+            self._prefetcher.readahead(self.ra, offset, offset + n)
+        self._blocks.read_into(self.obj, offset, dst, self._file, self)
+        self.bytes_read += n
+        self._after_slow_read()
+
+    def close(self) -> None:
+        self._whole = None
+        self._file.close()
+        if self.ra is not None:
+            self._prefetcher.release(self.ra)
+
+    # -- what the block source reports (blocks.BlockReport) ---------------------------------
+
+    def hit(self, index: int, n: int) -> None:
+        self.hits += 1
+        self.cache_bytes += n
+        self._prefetcher.note_read(self.ra, self.obj.block_key(index), index)
+
+    def hit_run(self, first: int, last: int, n: int) -> None:
+        self.hits += last - first + 1
+        self.cache_bytes += n
+        ra = self.ra
+        if ra is None or self._prefetcher.tracking(ra):
+            for index in range(first, last + 1):
+                self._prefetcher.note_read(ra, self.obj.block_key(index), index)
+
+    def missed(self, index: int) -> None:
+        ra = self.ra
+        if ra is not None and self._prefetcher.prefetched(ra, self.obj.block_key(index), index):
+            self._prefetcher.late(ra)  # prefetched, but not early enough: a wider window
+            self.late += 1
+
+    def fetched_block(self, index: int, n: int) -> None:
+        self.fetched += 1
+        self._prefetcher.note_read(self.ra, self.obj.block_key(index), index)
+
+    # -- a whole cached file ---------------------------------------------------------------
+
+    def _read_whole(
+        self,
+        whole: ObjectFile,
+        offset: int,
+        n: int,
+        resident_only: bool,
+        dst: memoryview | None = None,
+    ) -> bytes | memoryview | None:
+        """A read straight from the cache file, while nothing was evicted since every block
+        was found cached and verified (the eviction clock reads the same before and after) and
+        the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
+        block source (and stop coming here until the file is found whole again) — or, with
+        ``resident_only``, the bytes are on disk, not in memory (``_whole`` stays set)."""
+        blocks = self._blocks
+        at = whole.whole_at
+        data: bytes | memoryview | None = None
+        if blocks.clock_now() == at and time.monotonic() < whole.whole_until:
+            try:
+                if dst is not None:
+                    got = os.preadv(whole.fd, [dst], offset)
+                    data = dst if got == n else None
+                elif not resident_only or (
+                    in_memory(whole.fd, offset) and in_memory(whole.fd, offset + n - 1)
+                ):
+                    data = os.pread(whole.fd, n, offset)
+                    if len(data) != n:
+                        data = None
+                else:
+                    return None  # on disk: the caller reads again from a thread, through here
+            except OSError:
+                data = None
+            if data is not None and blocks.clock_now() == at:
+                self.bytes_read += n
+                blocks.served_whole(self.obj, offset, n, self)
+                if offset == self._next:
+                    self._disk_ahead(whole, offset + n)
+                self._next = offset + n
+                return data
+        self._whole = None
+        return None
+
+    def _first_look(self) -> ObjectFile | None:
+        """Before the first read: if the object is whole in the cache, no read takes the block
+        source (a warm epoch's files are)."""
+        if self._whole is None and self._blocks.cached(self.obj, self.obj.nblocks - 1):
+            self._slow_reads = WHOLE_CHECK_EVERY - 1  # the next slow read does not look again
+            self._whole = self._blocks.whole(self.obj, self._file)
+        return self._whole
+
+    def _disk_ahead(self, whole: ObjectFile, end: int) -> None:
+        """Keep the next ``DISK_AHEAD`` bytes of a sequentially read file on their way into
+        memory: the kernel's own readahead (128 KiB by default) leaves a disk idle between
+        1 MiB reads. Asked once per half window, and only when not resident already."""
+        if end + DISK_AHEAD // 2 <= self._advised or end >= self.obj.size:
+            return
+        start = max(self._advised, end)
+        self._advised = start + DISK_AHEAD
+        last = min(self._advised, self.obj.size) - 1
+        if not in_memory(whole.fd, last):
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(whole.fd, start, DISK_AHEAD, os.POSIX_FADV_WILLNEED)
+
+    def _after_slow_read(self) -> None:
+        """Now and then, see whether the block source is still needed (every block cached and
+        verified: then reads go straight to the file)."""
+        self._slow_reads += 1
+        if self._slow_reads % WHOLE_CHECK_EVERY != 1:
+            return
+        whole = self._blocks.whole(self.obj, self._file)
+        if whole is not None:
+            self._whole = whole
