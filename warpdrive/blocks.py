@@ -16,6 +16,7 @@ what the mount's event loop uses before it hands a request to a thread.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from warpdrive.cache import BlockCache, ObjectFile, ObjectVersion
@@ -178,18 +179,16 @@ class BlockSource:
             return opened
         return None
 
-    def clock_now(self) -> int:
-        """The eviction clock (it moves whenever anything leaves the cache)."""
-        return self.cache.clock.now()
+    @property
+    def clock(self) -> Callable[[], int]:
+        """The eviction clock's reading (it moves whenever anything leaves the cache)."""
+        return self.cache.clock.now
 
-    def served_whole(self, obj: ObjectVersion, offset: int, n: int, report: BlockReport) -> None:
-        """A read of ``[offset, offset+n)`` was served straight from a whole cache file:
-        counted as the cache's hits are."""
-        bs = obj.block_size
-        first, last = offset // bs, (offset + n - 1) // bs
-        self.metrics.cache_hits.inc(last - first + 1)
+    def served_whole(self, blocks: int, n: int) -> None:
+        """``blocks`` block reads, ``n`` bytes, were served straight from whole cache files:
+        counted as the cache's hits are (the stream adds them up over several reads)."""
+        self.metrics.cache_hits.inc(blocks)
         self.metrics.served_from_cache.inc(n)
-        report.hit_run(first, last, n)
 
     def _hit(self, index: int, n: int, report: BlockReport) -> None:
         self.metrics.cache_hits.inc()

@@ -24,6 +24,9 @@ from warpdrive.cache.store import in_memory
 from warpdrive.prefetch import Prefetcher, Readahead
 
 WHOLE_CHECK_EVERY = 16  # reads through the block source between looks for a whole cache file
+# Direct reads of a whole cache file counted in the metrics together (a Prometheus increment
+# takes a lock: two per read were a third of a hot read's own cost), and at close.
+COUNT_EVERY = 64
 DISK_AHEAD = 16 << 20  # bytes of a whole cache file read ahead of a sequential reader
 
 
@@ -34,6 +37,8 @@ class Stream:
     __slots__ = (
         "_advised",
         "_blocks",
+        "_clock",
+        "_counted",
         "_file",
         "_next",
         "_prefetcher",
@@ -61,6 +66,8 @@ class Stream:
     ) -> None:
         """``readahead=False``: a one-off read that names the bytes it wants (no readahead)."""
         self._blocks = blocks
+        self._clock = blocks.clock
+        self._counted = [0, 0, 0]  # direct reads, blocks, bytes not yet in the metrics
         self._prefetcher = prefetcher
         self.obj = obj
         self.user = user
@@ -123,6 +130,7 @@ class Stream:
         self._after_slow_read()
 
     def close(self) -> None:
+        self._count_whole()
         self._whole = None
         self._file.close()
         if self.ra is not None:
@@ -168,10 +176,10 @@ class Stream:
         the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
         block source (and stop coming here until the file is found whole again) — or, with
         ``resident_only``, the bytes are on disk, not in memory (``_whole`` stays set)."""
-        blocks = self._blocks
+        clock = self._clock
         at = whole.whole_at
         data: bytes | memoryview | None = None
-        if blocks.clock_now() == at and time.monotonic() < whole.whole_until:
+        if clock() == at and time.monotonic() < whole.whole_until:
             try:
                 if dst is not None:
                     got = os.preadv(whole.fd, [dst], offset)
@@ -186,15 +194,30 @@ class Stream:
                     return None  # on disk: the caller reads again from a thread, through here
             except OSError:
                 data = None
-            if data is not None and blocks.clock_now() == at:
+            if data is not None and clock() == at:
                 self.bytes_read += n
-                blocks.served_whole(self.obj, offset, n, self)
+                bs = self.obj.block_size
+                first, last = offset // bs, (offset + n - 1) // bs
+                self.hit_run(first, last, n)
+                counted = self._counted
+                counted[0] += 1
+                counted[1] += last - first + 1
+                counted[2] += n
+                if counted[0] >= COUNT_EVERY:
+                    self._count_whole()
                 if offset == self._next:
                     self._disk_ahead(whole, offset + n)
                 self._next = offset + n
                 return data
         self._whole = None
+        self._count_whole()
         return None
+
+    def _count_whole(self) -> None:
+        counted = self._counted
+        if counted[0]:
+            self._blocks.served_whole(counted[1], counted[2])
+            counted[:] = [0, 0, 0]
 
     def _first_look(self) -> ObjectFile | None:
         """Before the first read: if the object is whole in the cache, no read takes the block

@@ -127,7 +127,8 @@ class EvictionClock:
         self._map = mmap.mmap(self._fd, _U64.size)
 
     def now(self) -> int:
-        return int(_U64.unpack_from(self._map)[0])
+        value: int = _U64.unpack_from(self._map)[0]
+        return value
 
     def advance(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # advances from several processes never merge
