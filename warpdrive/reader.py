@@ -78,7 +78,11 @@ class _Core:
         self.teams = TeamResolver(config.governance.teams, self.cache.index.user_team)
         self.user, self.team = self.teams.user_and_team()  # this process's reader
         self.prefetcher = Prefetcher(
-            self.cache, self.fetcher, metrics, config.cache.readahead_blocks
+            self.cache,
+            self.fetcher,
+            metrics,
+            config.cache.readahead_blocks,
+            min(config.cache.scan_budget, config.cache.max_size // 4),
         )
         self._access: AccessLog | None = None  # started by the first file read
         self._access_lock = threading.Lock()
@@ -155,7 +159,7 @@ class _Core:
             missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
             if missing:
                 team = ra.team if ra is not None else self.team
-                self.fetcher.request(obj, missing, Priority.DEMAND, team)
+                self.fetcher.request(obj, missing, Priority.DEMAND, team, whole=True)
         opened = file.get()
         unfilled = (
             self.cache.read_into(obj, opened, offset, dst)
