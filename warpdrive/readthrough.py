@@ -26,8 +26,8 @@ to the name-order scan and the readahead of their handles (:mod:`warpdrive.prefe
 
 Concurrency: ``_lock`` (with ``_wake``) guards every field below it; callers' threads
 (:meth:`on_open`, from the FUSE loop too) only record and notify, never block; one thread lists
-directories, resolves versions and hands requests to the fetcher; fetch completions (fetcher
-threads) only count down and notify.
+directories, another resolves versions and hands requests to the fetcher (so a slow listing never
+holds up files ready to fetch); fetch completions (fetcher threads) only count down and notify.
 """
 
 from __future__ import annotations
@@ -122,9 +122,14 @@ class ReadThrough:
         self._dirs: OrderedDict[str, _Dir] = OrderedDict()  # least recently opened first
         self._turns: deque[_Dir] = deque()  # ACTIVE directories with files left, in turn
         self._unlisted: deque[_Dir] = deque()  # directories whose listing the thread needs
+        # Other regions' copies of ACTIVE directories (which may not exist), listed after the
+        # directories readers opened.
+        self._mirrors: deque[_Dir] = deque()
         self._in_flight: dict[str, int] = {}  # requests in flight by backend
         self._unread = 0  # bytes fetched ahead and not opened yet, all directories
-        self._thread: threading.Thread | None = None
+        # One thread lists directories, one hands files to the fetcher: a slow listing (of a
+        # directory another region may not have) never holds up the files of those that exist.
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     # -- callers ---------------------------------------------------------------------------
@@ -164,29 +169,33 @@ class ReadThrough:
         with self._wake:
             self._closed = True
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     # -- the thread ------------------------------------------------------------------------
 
     def _start(self) -> None:
-        if self._thread is None:
+        if not self._threads:
             with self._lock:
-                if self._thread is not None or self._closed:
+                if self._threads or self._closed:
                     return
-                self._thread = threading.Thread(
-                    target=self._loop, name="warpdrive-readthrough", daemon=True
-                )
-            self._thread.start()
+                picks = {"list": self._next_listing_locked, "fetch": self._next_file_locked}
+                self._threads = [
+                    threading.Thread(target=self._loop, args=(pick,), name=f"warpdrive-rt-{n}")
+                    for n, pick in picks.items()
+                ]
+            for thread in self._threads:
+                thread.daemon = True
+                thread.start()
 
-    def _loop(self) -> None:
+    def _loop(self, pick: Callable[[], Callable[[], None] | None]) -> None:
         while True:
             with self._wake:
-                task = self._next_locked()
+                task = pick()
                 while task is None and not self._closed:
                     self._wake.wait(1.0)
                     self._write_off_idle_locked()
-                    task = self._next_locked()
+                    task = pick()
                 if self._closed:
                     return
             try:
@@ -194,11 +203,19 @@ class ReadThrough:
                 task()
             except Exception as exc:  # read-ahead is advice: failing it must not break reads
                 log.debug("read-through dropped: %s", exc)
+            with self._wake:
+                self._wake.notify_all()  # a listing may have given the other thread work
 
-    def _next_locked(self) -> Callable[[], None] | None:
-        """What the thread does next: list a directory, or fetch one file ahead."""
+    def _next_listing_locked(self) -> Callable[[], None] | None:
+        """A directory to list: one a reader opened first, else another region's copy."""
         if self._unlisted:
             return partial(self._list, self._unlisted.popleft())
+        if self._mirrors:
+            return partial(self._list, self._mirrors.popleft())
+        return None
+
+    def _next_file_locked(self) -> Callable[[], None] | None:
+        """The next file to fetch ahead: directories in turn, within the bounds."""
         if self._unread >= self.budget:
             return None
         for _ in range(len(self._turns)):
@@ -212,7 +229,7 @@ class ReadThrough:
                     return partial(self._fetch, d, info)
             d.state = DirState.DONE
             self._turns.remove(d)
-            return self._next_locked()
+            return self._next_file_locked()
         return None
 
     def _list(self, d: _Dir) -> None:
@@ -236,7 +253,7 @@ class ReadThrough:
                 if path not in self._dirs:
                     m = self._dirs[path] = _Dir(path, d.dirs, d.resolve, d.team)
                     m.mirror = m.queued = True
-                    self._unlisted.append(m)
+                    self._mirrors.append(m)
 
     def _fetch(self, d: _Dir, info: FileInfo) -> None:
         obj = d.resolve(info.path)
