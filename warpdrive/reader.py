@@ -720,6 +720,12 @@ class WarpDrive:
     def stat(self, path: str) -> FileInfo:
         return self._core.namespace.stat(path)
 
+    def remember(self, infos: Iterable[FileInfo], listed_at: float) -> None:
+        """Object metadata a listing showed at ``listed_at`` (``time.time()``), handed to this
+        process (a loader's worker, say): reads of these objects then ask the backend nothing
+        first, under the staleness contract of a listing made then."""
+        self._core.namespace.remember(infos, listed_at)
+
     def stat_cached(self, path: str) -> FileInfo | None:
         """:meth:`stat`'s answer when it needs no backend call; None otherwise (never blocks)."""
         return self._core.namespace.cached_stat(path)

@@ -14,11 +14,12 @@ batches dealt to it, so they are fetched while it reads this one (see
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 
 from torch.utils.data import Dataset
 
-from warpdrive import Config, WarpDrive
+from warpdrive import Config, FileInfo, WarpDrive
 from warpdrive.errors import NotFoundError
 from warpdrive.shards import expand
 from warpdrive_torch.ahead import Ahead, OrderSampler
@@ -46,6 +47,10 @@ class FileDataset(Dataset[Sample]):
         self.decoder = make_decoder(decode)
         keep = None if extensions is None else {e.lower().lstrip(".") for e in extensions}
         groups: dict[str, dict[str, str]] = {}
+        # What the listings said of each file (size, etag), and when: a worker process reads
+        # with it instead of asking the backend about each file first.
+        self._listed_at = time.time()
+        self._infos: dict[str, FileInfo] = {}
         for entry in expand(self.wd, roots):
             for info in self.wd.walk(entry.path):
                 key, ext = split_name(info.path)
@@ -55,6 +60,7 @@ class FileDataset(Dataset[Sample]):
                 if ext in fields:
                     raise ValueError(f"{info.path}: two files give sample {key!r} field {ext!r}")
                 fields[ext] = info.path
+                self._infos[info.path] = info
         if not groups:
             raise NotFoundError(f"{roots!r}: no files found")
         self.keys = sorted(groups)
@@ -76,6 +82,7 @@ class FileDataset(Dataset[Sample]):
 
     def __getitem__(self, index: int) -> Sample:
         fields = self._fields[index]
+        self.wd.remember((self._infos[p] for p in fields.values()), self._listed_at)
         sample: Sample = {"__key__": self.keys[index]}
         for ext, path in fields.items():
             sample[ext] = self.wd.read(path)
@@ -86,7 +93,9 @@ class FileDataset(Dataset[Sample]):
     def __getitems__(self, indices: list[int]) -> list[Sample]:
         # This batch (unless hinted before), then the next ones of this worker, in that order.
         todo = indices if self._ahead is None else self._ahead.to_hint(indices)
-        self.wd.prefetch(p for i in todo for p in self._fields[i].values())
+        paths = [p for i in todo for p in self._fields[i].values()]
+        self.wd.remember((self._infos[p] for p in paths), self._listed_at)
+        self.wd.prefetch(paths)
         return [self[i] for i in indices]
 
     def paths(self, index: int) -> dict[str, str]:
