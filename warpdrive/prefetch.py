@@ -242,7 +242,7 @@ class Prefetcher:
         a reader alternating between two regions keeps both links busy. Small objects (one
         request each) are read through instead, in any order (:mod:`warpdrive.readthrough`)."""
         if self.fetcher.small(obj):
-            self.readthrough.on_open(path, dirs, resolve, team)
+            self.readthrough.on_open(path, obj, dirs, resolve, team)
             return
         parent, _, name = path.rpartition("/")
         order = self._opened.get(parent)

@@ -81,6 +81,7 @@ class _Dir:
         "path",
         "queued",
         "resolve",
+        "sibling",
         "state",
         "team",
         "todo",
@@ -99,6 +100,7 @@ class _Dir:
         self.queued = False  # waiting for the thread to list it
         self.mirror = False  # another region's copy of an ACTIVE directory: read it through too
         self.backend: str | None = None  # known after the first resolve
+        self.sibling: ObjectVersion | None = None  # a file opened here: its backend, its key
         self.last_open = time.monotonic()
 
 
@@ -134,8 +136,10 @@ class ReadThrough:
 
     # -- callers ---------------------------------------------------------------------------
 
-    def on_open(self, path: str, dirs: Lister, resolve: Resolver, team: str | None) -> None:
-        """A small file was opened; never blocks."""
+    def on_open(
+        self, path: str, obj: ObjectVersion, dirs: Lister, resolve: Resolver, team: str | None
+    ) -> None:
+        """A small file was opened (``obj``: its version); never blocks."""
         parent, _, name = path.rpartition("/")
         with self._wake:
             if self._closed:
@@ -147,6 +151,7 @@ class ReadThrough:
                     self._forget_locked(self._dirs.popitem(last=False)[1])
             else:
                 self._dirs.move_to_end(parent)
+            d.sibling = obj
             d.last_open = time.monotonic()
             got = d.ahead.pop(name, None)
             if got is not None:
@@ -256,7 +261,7 @@ class ReadThrough:
                     self._mirrors.append(m)
 
     def _fetch(self, d: _Dir, info: FileInfo) -> None:
-        obj = d.resolve(info.path)
+        obj = self._version(d, info)
         d.backend = obj.backend
         if not self.fetcher.small(obj):
             return  # left to the name-order scan
@@ -274,6 +279,16 @@ class ReadThrough:
         self._track((obj.block_key(b) for b in futures), "scan")
         # A small object is one request: its blocks complete together.
         futures[max(futures)].add_done_callback(partial(self._done, obj.backend))
+
+    @staticmethod
+    def _version(d: _Dir, info: FileInfo) -> ObjectVersion:
+        """The version the listing just showed (the fetch checks it: If-Match), made without
+        the namespace, whose stale entries would each ask for a revalidating listing."""
+        near = d.sibling
+        if near is None or info.etag is None:
+            return d.resolve(info.path)
+        key = f"{near.key.rpartition('/')[0]}/{info.name}" if "/" in near.key else info.name
+        return ObjectVersion(near.backend, key, info.etag, info.size, info.mtime, near.block_size)
 
     def _done(self, backend: str, _fut: Future[BlockData]) -> None:
         with self._wake:
