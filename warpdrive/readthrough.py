@@ -156,13 +156,15 @@ class ReadThrough:
             got = d.ahead.pop(name, None)
             if got is not None:
                 self._unread -= got  # paid off: the budget is free for the next one
+                if self._unread + got >= self.budget:
+                    self._wake.notify_all()
             if name in d.opened:
                 return
             d.opened.add(name)
             if d.state is DirState.SEEN and not d.queued and (len(d.opened) >= 2 or not d.listed):
                 d.queued = True  # the listing says whether the first open was its first file
                 self._unlisted.append(d)
-                self._wake.notify()
+                self._wake.notify_all()  # two threads wait here: wake the lister for sure
         self._start()
 
     def stats(self) -> dict[str, int]:
@@ -297,7 +299,7 @@ class ReadThrough:
                 self._in_flight[backend] = left
             else:
                 self._in_flight.pop(backend, None)
-            self._wake.notify()
+            self._wake.notify_all()
 
     # -- helpers (caller holds _lock) ------------------------------------------------------
 
