@@ -149,7 +149,7 @@ class BlockSource:
         if last > first:  # start every missing block now, so they arrive in parallel
             missing = [b for b in range(first, last + 1) if not self.cache.contains(obj, b)]
             if missing:
-                self.fetcher.request(obj, missing, Priority.DEMAND, report.team)
+                self.fetcher.request(obj, missing, Priority.DEMAND, report.team, whole=True)
         opened = file.get()
         unfilled = (
             self.cache.read_into(obj, opened, offset, dst)

@@ -40,21 +40,35 @@ log = logging.getLogger(__name__)
 K = TypeVar("K")
 
 BlockData = bytes | memoryview | None  # None: the block is now in the cache, read it there
+# Objects up to this size (or one block) are fetched whole, one request each: per-request
+# latency dominates them, and many in flight fill a link. Larger ones are split into parallel
+# ranges, which beat one long stream on a far link.
+SMALL_OBJECT = 1 << 20
 
 
 class Priority(IntEnum):
     DEMAND = 0
     READAHEAD = 1
-    HINT = 2
+    HINT = 2  # a loader named what it reads next
+    SCAN = 3  # a directory being read through: behind a loader's hints
 
 
 class _Job:
-    __slots__ = ("count", "first", "futures", "obj", "priority", "started", "team")
+    __slots__ = ("count", "first", "futures", "obj", "priority", "started", "team", "whole")
 
     def __init__(
-        self, obj: ObjectVersion, first: int, count: int, priority: Priority, team: str | None
+        self,
+        obj: ObjectVersion,
+        first: int,
+        count: int,
+        priority: Priority,
+        team: str | None,
+        whole: bool = False,
     ) -> None:
         self.obj = obj
+        # A whole small object in one request: many of them fill a link, so they are not
+        # held to the few prefetch slots that keep large prefetches off a reader's link.
+        self.whole = whole
         self.team = team  # whose quota the blocks count against (the first requester's)
         self.first = first
         self.count = count
@@ -79,6 +93,7 @@ class Fetcher:
         self.metrics = metrics
         self.max_parallel = max_parallel
         self.coalesce_size = coalesce_size
+        self.small_object = min(coalesce_size, SMALL_OBJECT)
         self.bg_limit = max(1, max_parallel - max(1, max_parallel // 4))
         self.object_limit = self.bg_limit  # workers one object's jobs may hold at once
         self.max_queued_bg = 4 * max_parallel
@@ -104,7 +119,11 @@ class Fetcher:
     # -- requests --------------------------------------------------------------------------
 
     def fetch(self, obj: ObjectVersion, index: int, team: str | None = None) -> BlockData:
-        """The block's bytes, fetching it now if needed (None: it is cached, read it there)."""
+        """The block's bytes, fetching it now if needed (None: it is cached, read it there).
+        A small object's other missing blocks come in the same request: it is read whole."""
+        if obj.nblocks > 1 and self.small(obj):
+            whole = range(obj.nblocks)
+            return self.request(obj, whole, Priority.DEMAND, team, whole=True)[index].result()
         return self.request(obj, (index,), Priority.DEMAND, team)[index].result()
 
     def request(
@@ -113,10 +132,12 @@ class Fetcher:
         indices: Sequence[int],
         priority: Priority,
         team: str | None = None,
+        whole: bool = False,
     ) -> dict[int, Future[BlockData]]:
         """Futures by block index (``indices`` ascending): joined to fetches in flight, else
         started. Blocks already cached get a future holding None (demand) or none at all
-        (background); background requests beyond the queue bound are dropped."""
+        (background); background requests beyond the queue bound are dropped. ``whole``: the
+        blocks of a small object (:meth:`small`), fetched in one request a run."""
         futures: dict[int, Future[BlockData]] = {}
         with self._lock:
             if self._closed:
@@ -135,10 +156,11 @@ class Fetcher:
                         futures[index] = done
                 else:
                     missing.append(index)
-            for first, count in self._runs(obj, missing):
+            whole = whole and self.small(obj)
+            for first, count in self._runs(obj, missing, split=not whole):
                 if priority != Priority.DEMAND and self._queued_bg >= self.max_queued_bg:
                     break
-                job = _Job(obj, first, count, priority, team)
+                job = _Job(obj, first, count, priority, team, whole)
                 for i, fut in enumerate(job.futures):
                     bkey = obj.block_key(first + i)
                     self._inflight[bkey] = fut
@@ -149,6 +171,10 @@ class Fetcher:
         if priority != Priority.DEMAND and missing:
             self.metrics.prefetch_scheduled.labels(priority.name.lower()).inc(len(missing))
         return futures
+
+    def small(self, obj: ObjectVersion) -> bool:
+        """Whether ``obj`` is fetched whole, in one request (see SMALL_OBJECT)."""
+        return obj.size <= max(self.small_object, obj.block_size)
 
     def in_flight(self, obj: ObjectVersion, index: int) -> bool:
         return obj.block_key(index) in self._inflight
@@ -195,7 +221,7 @@ class Fetcher:
                         self._running_bg -= 1
                         backend = job.obj.backend
                         _decrement(self._running_by_backend, backend)
-                        if job.priority == Priority.HINT:
+                        if job.priority >= Priority.HINT and not job.whole:
                             _decrement(self._running_hints, backend)
                     self._wake.notify_all()
 
@@ -220,7 +246,7 @@ class Fetcher:
                     self._running_bg += 1
                     backend = job.obj.backend
                     self._running_by_backend[backend] = self._running_by_backend.get(backend, 0) + 1
-                    if job.priority == Priority.HINT:
+                    if job.priority >= Priority.HINT and not job.whole:
                         self._running_hints[backend] = self._running_hints.get(backend, 0) + 1
                 self._wake.notify_all()
                 return job
@@ -261,7 +287,8 @@ class Fetcher:
                 self._running_by_backend.get(backend, 0) < share
                 and self._running_by_object.get(candidate.obj.oid, 0) < self.object_limit
                 and (
-                    candidate.priority != Priority.HINT
+                    candidate.priority < Priority.HINT
+                    or candidate.whole
                     or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
                 )
             ):
@@ -315,11 +342,13 @@ class Fetcher:
 
     # -- helpers (caller holds _lock) ------------------------------------------------------
 
-    def _runs(self, obj: ObjectVersion, indices: list[int]) -> list[tuple[int, int]]:
+    def _runs(
+        self, obj: ObjectVersion, indices: list[int], split: bool = True
+    ) -> list[tuple[int, int]]:
         """Adjacent indices grouped into requests. A run is split into as many requests as
         there are workers (parallel streams beat one long one on a far link), but never into
         requests smaller than ``len(run) / coalesce`` blocks: when blocks outnumber workers,
-        fewer, larger requests save per-request latency."""
+        fewer, larger requests save per-request latency. Not ``split``: one request a run."""
         coalesce = max(1, self.coalesce_size // obj.block_size)
         runs: list[tuple[int, int]] = []
         for index in indices:
@@ -329,6 +358,9 @@ class Fetcher:
                 runs.append((index, 1))
         requests: list[tuple[int, int]] = []
         for first, length in runs:
+            if not split:
+                requests.append((first, length))
+                continue
             pieces = max(-(-length // coalesce), min(length, self.max_parallel))
             size = -(-length // pieces)
             requests.extend(

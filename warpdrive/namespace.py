@@ -42,7 +42,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, overload
 
@@ -258,6 +258,27 @@ class Namespace:
             return None
         meta = self._meta_for(loc.backend, loc.key, nowait=True)
         return None if meta is None else (loc.backend, meta)
+
+    def remember(self, infos: Iterable[FileInfo], listed_at: float) -> None:
+        """Take object metadata that a listing showed at ``listed_at`` (wall clock), in this or
+        another process, as if this process had listed it then: fresh until ``stale_ttl`` after
+        ``listed_at``, then served while revalidated. A version known already stays."""
+        now, age = time.monotonic(), time.time() - listed_at
+        until = now + self.stale_ttl - age
+        for info in infos:
+            if info.is_dir or info.etag is None:
+                continue
+            loc = self.locate(info.path)
+            if loc.backend is None or not loc.key or (loc.backend.name, loc.key) in self._meta:
+                continue
+            meta = ObjectMeta(loc.key, info.size, info.etag, info.mtime)
+            if self._immutable_key(loc.backend.name, loc.key):
+                known = _Known(float("inf"), listed_at, meta)
+            else:
+                known = _Known(until, listed_at, meta)
+            if len(self._meta) >= MAX_META_ENTRIES:
+                self._meta.clear()
+            self._meta[(loc.backend.name, loc.key)] = known
 
     def cached_stat(self, path: str) -> FileInfo | None:
         """What :meth:`stat` would answer, when that needs no backend call (the object's

@@ -45,6 +45,7 @@ from warpdrive.errors import WarpDriveError
 from warpdrive.fetch import Fetcher, Priority
 from warpdrive.metrics import Metrics
 from warpdrive.namespace import FileInfo
+from warpdrive.readthrough import ReadThrough
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,20 @@ class Readahead:
 class Prefetcher:
     """Schedules readahead for handles and hint prefetches for the whole process."""
 
-    def __init__(self, cache: BlockCache, fetcher: Fetcher, metrics: Metrics, window: int) -> None:
+    def __init__(
+        self,
+        cache: BlockCache,
+        fetcher: Fetcher,
+        metrics: Metrics,
+        window: int,
+        scan_budget: int = 1 << 30,
+    ) -> None:
         self.cache = cache
         self.fetcher = fetcher
         self.metrics = metrics
         self.window = window
+        # Directories of small objects read through in any order (see warpdrive.readthrough).
+        self.readthrough = ReadThrough(cache, fetcher, scan_budget, self._track)
         # Blocks prefetched for a hint or a directory scan, not yet read, oldest first, with
         # what asked for them (bounded; overflow counts as wasted).
         self._hinted: OrderedDict[bytes, str] = OrderedDict()
@@ -229,7 +239,11 @@ class Prefetcher:
         is opened, or two of its files were opened in name order; then the files after this one
         are prefetched in the background, up to the bytes a grown readahead window holds (the
         file itself is left to its handle's readahead). Directories are tracked separately, so
-        a reader alternating between two regions keeps both links busy."""
+        a reader alternating between two regions keeps both links busy. Small objects (one
+        request each) are read through instead, in any order (:mod:`warpdrive.readthrough`)."""
+        if self.fetcher.small(obj):
+            self.readthrough.on_open(path, obj, dirs, resolve, team)
+            return
         parent, _, name = path.rpartition("/")
         order = self._opened.get(parent)
         if order is None:
@@ -321,6 +335,7 @@ class Prefetcher:
 
     def close(self) -> None:
         self._closed = True
+        self.readthrough.close()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -355,7 +370,7 @@ class Prefetcher:
                 self.fetcher.wait_for_room(timeout=1.0)
                 continue
             batch, blocks = blocks[:room], blocks[room:]
-            scheduled = self.fetcher.request(obj, batch, Priority.HINT, team)
+            scheduled = self.fetcher.request(obj, batch, Priority.HINT, team, whole=True)
             self._track((obj.block_key(b) for b in scheduled), source)
 
     def _track(self, bkeys: Iterable[bytes], source: str) -> None:

@@ -122,7 +122,11 @@ class _Core:
         self.teams = TeamResolver(config.governance.teams, self.cache.index.user_team)
         self.user, self.team = self.teams.user_and_team()  # this process's reader
         self.prefetcher = Prefetcher(
-            self.cache, self.fetcher, metrics, config.cache.readahead_blocks
+            self.cache,
+            self.fetcher,
+            metrics,
+            config.cache.readahead_blocks,
+            min(config.cache.scan_budget, config.cache.max_size // 4),
         )
         self.blocks = BlockSource(self.cache, self.fetcher, metrics)
         self._observer_factories = tuple(observers)
@@ -538,6 +542,12 @@ class WarpDrive:
 
     def stat(self, path: str) -> FileInfo:
         return self._core.namespace.stat(path)
+
+    def remember(self, infos: Iterable[FileInfo], listed_at: float) -> None:
+        """Object metadata a listing showed at ``listed_at`` (``time.time()``), handed to this
+        process (a loader's worker, say): reads of these objects then ask the backend nothing
+        first, under the staleness contract of a listing made then."""
+        self._core.namespace.remember(infos, listed_at)
 
     def stat_cached(self, path: str) -> FileInfo | None:
         """:meth:`stat`'s answer when it needs no backend call; None otherwise (never blocks)."""

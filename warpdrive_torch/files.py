@@ -5,19 +5,24 @@ way: ``0001.jpg`` and ``0001.json`` in one directory are fields of sample ``…/
 ``labels=True`` the name of each sample's parent directory is its class; ``cls`` holds the
 index of that name in the sorted ``classes``. Items are read through the cache at random;
 a batch (``__getitems__``, which DataLoader uses) hints all its files first, so they are fetched
-in parallel rather than one after another.
+in parallel rather than one after another. With the dataset's own sampler
+(``DataLoader(ds, sampler=ds.sampler(), …)``) each worker also hints the next ``hint_batches``
+batches dealt to it, so they are fetched while it reads this one (see
+:mod:`warpdrive_torch.ahead`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 
 from torch.utils.data import Dataset
 
-from warpdrive import Config, WarpDrive
+from warpdrive import Config, FileInfo, WarpDrive
 from warpdrive.errors import NotFoundError
 from warpdrive.shards import expand
+from warpdrive_torch.ahead import Ahead, OrderSampler
 from warpdrive_torch.dataset import split_name
 from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 
@@ -25,7 +30,8 @@ from warpdrive_torch.decode import DecodeSpec, Sample, make_decoder
 class FileDataset(Dataset[Sample]):
     """``roots``: directories (walked recursively), brace patterns or globs of files, as
     ``warpdrive://`` URLs or mount paths. ``extensions``: keep only these fields (e.g.
-    ``{"jpg", "cls"}``); samples left without any are dropped. ``decode`` as in ShardDataset."""
+    ``{"jpg", "cls"}``); samples left without any are dropped. ``decode`` as in ShardDataset.
+    ``hint_batches``: how many of a worker's next batches it hints (with :meth:`sampler`)."""
 
     def __init__(
         self,
@@ -35,11 +41,16 @@ class FileDataset(Dataset[Sample]):
         extensions: Iterable[str] | None = None,
         decode: DecodeSpec = None,
         labels: bool = False,
+        hint_batches: int = 2,
     ) -> None:
         self.wd = wd if isinstance(wd, WarpDrive) else WarpDrive(wd)
         self.decoder = make_decoder(decode)
         keep = None if extensions is None else {e.lower().lstrip(".") for e in extensions}
         groups: dict[str, dict[str, str]] = {}
+        # What the listings said of each file (size, etag), and when: a worker process reads
+        # with it instead of asking the backend about each file first.
+        self._listed_at = time.time()
+        self._infos: dict[str, FileInfo] = {}
         for entry in expand(self.wd, roots):
             for info in self.wd.walk(entry.path):
                 key, ext = split_name(info.path)
@@ -49,18 +60,29 @@ class FileDataset(Dataset[Sample]):
                 if ext in fields:
                     raise ValueError(f"{info.path}: two files give sample {key!r} field {ext!r}")
                 fields[ext] = info.path
+                self._infos[info.path] = info
         if not groups:
             raise NotFoundError(f"{roots!r}: no files found")
         self.keys = sorted(groups)
         self._fields = [groups[k] for k in self.keys]
         self.classes = sorted({_parent(k) for k in self.keys}) if labels else []
         self._class_index = {name: i for i, name in enumerate(self.classes)}
+        self.hint_batches = hint_batches
+        self._ahead: Ahead | None = None
+
+    def sampler(self, *, shuffle: bool = True, seed: int = 0) -> OrderSampler:
+        """A sampler for this dataset's DataLoader whose order its workers know: each worker
+        then hints the batches it reads next, not only the one it reads now."""
+        sampler = OrderSampler(len(self), shuffle=shuffle, seed=seed)
+        self._ahead = Ahead(sampler, self.hint_batches)
+        return sampler
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __getitem__(self, index: int) -> Sample:
         fields = self._fields[index]
+        self.wd.remember((self._infos[p] for p in fields.values()), self._listed_at)
         sample: Sample = {"__key__": self.keys[index]}
         for ext, path in fields.items():
             sample[ext] = self.wd.read(path)
@@ -69,7 +91,11 @@ class FileDataset(Dataset[Sample]):
         return self.decoder(sample) if self.decoder is not None else sample
 
     def __getitems__(self, indices: list[int]) -> list[Sample]:
-        self.wd.prefetch(p for i in indices for p in self._fields[i].values())
+        # This batch (unless hinted before), then the next ones of this worker, in that order.
+        todo = indices if self._ahead is None else self._ahead.to_hint(indices)
+        paths = [p for i in todo for p in self._fields[i].values()]
+        self.wd.remember((self._infos[p] for p in paths), self._listed_at)
+        self.wd.prefetch(paths)
         return [self[i] for i in indices]
 
     def paths(self, index: int) -> dict[str, str]:

@@ -1,23 +1,27 @@
 """Folders of small files (ImageNet-style): a warm epoch asks the backend nothing per file, in a
 new process and through the mount, after stale_ttl too; a changed object is seen within one
-revalidation and never mixed. Requests are counted by a relaying proxy in front of Azurite (by
-HTTP method: a stat is a HEAD) and on the mount's /metrics."""
+revalidation and never mixed; a cold shuffled epoch (through the mount, or FileDataset in its
+workers) fetches every file once, reading a directory ahead with many requests in flight, and
+FileDataset hints the batches a worker reads next. Requests are counted by a relaying proxy in
+front of Azurite (by HTTP method: a stat is a HEAD; block reads by object) and on /metrics."""
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from warpdrive import WarpDrive, parse_config
 from warpdrive.admin import cache_counters
-from warpdrive.testing.faultproxy import FaultProxy
-from warpdrive.testing.mounts import start_mount
+from warpdrive.testing.faultproxy import Fault, FaultProxy, Request
+from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
 from warpdrive_torch import FileDataset
 
@@ -175,3 +179,152 @@ def test_a_warm_epoch_through_the_mount_stats_nothing_after_stale_ttl(
         )
     finally:
         mount.cleanup()
+
+
+def block_reads(proxy: FaultProxy) -> Counter[str]:
+    """Ranged GETs (block reads) the proxy relays from now on, by object key."""
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def record(request: Request) -> bool:
+        with lock:
+            seen[request.path.split("/", 3)[3]] += 1
+        return False  # never a fault: only counted
+
+    proxy.inject(Fault("status", count=None, match=record))
+    return seen
+
+
+class MountedFiles(Dataset[tuple[str, bytes]]):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[str, bytes]:
+        p = self.paths[i]
+        return f"train/{p.parent.name}/{p.name}", p.read_bytes()
+
+
+def mount_folder(
+    container: str, proxy: FaultProxy, tmp_path: Path, extra: str = ""
+) -> tuple[Path, Mount]:
+    port = free_port()
+    point = tmp_path / "wd"
+    point.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        config_text(
+            container,
+            proxy,
+            tmp_path / "cache",
+            mount_point=str(point),
+            metrics=f"{{addr: '127.0.0.1:{port}'}}",
+        )
+        + extra
+    )
+    return point, start_mount(config, point, port)
+
+
+def test_a_cold_shuffled_epoch_through_the_mount_fetches_every_file_once(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    container, files, proxy = folder
+    reads = block_reads(proxy)
+    point, mount = mount_folder(container, proxy, tmp_path)
+    try:
+        paths = sorted(point.glob("small/train/*/*.jpg"))
+        loader = DataLoader(
+            MountedFiles(paths), batch_size=8, shuffle=True, num_workers=2, collate_fn=list
+        )
+        assert dict(s for batch in loader for s in batch) == files
+        # Every file in one request, once, although the directories were read ahead.
+        assert reads == Counter(dict.fromkeys(files, 1)), reads
+        fetched = mount.metric("warpdrive_backend_bytes_read_total")
+        assert fetched == sum(len(data) for data in files.values())
+    finally:
+        mount.cleanup()
+
+
+def test_a_directory_read_in_shuffled_order_is_fetched_ahead_many_requests_at_once(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    # The first request for each file the reader does not open is held for 5 s (then dropped:
+    # the client retries). Eight of them started within 5 s of each other were all in flight.
+    container, files, proxy = folder
+    opened = ("train/c0/0100.jpg", "train/c0/0060.jpg")  # descending: no name-order scan
+    started: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def hold_first(request: Request) -> bool:
+        key = request.path.split("/", 3)[3]
+        with lock:
+            if key in opened or key in started:
+                return False
+            started[key] = time.monotonic()
+            return True
+
+    proxy.inject(Fault("stall", count=None, seconds=5.0, match=hold_first))
+    point, mount = mount_folder(container, proxy, tmp_path)
+    try:
+        for key in opened:
+            assert (point / "small" / key).read_bytes() == files[key]
+        in_flight = 0
+        deadline = time.monotonic() + 15
+        while in_flight < 8 and time.monotonic() < deadline:
+            with lock:
+                times = sorted(started.values())
+            in_flight = max((sum(1 for t in times if s <= t < s + 5.0) for s in times), default=0)
+            time.sleep(0.05)
+        assert in_flight >= 8, started
+        assert all(k.startswith("train/c0/") for k in started)  # the directory being read
+        proxy.clear()
+        for key in sorted(k for k in files if k.startswith("train/c0/")):
+            assert (point / "small" / key).read_bytes() == files[key]
+    finally:
+        mount.cleanup()
+
+
+def test_a_cold_filedataset_epoch_in_workers_fetches_every_file_once(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    container, files, proxy = folder
+    reads = block_reads(proxy)
+    wd = WarpDrive(parse_config(config_text(container, proxy, tmp_path / "cache")))
+    ds = FileDataset("warpdrive://small/train", wd=wd)
+    loader = DataLoader(
+        ds, batch_size=8, sampler=ds.sampler(seed=3), num_workers=2, collate_fn=list
+    )
+    assert {s["__key__"]: s["jpg"] for batch in loader for s in batch} == expected(files)
+    # Each worker hinted only the batches dealt to it: no file was fetched by both.
+    assert reads == Counter(dict.fromkeys(files, 1)), reads
+    assert cache_counters(wd.config)["bytes_fetched"] == sum(len(d) for d in files.values())
+    wd.close()
+
+
+def test_filedataset_hints_the_next_batches_before_they_are_read(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    container, files, proxy = folder
+    reads = block_reads(proxy)
+    with WarpDrive(parse_config(config_text(container, proxy, tmp_path / "cache"))) as wd:
+        ds = FileDataset("warpdrive://small/train", wd=wd, hint_batches=2)
+        order = list(ds.sampler(seed=1))  # a DataLoader without workers: this process reads
+        batches = [order[i : i + 8] for i in range(0, len(order), 8)]
+
+        def keys(batch: list[int]) -> set[str]:
+            return {ds.paths(i)["jpg"].removeprefix("/small/") for i in batch}
+
+        first = ds.__getitems__(batches[0])
+        assert [s["jpg"] for s in first] == [files[ds.paths(i)["jpg"][7:]] for i in batches[0]]
+        ahead = keys(batches[1]) | keys(batches[2])
+        deadline = time.monotonic() + 10
+        while not ahead <= set(reads) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ahead <= set(reads), ahead - set(reads)  # fetched before anyone read them
+        assert not keys(batches[3]) & set(reads)  # two batches ahead, not more
+        before = Counter(reads)
+        second = ds.__getitems__(batches[1])
+        assert [s["jpg"] for s in second] == [files[ds.paths(i)["jpg"][7:]] for i in batches[1]]
+        assert all(reads[k] == before[k] for k in keys(batches[1]))  # read from the cache

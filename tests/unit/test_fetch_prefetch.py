@@ -305,6 +305,8 @@ def test_background_work_is_shared_between_backends(tmp_path: Path) -> None:
 
     cfg = parse_config(
         f"cache: {{path: {tmp_path / 'cache'}, max_size: 64MB, block_size: 256KB, max_parallel_fetch: 8}}\n"
+        # Objects above coalesce_size: small ones are whole requests, held only to the share.
+        "fetch: {coalesce_size: 256KB}\n"
         "backends:\n"
         + "".join(
             f"  - {{name: {n}, type: local, config: {{root: {p}}}}}\n" for n, p in roots.items()
@@ -322,41 +324,48 @@ def test_background_work_is_shared_between_backends(tmp_path: Path) -> None:
         assert made["far"].peak <= 2
 
 
-def test_a_directory_scan_extends_its_window_instead_of_walking_it_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_directory_read_in_any_order_is_fetched_ahead_whole_once_many_at_a_time(
+    tmp_path: Path,
 ) -> None:
-    # Small files: the scan's byte budget spans hundreds of them. Each open used to check every
-    # file of the budget again (~14 ms an open through the mount); now only the new ones.
+    # Small files read in no name order (as a shuffled loader does): after two opens the
+    # directory's other files are fetched ahead, one request per object, many in flight (the
+    # name-order scan handed the fetcher two at a time, and only in name order).
     from warpdrive import WarpDrive, parse_config
-    from warpdrive.prefetch import Prefetcher
 
     root = tmp_path / "src" / "train"
     root.mkdir(parents=True)
-    for i in range(300):
-        (root / f"{i:04d}.jpg").write_bytes(os.urandom(4 * KB))
+    files = {f"train/{i:04d}.jpg": os.urandom(100 * KB + i) for i in range(200)}
+    for key, data in files.items():
+        (tmp_path / "src" / key).write_bytes(data)
+    made: list[SlowClient] = []
+
+    def wrap(client: ObjectClient) -> ObjectClient:
+        made.append(SlowClient(client, 0.1))
+        return made[-1]
+
     cfg = parse_config(
-        f"cache: {{path: {tmp_path / 'cache'}, max_size: 64MB, block_size: 64KB}}\n"
+        f"cache: {{path: {tmp_path / 'cache'}, max_size: 256MB, block_size: 64KB}}\n"
         f"backends:\n  - {{name: ds, type: local, config: {{root: {tmp_path / 'src'}}}}}\n",
         env={},
     )
-    looked_at: list[str] = []
-    inner = Prefetcher._prefetch_item
-
-    def counted(self: Prefetcher, item: object, *args: object) -> None:
-        looked_at.append(item[0] if isinstance(item, tuple) else str(item))
-        inner(self, item, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Prefetcher, "_prefetch_item", counted)
-    with WarpDrive(cfg) as wd:
-        for i in range(300):
-            with wd.open(f"/ds/train/{i:04d}.jpg") as f:
-                assert len(f.read()) == 4 * KB
-        deadline = time.monotonic() + 10
-        while len(set(looked_at)) < 299 and time.monotonic() < deadline:
+    with WarpDrive(cfg, wrap_client=wrap) as wd:
+        for key in ("train/0150.jpg", "train/0070.jpg"):  # descending, neither the first
+            with wd.open(f"/ds/{key}") as f:
+                assert f.read() == files[key]
+        client = made[0]
+        deadline = time.monotonic() + 20
+        while len({r[0] for r in client.ranges}) < len(files) and time.monotonic() < deadline:
             time.sleep(0.02)
-    # Every file after the first was handed to the fetcher ahead of its open, each once.
-    assert len(set(looked_at)) == 299
-    assert len(looked_at) == 299, len(looked_at)
+        fetched = dict.fromkeys(files, 0)
+        for key, start, end in list(client.ranges):
+            fetched[key] += end - start
+        assert fetched == {key: len(data) for key, data in files.items()}  # each byte once
+        # One request per object (two blocks each), many of them at once.
+        assert client.calls["read"] == len(files), client.calls
+        assert client.peak >= 8, client.peak
+        for key in ("train/0000.jpg", "train/0199.jpg"):
+            assert wd.read(f"/ds/{key}") == files[key]
+        assert client.calls["read"] == len(files)
 
 
 def test_the_mount_core_answers_from_known_metadata_without_the_backend(

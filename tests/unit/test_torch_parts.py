@@ -150,3 +150,28 @@ def test_decoders() -> None:
     assert custom["cls"] == 2 * int(fields["cls"]) and custom["jpg"] == fields["jpg"]
     with pytest.raises(ValueError, match="decode='jpeg'"):
         make_decoder("jpeg")
+
+
+def test_the_order_sampler_lets_a_reader_name_the_batches_after_this_one() -> None:
+    import pickle
+
+    from torch.utils.data import BatchSampler
+
+    from warpdrive_torch.ahead import Ahead, OrderSampler
+
+    sampler = OrderSampler(50, seed=4)
+    ahead = Ahead(sampler, batches=2)
+    copy = pickle.loads(pickle.dumps(ahead))  # what a worker gets before the epoch's pass
+    batches = list(BatchSampler(sampler, batch_size=8, drop_last=False))
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    # In this process (the pass has begun) and in the copy (made before it): the same answer.
+    for reader in (ahead, copy):
+        assert reader.next_batches(batches[0]) == batches[1:3]
+        assert reader.next_batches(batches[4]) == batches[5:7]
+        assert reader.next_batches(batches[5]) == batches[6:7]  # fewer at the end
+        assert reader.next_batches(sorted(batches[2])) is None  # not a batch of the order
+    assert ahead.to_hint(batches[0]) == [i for b in batches[:3] for i in b]
+    assert ahead.to_hint(batches[1]) == batches[3]  # the rest were named already
+    second = list(BatchSampler(sampler, batch_size=8, drop_last=False))
+    assert second != batches  # a new epoch, a new order, hinted again
+    assert ahead.to_hint(second[0]) == [i for b in second[:3] for i in b]

@@ -182,6 +182,7 @@ def _cache(sec: Section) -> CacheConfig:
         block_size=block_size,
         readahead_blocks=sec.get("readahead_blocks", as_int(0, 1024), d.readahead_blocks),
         scan_prefetch=sec.get("scan_prefetch", as_bool, d.scan_prefetch),
+        scan_budget=sec.get("scan_budget", as_size, d.scan_budget),
         max_parallel_fetch=sec.get("max_parallel_fetch", as_int(1, 1024), d.max_parallel_fetch),
         stale_ttl=sec.get("stale_ttl", as_duration, d.stale_ttl),
         list_ttl=sec.get("list_ttl", as_duration, d.list_ttl),

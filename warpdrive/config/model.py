@@ -28,6 +28,10 @@ class CacheConfig:
     # A directory opened in name order prefetches its next files (the original's cross-file
     # readahead). Off on cluster nodes: a node reads only its share of each directory.
     scan_prefetch: bool = True
+    # Bytes of small objects a directory read-through (any order) fetches ahead and nobody
+    # opened yet, all directories together; at most a quarter of max_size, so that what is
+    # fetched ahead is not evicted before it is read.
+    scan_budget: int = GIB
     max_parallel_fetch: int = 32  # backend requests in flight at once, per process
     stale_ttl: float = 60.0  # seconds object metadata (size, etag) is trusted before a re-stat
     list_ttl: float = 60.0  # seconds a directory listing is reused
