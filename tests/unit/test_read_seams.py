@@ -12,7 +12,7 @@ import pytest
 from warpdrive import Admin, Config, WarpDrive, parse_config
 from warpdrive.reader import ClosedHandle
 
-BS = 256 * 1024
+BS = 512 * 1024  # three blocks: above the size fetched whole (warpdrive.fetch.SMALL_OBJECT)
 
 
 class Recorder:
@@ -44,7 +44,7 @@ def setup(tmp_path: Path) -> tuple[Config, bytes]:
     payload = os.urandom(3 * BS)
     (source / "f.bin").write_bytes(payload)
     cfg = parse_config(
-        f"cache: {{path: {tmp_path / 'cache'}, max_size: 64MB, block_size: 256KB,"
+        f"cache: {{path: {tmp_path / 'cache'}, max_size: 64MB, block_size: 512KB,"
         " readahead_blocks: 0, scan_prefetch: false}\n"
         f"backends: [{{name: s, type: local, config: {{root: {source}}}}}]\n",
         env={},
