@@ -55,7 +55,7 @@ Resolver = Callable[[str], ObjectVersion]
 class Directories(Protocol):
     """What cross-file prefetch needs to know about directories (the namespace)."""
 
-    def listdir(self, path: str) -> list[FileInfo]: ...  # sorted by name
+    def listdir(self, path: str, stale_ok: bool = False) -> list[FileInfo]: ...  # by name
 
     def mirrors(self, path: str) -> list[str]: ...
 
@@ -256,7 +256,9 @@ class Prefetcher:
         resolve: Resolver,
         team: str | None,
     ) -> None:
-        files = [info for info in dirs.listdir(parent) if not info.is_dir]
+        # A listing past list_ttl will do (revalidated in the background): the files to come
+        # are advice, and a warm epoch's opens must not wait for, or pay for, a listing each.
+        files = [info for info in dirs.listdir(parent, stale_ok=True) if not info.is_dir]
         if not in_order and (not files or files[0].name != name):
             return  # one file opened, and not the first: no sign of a scan yet
         if parent not in self._scanned:
@@ -267,7 +269,7 @@ class Prefetcher:
                 if mirror not in self._scanned:
                     self._scanned.add(mirror)
                     with contextlib.suppress(WarpDriveError):
-                        entries = dirs.listdir(mirror)
+                        entries = dirs.listdir(mirror, stale_ok=True)
                         self._prefetch_files(mirror, entries, "", budget, resolve, team)
         self._prefetch_files(parent, files, name, budget, resolve, team)
 
@@ -349,6 +351,9 @@ class Prefetcher:
             for b in range(start // bs, (end - 1) // bs + 1)
             if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
         ]
+        if not blocks:  # cached: from disk into memory now, so the read finds it there (and
+            self.cache.will_need(obj, start, end)  # the mount serves it without a thread)
+            return
         while blocks and not self._closed:
             room = self.fetcher.background_room()
             if room == 0:
