@@ -373,7 +373,7 @@ class Namespace:
         until = self._dirs.get((backend.name, key))
         if until is None or self.stale_ttl <= 0:
             return False
-        if until <= time.monotonic():
+        if until <= time.monotonic() and not self._immutable_key(backend.name, key):
             self._revalidate(backend, key)
             if backend.unreachable() is not None:
                 self._served_offline(backend)
@@ -617,7 +617,8 @@ class Namespace:
         """All children of ``path``, sorted by name; small listings are reused ``list_ttl``
         (what :meth:`list_pages` keeps: never an answer from the cache in an outage).
         ``stale_ok`` (for prefetch, which is advice): a listing kept past ``list_ttl`` is
-        answered at once while the directory is listed again in the background."""
+        answered at once while the directory is listed again in the background (not under an
+        immutable prefix: there the next ``ls`` of it refreshes what is kept)."""
         norm = self.normalize(path)
         cached = self._listings.get(norm)
         if cached is not None and cached[0] > time.monotonic():
@@ -625,7 +626,8 @@ class Namespace:
         if cached is not None and stale_ok:
             loc = self.locate(norm)
             if loc.backend is not None:
-                self._relist_soon(loc.backend, loc.key)
+                if not self._immutable_key(loc.backend.name, f"{loc.key}/"):
+                    self._relist_soon(loc.backend, loc.key)
                 return cached[2]
         return sorted((e for page in self.list_pages(norm) for e in page), key=lambda e: e.name)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from warpdrive import WarpDrive, parse_config
 from warpdrive.testing.faultproxy import FaultProxy
-from warpdrive.testing.mounts import start_mount
+from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
 from warpdrive_torch import FileDataset
 
@@ -172,5 +174,114 @@ def test_a_warm_epoch_through_the_mount_stats_nothing_after_stale_ttl(
             mount.metric("warpdrive_backend_request_duration_seconds_count", operation="read")
             == reads
         )
+    finally:
+        mount.cleanup()
+
+
+def _mount(
+    container: str, proxy: FaultProxy, tmp_path: Path, extra: str = "", **cache: str
+) -> Mount:
+    port = free_port()
+    point = tmp_path / "wd"
+    point.mkdir()
+    config = tmp_path / "config.yaml"
+    text = config_text(
+        container,
+        proxy,
+        tmp_path / "cache",
+        extra,
+        mount_point=str(point),
+        metrics=f"{{addr: '127.0.0.1:{port}'}}",
+    )
+    for key, value in cache.items():
+        text = re.sub(rf"{key}: [^,}}]+", f"{key}: {value}", text)
+    config.write_text(text)
+    return start_mount(config, point, port)
+
+
+def _read_uncached(path: Path) -> bytes:
+    """The file's bytes as the mount serves them (the kernel's pages of it dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def test_a_warm_immutable_epoch_through_the_mount_asks_the_backend_nothing(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    """Past stale_ttl and list_ttl: no stat, no read, and no listing either (the scan
+    prefetch used to list each directory again once its listing was older than list_ttl)."""
+    container, files, proxy = folder
+    mount = _mount(container, proxy, tmp_path, "    immutable: true\n")
+    try:
+        paths = sorted(mount.point.glob("small/train/*/*.jpg"))
+        assert {f"train/{p.parent.name}/{p.name}": p.read_bytes() for p in paths} == files
+        time.sleep(1.2)  # past stale_ttl and list_ttl (1 s)
+        before = dict(proxy.by_method)
+        for p in paths:  # name order: the directory scan prefetch runs
+            assert _read_uncached(p) == files[f"train/{p.parent.name}/{p.name}"]
+        asked = {m: n - before.get(m, 0) for m, n in proxy.by_method.items()}
+        assert sum(asked.values()) == 0, asked
+    finally:
+        mount.cleanup()
+
+
+@pytest.mark.parametrize("immutable", [False, True])
+def test_the_kernel_keeps_entries_and_attributes_of_immutable_data(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path, immutable: bool
+) -> None:
+    """Under an immutable prefix, stats of its files past stale_ttl are answered by the kernel
+    (no lookup or getattr of them reaches the mount); elsewhere they reach it once stale_ttl
+    has passed. The directories above the prefix (the root, /small, /small/train) keep their
+    list_ttl timeouts: the kernel asks about them again, once each."""
+    container, files, proxy = folder
+    mount = _mount(container, proxy, tmp_path, "    immutable: [train/]\n" if immutable else "")
+    try:
+        paths = sorted(mount.point.glob("small/train/*/*.jpg"))
+        sizes = {p: p.stat().st_size for p in paths}
+        assert sizes == {p: len(files[f"train/{p.parent.name}/{p.name}"]) for p in paths}
+        time.sleep(1.2)  # past stale_ttl (1 s): the kernel's timeout for mutable data
+
+        def handled() -> float:
+            name = "warpdrive_fuse_operation_duration_seconds_count"
+            return sum(mount.metric(name, operation=op) for op in ("lookup", "getattr"))
+
+        before = handled()
+        assert {p: p.stat().st_size for p in paths} == sizes
+        reached = handled() - before
+        if immutable:
+            assert reached <= 3
+        else:
+            assert reached >= len(paths)
+    finally:
+        mount.cleanup()
+
+
+def test_listing_again_within_list_ttl_asks_the_backend_nothing(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    container, files, proxy = folder
+    mount = _mount(container, proxy, tmp_path, list_ttl="60s", stale_ttl="60s")
+    try:
+
+        def ls_r() -> str:
+            done = subprocess.run(
+                ["ls", "-R", str(mount.point)], capture_output=True, text=True, check=True
+            )
+            return done.stdout.replace(str(mount.point), "")
+
+        first = ls_r()
+        assert all(k.rsplit("/", 1)[1] in first.split() for k in files)
+        lists = mount.metric("warpdrive_backend_request_duration_seconds_count", operation="list")
+        before = dict(proxy.by_method)
+        assert ls_r() == first
+        assert (
+            mount.metric("warpdrive_backend_request_duration_seconds_count", operation="list")
+            == lists
+        )
+        assert proxy.by_method == before
     finally:
         mount.cleanup()
