@@ -36,7 +36,7 @@ from warpdrive.cache import (
     Quota,
     Usage,
 )
-from warpdrive.cache.store import in_memory
+from warpdrive.cache.store import in_memory, read_in_memory
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.fetch import BlockData, Fetcher, Priority
@@ -424,27 +424,27 @@ class Handle(io.RawIOBase):
         n: int,
         nowait: bool = False,
         dst: memoryview | None = None,
-    ) -> bytes | memoryview | None:
+    ) -> bytes | bytearray | memoryview | None:
         """A read straight from the cache file, while nothing was evicted since every block
         was found cached and verified (the eviction clock reads the same before and after) and
         the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
         read path (and stop coming here until the file is found whole again)."""
         clock = self._core.cache.clock
         at = whole.whole_at
-        data: bytes | memoryview | None = None
+        data: bytes | bytearray | memoryview | None = None
         if clock.now() == at and time.monotonic() < whole.whole_until:
             try:
                 if dst is not None:
                     got = os.preadv(whole.fd, [dst], offset)
                     data = dst if got == n else None
-                elif not nowait or (
-                    in_memory(whole.fd, offset) and in_memory(whole.fd, offset + n - 1)
-                ):
+                elif nowait:
+                    data = read_in_memory(whole.fd, n, offset)
+                    if data is None:
+                        return None  # on disk: the caller retries from a thread, through here
+                else:
                     data = os.pread(whole.fd, n, offset)
                     if len(data) != n:
                         data = None
-                elif nowait:
-                    return None  # on disk: the caller retries from a thread, through here
             except OSError:
                 data = None
             if data is not None and clock.now() == at:
