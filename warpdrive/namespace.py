@@ -9,8 +9,10 @@ root. Empty and ``.`` components are dropped; ``..``, NUL and over-long names ar
 path can leave its backend's prefix. Directories above the mount paths (``/`` itself,
 ``/regions`` for ``/regions/a``) are virtual.
 
-Object metadata (size, etag) is fresh for ``cache.stale_ttl`` seconds, listings for
-``cache.list_ttl``; listings also refresh the metadata of the objects they show. Past its
+Object metadata (size, etag) is fresh for ``cache.stale_ttl`` seconds, listings (up to
+``MAX_CACHED_LISTING`` entries, whoever listed: ``ls``, a revalidation) for ``cache.list_ttl``:
+a directory listed again within it asks the backend nothing. Listings also refresh the metadata
+of the objects they show. Past its
 ``stale_ttl``, known metadata is still answered at once (stale-while-revalidate) while one
 background listing of the object's directory refreshes it and every sibling — a page of a
 listing names up to thousands of objects, where a re-stat per open is a round trip each. What
@@ -81,6 +83,7 @@ class FileInfo:
     size: int = 0
     mtime: float = 0.0
     etag: str | None = None
+    immutable: bool = False  # under a backend's ``immutable`` prefixes: never changes
 
     @property
     def name(self) -> str:
@@ -284,13 +287,16 @@ class Namespace:
         """What :meth:`stat` would answer, when that needs no backend call (the object's
         metadata or the directory is known); None otherwise. Never blocks."""
         loc = self.locate(path)
-        if loc.backend is None or not loc.key or self._known_dir(loc.backend, loc.key):
+        if loc.backend is None or not loc.key:
             return FileInfo(loc.path, is_dir=True)
+        fixed = self._immutable_key(loc.backend.name, loc.key)
+        if self._known_dir(loc.backend, loc.key):
+            return FileInfo(loc.path, is_dir=True, immutable=fixed)
         meta = self._meta_for(loc.backend, loc.key, nowait=True)
         if meta is None:
             cached_dir = self._cached_dir(loc.backend, loc.key)
-            return FileInfo(loc.path, is_dir=True) if cached_dir else None
-        return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
+            return FileInfo(loc.path, is_dir=True, immutable=fixed) if cached_dir else None
+        return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag, fixed)
 
     @overload
     def _meta_for(self, backend: Backend, key: str) -> ObjectMeta: ...
@@ -389,7 +395,7 @@ class Namespace:
         until = self._dirs.get((backend.name, key))
         if until is None or self.stale_ttl <= 0:
             return False
-        if until <= time.monotonic():
+        if until <= time.monotonic() and not self._immutable_key(backend.name, key):
             self._revalidate(backend, key)
             if backend.unreachable() is not None:
                 self._served_offline(backend)
@@ -446,24 +452,25 @@ class Namespace:
 
     def _relist(self, backend: Backend, directory: str) -> None:
         prefix = f"{directory}/" if directory else ""
+        path = self.normalize(f"{self._roots[backend.name]}/{directory}")
+        base, started = path.rstrip("/"), time.monotonic()
         listed: set[str] = set()
+        seen: list[FileInfo] | None = []
         for page in backend.list_pages(prefix):
             now = time.monotonic()
             for entry in page:
                 if not _nameable(entry.name):
                     continue
-                key = prefix + entry.name
-                if entry.is_dir:
-                    listed.add(key)
-                    self._remember_dir(backend.name, key, now)
-                    continue
-                if entry.etag is None:
-                    continue
-                listed.add(key)
-                self._remember(
-                    backend.name, ObjectMeta(key, entry.size, entry.etag, entry.mtime), now
-                )
+                info = self._info(base, backend.name, prefix, entry, now)
+                if entry.is_dir or entry.etag is not None:
+                    listed.add(prefix + entry.name)
+                if seen is not None:
+                    seen.append(info)
+                    if len(seen) > MAX_CACHED_LISTING:
+                        seen = None
         self._answered(backend)
+        if seen is not None:  # the next `ls` and scan prefetch reuse it
+            self._keep_listing(path, started, sorted(seen, key=lambda e: e.name))
         # Asked-for objects the listing no longer names are gone (or never were listable):
         # forgotten, so that the next open asks the backend itself (not the index).
         with self._lock:
@@ -484,19 +491,22 @@ class Namespace:
     def stat(self, path: str) -> FileInfo:
         loc = self.locate(path)
         backend, key = loc.backend, loc.key
-        if backend is None or not key or self._known_dir(backend, key):
+        if backend is None or not key:
             return FileInfo(loc.path, is_dir=True)
+        fixed = self._immutable_key(backend.name, key)
+        if self._known_dir(backend, key):
+            return FileInfo(loc.path, is_dir=True, immutable=fixed)
         meta = self._meta_for(backend, key, nowait=True)
         if meta is None:
             if self._cached_dir(backend, key):
-                return FileInfo(loc.path, is_dir=True)
+                return FileInfo(loc.path, is_dir=True, immutable=fixed)
             try:
                 meta = self._meta_for(backend, key)
             except IsDirectoryError:
                 self._answered(backend)
                 self._remember_dir(backend.name, key, time.monotonic())
-                return FileInfo(loc.path, is_dir=True)
-        return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag)
+                return FileInfo(loc.path, is_dir=True, immutable=fixed)
+        return FileInfo(loc.path, False, meta.size, meta.mtime, meta.etag, fixed)
 
     # -- outages ---------------------------------------------------------------------------
 
@@ -581,6 +591,10 @@ class Namespace:
             )
             yield [FileInfo(f"{base}/{n}", is_dir=True) for n in names]
             return
+        kept = self._listings.get(loc.path)
+        if kept is not None and kept[0] > time.monotonic():
+            yield kept[2]  # listed within list_ttl: `ls -R` again asks the backend nothing
+            return
         backend, prefix = loc.backend, f"{loc.key}/" if loc.key else ""
         if backend.unreachable() is not None:  # down: no call (and retries) for each listing
             offline = self._offline_listing(backend, loc)
@@ -624,13 +638,22 @@ class Namespace:
         if seen is not None:  # listed to the end: `ls` then open lists once
             self._keep_listing(loc.path, now, sorted(seen, key=lambda e: e.name))
 
-    def listdir(self, path: str) -> list[FileInfo]:
+    def listdir(self, path: str, stale_ok: bool = False) -> list[FileInfo]:
         """All children of ``path``, sorted by name; small listings are reused ``list_ttl``
-        (what :meth:`list_pages` keeps: never an answer from the cache in an outage)."""
+        (what :meth:`list_pages` keeps: never an answer from the cache in an outage).
+        ``stale_ok`` (for prefetch, which is advice): a listing kept past ``list_ttl`` is
+        answered at once while the directory is listed again in the background (not under an
+        immutable prefix: there the next ``ls`` of it refreshes what is kept)."""
         norm = self.normalize(path)
         cached = self._listings.get(norm)
         if cached is not None and cached[0] > time.monotonic():
             return cached[2]
+        if cached is not None and stale_ok:
+            loc = self.locate(norm)
+            if loc.backend is not None:
+                if not self._immutable_key(loc.backend.name, f"{loc.key}/"):
+                    self._relist_soon(loc.backend, loc.key)
+                return cached[2]
         return sorted((e for page in self.list_pages(norm) for e in page), key=lambda e: e.name)
 
     def _keep_listing(self, norm: str, now: float, entries: list[FileInfo]) -> None:
@@ -640,14 +663,14 @@ class Namespace:
             self._listings[norm] = (now + self.list_ttl, time.time(), entries)
 
     def _info(self, base: str, backend: str, prefix: str, entry: Entry, now: float) -> FileInfo:
-        path = f"{base}/{entry.name}"
+        path, key = f"{base}/{entry.name}", prefix + entry.name
+        fixed = self._immutable_key(backend, key)
         if entry.is_dir:
-            self._remember_dir(backend, prefix + entry.name, now)
-            return FileInfo(path, is_dir=True, mtime=entry.mtime)
+            self._remember_dir(backend, key, now)
+            return FileInfo(path, is_dir=True, mtime=entry.mtime, immutable=fixed)
         if entry.etag is not None:
-            meta = ObjectMeta(prefix + entry.name, entry.size, entry.etag, entry.mtime)
-            self._remember(backend, meta, now)
-        return FileInfo(path, False, entry.size, entry.mtime, entry.etag)
+            self._remember(backend, ObjectMeta(key, entry.size, entry.etag, entry.mtime), now)
+        return FileInfo(path, False, entry.size, entry.mtime, entry.etag, fixed)
 
     @staticmethod
     def _is_prefix(mount: tuple[str, ...], path: str) -> bool:

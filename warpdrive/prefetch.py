@@ -56,7 +56,7 @@ Resolver = Callable[[str], ObjectVersion]
 class Directories(Protocol):
     """What cross-file prefetch needs to know about directories (the namespace)."""
 
-    def listdir(self, path: str) -> list[FileInfo]: ...  # sorted by name
+    def listdir(self, path: str, stale_ok: bool = False) -> list[FileInfo]: ...  # by name
 
     def mirrors(self, path: str) -> list[str]: ...
 
@@ -65,6 +65,10 @@ MAX_TRACKED_DIRS = 1024
 MAX_TRACKED_HINTS = 1 << 16
 GROWTH_LIMIT = 4  # a late readahead window grows to at most this many times readahead_blocks
 HINT_SLOTS = 2  # prefetches (hints, next files) in flight per backend, until a deeper window
+# Bytes of cached next files read from disk into memory ahead of a directory scan: enough to
+# keep the disk busy between a reader's opens, little enough that the reader's own next file
+# is never queued behind a directory's worth of others (a budget for fetching would be).
+WARM_AHEAD = 4 << 20
 
 
 class ReadPattern(Enum):
@@ -158,8 +162,8 @@ class Prefetcher:
         self._scanned: set[str] = set()  # directories whose scan (or a mirror's) began
         # Per scanned directory: the file the reader was at and the last file handed to the
         # fetcher, so that each open extends the window instead of walking all of it again.
-        self._scan_ahead: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._scan_ahead: OrderedDict[str, tuple[str, str, bool]] = OrderedDict()
+        self._queue: queue.SimpleQueue[Callable[[], object] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -270,7 +274,9 @@ class Prefetcher:
         resolve: Resolver,
         team: str | None,
     ) -> None:
-        files = [info for info in dirs.listdir(parent) if not info.is_dir]
+        # A listing past list_ttl will do (revalidated in the background): the files to come
+        # are advice, and a warm epoch's opens must not wait for, or pay for, a listing each.
+        files = [info for info in dirs.listdir(parent, stale_ok=True) if not info.is_dir]
         if not in_order and (not files or files[0].name != name):
             return  # one file opened, and not the first: no sign of a scan yet
         if parent not in self._scanned:
@@ -281,7 +287,7 @@ class Prefetcher:
                 if mirror not in self._scanned:
                     self._scanned.add(mirror)
                     with contextlib.suppress(WarpDriveError):
-                        entries = dirs.listdir(mirror)
+                        entries = dirs.listdir(mirror, stale_ok=True)
                         self._prefetch_files(mirror, entries, "", budget, resolve, team)
         self._prefetch_files(parent, files, name, budget, resolve, team)
 
@@ -295,9 +301,10 @@ class Prefetcher:
         team: str | None,
     ) -> None:
         """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes
-        ahead of it; those an earlier call of this scan handed over already are not looked at
+        ahead of it (``WARM_AHEAD`` while the files found are cached: they only need reading
+        from disk); those an earlier call of this scan handed over already are not looked at
         again (with small files, one open would otherwise check hundreds of them)."""
-        was_at, done = self._scan_ahead.get(directory, ("", ""))
+        was_at, done, warm = self._scan_ahead.get(directory, ("", "", False))
         if after < was_at:
             done = ""  # the reader started over: a new pass over the directory
         names = [info.name for info in entries]
@@ -305,13 +312,14 @@ class Prefetcher:
         for info in entries[bisect.bisect_right(names, after) :]:
             if info.is_dir:
                 continue
-            if ahead and ahead + info.size > budget:
+            if ahead and ahead + info.size > (WARM_AHEAD if warm else budget):
                 break
             ahead += info.size
             if info.name > done:
-                self._prefetch_item((info.path, 0, min(info.size, budget)), resolve, team, "scan")
+                item = (info.path, 0, min(info.size, budget))
+                warm = self._prefetch_item(item, resolve, team, "scan")
                 done = info.name
-        self._scan_ahead[directory] = (after, done)
+        self._scan_ahead[directory] = (after, done, warm)
         self._scan_ahead.move_to_end(directory)
         if len(self._scan_ahead) > MAX_TRACKED_DIRS:
             self._scan_ahead.popitem(last=False)
@@ -323,7 +331,7 @@ class Prefetcher:
         for item in items:
             self._submit(partial(self._prefetch_item, item, resolve, team))
 
-    def _submit(self, task: Callable[[], None]) -> None:
+    def _submit(self, task: Callable[[], object]) -> None:
         if self._closed:
             return
         self._queue.put(task)
@@ -352,18 +360,22 @@ class Prefetcher:
 
     def _prefetch_item(
         self, item: HintItem, resolve: Resolver, team: str | None = None, source: str = "hint"
-    ) -> None:
+    ) -> bool:
+        """Queue the item's missing blocks; whether it was cached whole already."""
         path, start, end = (item, 0, None) if isinstance(item, str) else item
         obj = resolve(path)
         end = obj.size if end is None else min(end, obj.size)
         if end <= start:
-            return
+            return True
         bs = obj.block_size
         blocks = [
             b
             for b in range(start // bs, (end - 1) // bs + 1)
             if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
         ]
+        if not blocks:  # cached: from disk into memory now, so the read finds it there (and
+            self.cache.will_need(obj, start, end)  # the mount serves it without a thread)
+            return True
         while blocks and not self._closed:
             room = self.fetcher.background_room()
             if room == 0:
@@ -372,6 +384,7 @@ class Prefetcher:
             batch, blocks = blocks[:room], blocks[room:]
             scheduled = self.fetcher.request(obj, batch, Priority.HINT, team, whole=True)
             self._track((obj.block_key(b) for b in scheduled), source)
+        return False
 
     def _track(self, bkeys: Iterable[bytes], source: str) -> None:
         with self._hinted_lock:

@@ -20,7 +20,7 @@ import time
 
 from warpdrive.blocks import BlockSource, CacheFile
 from warpdrive.cache import ObjectFile, ObjectVersion
-from warpdrive.cache.store import in_memory
+from warpdrive.cache.store import in_memory, read_in_memory
 from warpdrive.prefetch import Prefetcher, Readahead
 
 WHOLE_CHECK_EVERY = 16  # reads through the block source between looks for a whole cache file
@@ -170,7 +170,7 @@ class Stream:
         n: int,
         resident_only: bool,
         dst: memoryview | None = None,
-    ) -> bytes | memoryview | None:
+    ) -> bytes | bytearray | memoryview | None:
         """A read straight from the cache file, while nothing was evicted since every block
         was found cached and verified (the eviction clock reads the same before and after) and
         the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
@@ -178,20 +178,20 @@ class Stream:
         ``resident_only``, the bytes are on disk, not in memory (``_whole`` stays set)."""
         clock = self._clock
         at = whole.whole_at
-        data: bytes | memoryview | None = None
+        data: bytes | bytearray | memoryview | None = None
         if clock() == at and time.monotonic() < whole.whole_until:
             try:
                 if dst is not None:
                     got = os.preadv(whole.fd, [dst], offset)
                     data = dst if got == n else None
-                elif not resident_only or (
-                    in_memory(whole.fd, offset) and in_memory(whole.fd, offset + n - 1)
-                ):
+                elif resident_only:
+                    data = read_in_memory(whole.fd, n, offset)
+                    if data is None:
+                        return None  # on disk: the caller reads again from a thread, through here
+                else:
                     data = os.pread(whole.fd, n, offset)
                     if len(data) != n:
                         data = None
-                else:
-                    return None  # on disk: the caller reads again from a thread, through here
             except OSError:
                 data = None
             if data is not None and clock() == at:

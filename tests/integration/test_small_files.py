@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -328,3 +330,112 @@ def test_filedataset_hints_the_next_batches_before_they_are_read(
         second = ds.__getitems__(batches[1])
         assert [s["jpg"] for s in second] == [files[ds.paths(i)["jpg"][7:]] for i in batches[1]]
         assert all(reads[k] == before[k] for k in keys(batches[1]))  # read from the cache
+
+
+def _mount(
+    container: str, proxy: FaultProxy, tmp_path: Path, extra: str = "", **cache: str
+) -> Mount:
+    port = free_port()
+    point = tmp_path / "wd"
+    point.mkdir()
+    config = tmp_path / "config.yaml"
+    text = config_text(
+        container,
+        proxy,
+        tmp_path / "cache",
+        extra,
+        mount_point=str(point),
+        metrics=f"{{addr: '127.0.0.1:{port}'}}",
+    )
+    for key, value in cache.items():
+        text = re.sub(rf"{key}: [^,}}]+", f"{key}: {value}", text)
+    config.write_text(text)
+    return start_mount(config, point, port)
+
+
+def _read_uncached(path: Path) -> bytes:
+    """The file's bytes as the mount serves them (the kernel's pages of it dropped first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+
+
+def test_a_warm_immutable_epoch_through_the_mount_asks_the_backend_nothing(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    """Past stale_ttl and list_ttl: no stat, no read, and no listing either (the scan
+    prefetch used to list each directory again once its listing was older than list_ttl)."""
+    container, files, proxy = folder
+    mount = _mount(container, proxy, tmp_path, "    immutable: true\n")
+    try:
+        paths = sorted(mount.point.glob("small/train/*/*.jpg"))
+        assert {f"train/{p.parent.name}/{p.name}": p.read_bytes() for p in paths} == files
+        time.sleep(1.2)  # past stale_ttl and list_ttl (1 s)
+        before = dict(proxy.by_method)
+        for p in paths:  # name order: the directory scan prefetch runs
+            assert _read_uncached(p) == files[f"train/{p.parent.name}/{p.name}"]
+        asked = {m: n - before.get(m, 0) for m, n in proxy.by_method.items()}
+        assert sum(asked.values()) == 0, asked
+    finally:
+        mount.cleanup()
+
+
+@pytest.mark.parametrize("immutable", [False, True])
+def test_the_kernel_keeps_entries_and_attributes_of_immutable_data(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path, immutable: bool
+) -> None:
+    """Under an immutable prefix, stats of its files past stale_ttl are answered by the kernel
+    (no lookup or getattr reaches the mount); elsewhere they reach it once stale_ttl has
+    passed. (The directories above the prefix keep list_ttl, long here.)"""
+    container, files, proxy = folder
+    extra = "    immutable: [train/]\n" if immutable else ""
+    mount = _mount(container, proxy, tmp_path, extra, list_ttl="60s")
+    try:
+        paths = sorted(mount.point.glob("small/train/*/*.jpg"))
+        sizes = {p: p.stat().st_size for p in paths}
+        assert sizes == {p: len(files[f"train/{p.parent.name}/{p.name}"]) for p in paths}
+        time.sleep(1.2)  # past stale_ttl (1 s): the kernel's timeout for mutable data
+
+        def handled() -> float:
+            name = "warpdrive_fuse_operation_duration_seconds_count"
+            return sum(mount.metric(name, operation=op) for op in ("lookup", "getattr"))
+
+        before = handled()
+        assert {p: p.stat().st_size for p in paths} == sizes
+        reached = handled() - before
+        if immutable:
+            assert reached == 0
+        else:
+            assert reached >= len(paths)
+    finally:
+        mount.cleanup()
+
+
+def test_listing_again_within_list_ttl_asks_the_backend_nothing(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    container, files, proxy = folder
+    mount = _mount(container, proxy, tmp_path, list_ttl="60s", stale_ttl="60s")
+    try:
+
+        def ls_r() -> str:
+            done = subprocess.run(
+                ["ls", "-R", str(mount.point)], capture_output=True, text=True, check=True
+            )
+            return done.stdout.replace(str(mount.point), "")
+
+        first = ls_r()
+        assert all(k.rsplit("/", 1)[1] in first.split() for k in files)
+        lists = mount.metric("warpdrive_backend_request_duration_seconds_count", operation="list")
+        before = dict(proxy.by_method)
+        assert ls_r() == first
+        assert (
+            mount.metric("warpdrive_backend_request_duration_seconds_count", operation="list")
+            == lists
+        )
+        assert proxy.by_method == before
+    finally:
+        mount.cleanup()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Coroutine, Iterable, Mapping
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from xml.etree import ElementTree
 
 from warpdrive.backends import _aio
 from warpdrive.backends.auth import azure_credential, read_secret
@@ -92,29 +94,39 @@ class AzureBlobClient(ObjectClient):
         )
 
         async def call() -> tuple[list[Entry], str | None]:
-            pages = self._container_client.walk_blobs(
-                name_starts_with=full or None,
-                delimiter="/",
-                results_per_page=self.page_size,
-                **_NO_SDK_RETRY,
-            ).by_page(continuation_token=token)
-            entries: list[Entry] = []
-            try:
-                page = await pages.__anext__()
-            except StopAsyncIteration:
-                return entries, None
-            async for item in page:
-                name = child_name(item.name, full)
-                if not name:
-                    continue
-                if item.__class__.__name__ == "BlobPrefix":
-                    entries.append(Entry(name=name, is_dir=True))
-                else:
-                    mtime = item.last_modified.timestamp() if item.last_modified else 0.0
-                    entries.append(Entry(name, False, int(item.size), mtime, _etag(item.etag)))
-            return entries, pages.continuation_token or None
+            return _parse_listing(await self._list_xml(full, token), full)
 
         return self._run(call, prefix)
+
+    async def _list_xml(self, full: str, token: str | None) -> bytes:
+        """One List Blobs request (``delimiter=/``) through the SDK's pipeline (its auth and
+        transport), the XML body returned unparsed: the SDK's model deserializer spends about
+        0.35 ms of CPU per blob, which made a listing of 4,000 small files cost 1.4 s of CPU
+        under the GIL the FUSE loop needs; ElementTree reads a page 20× faster."""
+        from azure.core.exceptions import HttpResponseError
+        from azure.storage.blob._generated.operations._container_operations import (
+            build_list_blob_hierarchy_segment_request,
+        )
+        from azure.storage.blob._shared.response_handlers import process_storage_error
+
+        generated = self._container_client._client
+        request = build_list_blob_hierarchy_segment_request(
+            url=generated._config.url,
+            delimiter="/",
+            version=generated._config.version,
+            prefix=full or None,
+            marker=token,
+            maxresults=self.page_size,
+            restype="container",
+            comp="list",
+        )
+        request.url = generated._client.format_url(request.url)
+        pipeline = generated._client._pipeline
+        response = (await pipeline.run(request, stream=False, **_NO_SDK_RETRY)).http_response
+        if response.status_code != 200:
+            process_storage_error(HttpResponseError(response=response))  # raises the SDK's error
+        body: bytes = response.body()
+        return body
 
     def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
         from azure.core import MatchConditions
@@ -200,6 +212,38 @@ class AzureBlobClient(ObjectClient):
         if isinstance(status, int) and 400 <= status < 500:
             return BackendError(f"{where}: HTTP {status} ({_reason(exc)})")
         return _aio.fallback(exc, where)
+
+
+def _parse_listing(body: bytes, full: str) -> tuple[list[Entry], str | None]:
+    """Entries of one List Blobs page under ``full`` (directories first, as the SDK's
+    ``walk_blobs`` gives them) and the continuation token."""
+    root = ElementTree.fromstring(body)
+    dirs: list[Entry] = []
+    objects: list[Entry] = []
+    blobs = root.find("Blobs")
+    for item in () if blobs is None else blobs:
+        name = child_name(_xml_name(item.find("Name")), full)
+        if not name:
+            continue
+        if item.tag == "BlobPrefix":
+            dirs.append(Entry(name=name, is_dir=True))
+        elif item.tag == "Blob":
+            props = item.find("Properties")
+            if props is None:
+                continue
+            modified = props.findtext("Last-Modified")
+            mtime = parsedate_to_datetime(modified).timestamp() if modified else 0.0
+            size = int(props.findtext("Content-Length") or 0)
+            etag = props.findtext("Etag")
+            objects.append(Entry(name, False, size, mtime, None if etag is None else _etag(etag)))
+    return dirs + objects, root.findtext("NextMarker") or None
+
+
+def _xml_name(element: ElementTree.Element | None) -> str:
+    """A listed name; Azure percent-encodes names XML cannot carry (``Encoded="true"``)."""
+    if element is None or element.text is None:
+        return ""
+    return unquote(element.text) if element.get("Encoded") == "true" else element.text
 
 
 def _etag(value: object) -> str:

@@ -124,6 +124,18 @@ class BlockCache:
                 self.lost(obj)
         return file
 
+    def will_need(self, obj: ObjectVersion, start: int, end: int) -> None:
+        """Start reading ``[start, end)`` of the object's cache file into the page cache (a
+        reader is about to ask for it); returns once the disk reads are queued."""
+        file = self.store.open(obj.oid)
+        if file is not None:
+            try:
+                os.posix_fadvise(file.fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # advice only
+            finally:
+                file.close()
+
     def read_into(
         self, obj: ObjectVersion, file: ObjectFile, offset: int, dst: memoryview
     ) -> list[int]:

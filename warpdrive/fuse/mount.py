@@ -44,6 +44,10 @@ from warpdrive.perms import private_dir
 __all__ = ["MountEntry", "MountError", "find_mount", "main", "mounts", "probe_mount", "serve"]
 log = logging.getLogger("warpdrive.mount")
 MIN_READ_AHEAD_KB = 1024
+# The FUSE loop shares the GIL with background threads (listing parsers, prefetch, fetchers):
+# each system call it makes lets one of them run, and at Python's default switch interval
+# (5 ms) getting the GIL back can cost more than a small file's whole read. 0.5 ms bounds it.
+SWITCH_INTERVAL = 0.0005
 
 
 class MountError(Exception):
@@ -152,6 +156,7 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
     from warpdrive.reader import WarpDrive
 
     ready = ready or ReadyPipe(None)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     mount_point = config.mount_point
     # The read path reports closed handles; the node's access records observe them.
     wd = WarpDrive(config, observers=[AccessRecorder])

@@ -36,6 +36,11 @@ T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
 PREFERRED_IO = 1 << 20  # st_blksize: what cp/cat size their reads by
+# Kernel entry and attribute timeout (seconds) of what lies under a backend's `immutable`
+# prefixes: its size and etag never change, so the kernel answers stats and lookups itself. A
+# day, not for ever: longer than any training epoch re-reads a file, yet a prefix wrongly
+# declared immutable heals within a day without a remount (as offline_max_age's default).
+IMMUTABLE_TIMEOUT = 86400.0
 _OPERATIONS = (
     "lookup",
     "getattr",
@@ -141,7 +146,12 @@ class Operations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = attr.ino
         entry.generation = 0
-        timeout = 0.0 if attr.volatile else self.dir_timeout if attr.is_dir else self.attr_timeout
+        if attr.volatile:
+            timeout = 0.0
+        elif attr.immutable:
+            timeout = IMMUTABLE_TIMEOUT
+        else:
+            timeout = self.dir_timeout if attr.is_dir else self.attr_timeout
         entry.entry_timeout = timeout
         entry.attr_timeout = timeout
         if attr.is_dir:
