@@ -21,8 +21,8 @@ from warpdrive.errors import (
     WarpDriveError,
 )
 from warpdrive.governance.access import AccessRecorder as _AccessRecorder
-from warpdrive.namespace import FileInfo
-from warpdrive.reader import WarpDrive, observe_by_default
+from warpdrive.read.namespace import FileInfo
+from warpdrive.read.reader import WarpDrive, observe_by_default
 
 # Every reader of a node adds to its access records (``warpdrive-ctl usage``): governance
 # observes the read path's closed handles; the read path never imports governance.

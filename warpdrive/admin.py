@@ -3,7 +3,7 @@
 ``Admin(config)`` answers ``warpdrive-ctl``'s and the control plane's questions and carries out
 their changes: the shared cache index (usage, counters, objects), quotas, teams, eviction, and
 the backends for crawls, ``stale`` and ``move``. The read facade
-(:class:`warpdrive.reader.WarpDrive`) only reads; neither imports the other. Both open the
+(:class:`warpdrive.read.reader.WarpDrive`) only reads; neither imports the other. Both open the
 same shared cache (one LMDB environment per process, see ``warpdrive.cache.lmdbenv``), so an
 eviction or a quota set here is seen by every reader at once, in this process or another.
 

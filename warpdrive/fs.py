@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from warpdrive.config import HEALTH_FILE
 from warpdrive.errors import InvalidPathError, NotFoundError, ReadOnlyError
-from warpdrive.namespace import FileInfo
-from warpdrive.reader import Handle, WarpDrive
+from warpdrive.read.namespace import FileInfo
+from warpdrive.read.reader import Handle, WarpDrive
 
 ROOT_INODE = 1
 HEALTH_INODE = 2  # the health file's, reserved: paths get numbers from 3 on

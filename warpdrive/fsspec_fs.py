@@ -9,7 +9,7 @@ Names follow fsspec's ``protocol://bucket/key``: ``datasets-cac/train/x.tar`` is
 (``mount_path``); the root ``""`` lists the backends by name. ``info()["name"]`` and ``ls``
 give names in this form, so they can be opened again as they are. Directories are prefixes:
 they have no size, version or modification time. An open file reads through a
-:class:`~warpdrive.reader.Handle`, pinned to the version it opened; ``cat_file``,
+:class:`~warpdrive.read.reader.Handle`, pinned to the version it opened; ``cat_file``,
 ``cat_ranges`` and ``cat`` read one looked-up version per path (``WarpDrive.read_version``):
 the ranges of one call or one open file never mix two versions.
 """
@@ -29,8 +29,8 @@ from fsspec.utils import stringify_path
 from warpdrive.cache import ObjectVersion
 from warpdrive.config import Config
 from warpdrive.errors import InvalidPathError, IsDirectoryError
-from warpdrive.namespace import URL_SCHEME, FileInfo
-from warpdrive.reader import DEFAULT_BUFFER, Handle, WarpDrive
+from warpdrive.read.namespace import URL_SCHEME, FileInfo
+from warpdrive.read.reader import DEFAULT_BUFFER, Handle, WarpDrive
 
 PROTOCOL = "warpdrive"
 _PREFIXES = (f"{PROTOCOL}://", f"{PROTOCOL}::")

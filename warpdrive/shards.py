@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from braceexpand import UnbalancedBracesError, braceexpand
 
 from warpdrive.errors import NotFoundError
-from warpdrive.reader import WarpDrive
+from warpdrive.read.reader import WarpDrive
 
 URL_SCHEME = "warpdrive://"
 _GLOB = re.compile(r"[*?\[]")

@@ -683,7 +683,7 @@ def test_warm_budget_backend_form_failures_and_resume(
     from warpdrive.backends.wrappers import FaultInjectingClient
     from warpdrive.ctl import main as ctl_main
     from warpdrive.errors import TransientBackendError, WarpDriveError
-    from warpdrive.reader import WarpDrive
+    from warpdrive.read.reader import WarpDrive
 
     (tmp_path / "direct").mkdir()
     config, _, _ = write_config(tmp_path / "direct", azure_store.backend_yaml)

@@ -494,7 +494,7 @@ def test_urls_name_backends_whose_mount_paths_differ(regions: Regions) -> None:
         "/cac), datasets-wus3 (at /wus3); warpdrive://NAME/… names a backend, a mount path is "
         "an absolute path)"
     )
-    assert "warpdrive/reader.py" not in shown and "warpdrive/namespace.py" not in shown
+    assert "warpdrive/read/reader.py" not in shown and "warpdrive/read/namespace.py" not in shown
 
 
 def tar_bytes(content: dict[str, Fields]) -> bytes:

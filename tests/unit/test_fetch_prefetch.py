@@ -14,7 +14,7 @@ from tests.conftest import Store
 from warpdrive.backends.base import ObjectClient
 from warpdrive.backends.wrappers import CountingClient
 from warpdrive.cache.keys import ObjectVersion
-from warpdrive.prefetch import Readahead, ReadPattern
+from warpdrive.read.prefetch import Readahead, ReadPattern
 
 KB = 1024
 

@@ -89,7 +89,7 @@ def test_a_new_reader_serves_cached_objects_directories_and_listings_in_an_outag
     warm(tmp_path)
     outage, counting = Outage(), []
     outage.down = True
-    caplog.set_level(logging.WARNING, logger="warpdrive.namespace")
+    caplog.set_level(logging.WARNING, logger="warpdrive.read.namespace")
     with reader(tmp_path, outage, counting) as wd:
         for key, data in FILES.items():  # a new process: versions from the index
             assert wd.read(f"/s/{key}") == data
@@ -147,7 +147,7 @@ def test_when_the_backend_answers_again_its_answers_count_again(
     warm(tmp_path)
     outage, counting = Outage(), []
     outage.down = True
-    caplog.set_level(logging.WARNING, logger="warpdrive.namespace")
+    caplog.set_level(logging.WARNING, logger="warpdrive.read.namespace")
     with reader(tmp_path, outage, counting, list_ttl="0s") as wd:
         assert [e.name for e in wd.listdir("/s/train/c0")] == ["a.bin", "b.bin"]  # partial
         outage.down = False

@@ -10,9 +10,9 @@ from typing import ClassVar
 import pytest
 
 from warpdrive import Admin, Config, WarpDrive, parse_config
-from warpdrive.reader import ClosedHandle
+from warpdrive.read.reader import ClosedHandle
 
-BS = 512 * 1024  # three blocks: above the size fetched whole (warpdrive.fetch.SMALL_OBJECT)
+BS = 512 * 1024  # three blocks: above the size fetched whole (warpdrive.read.fetch.SMALL_OBJECT)
 
 
 class Recorder:

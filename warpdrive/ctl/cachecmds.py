@@ -17,7 +17,7 @@ from warpdrive.errors import NotFoundError, WarpDriveError
 from warpdrive.fuse.health import probe_backend, with_deadline
 from warpdrive.fuse.mountinfo import MountEntry, find_mount, read_health_file
 from warpdrive.metrics_server import parse_addr
-from warpdrive.reader import WarpDrive
+from warpdrive.read.reader import WarpDrive
 
 
 def stats(admin: Admin) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from warpdrive.ctl.paths import objects_under
 from warpdrive.errors import WarpDriveError, printable
 from warpdrive.governance.store import GovernanceStore
 from warpdrive.partition import node_shards
-from warpdrive.reader import WarpDrive
+from warpdrive.read.reader import WarpDrive
 from warpdrive.shards import expand
 from warpdrive.units import format_size, parse_size
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from warpdrive.errors import NotFoundError
-from warpdrive.namespace import FileInfo
-from warpdrive.reader import WarpDrive
+from warpdrive.read.namespace import FileInfo
+from warpdrive.read.reader import WarpDrive
 
 
 def objects_under(wd: WarpDrive, path: str, recursive: bool) -> Iterator[FileInfo]:

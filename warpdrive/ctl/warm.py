@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from warpdrive.cache import ObjectVersion
 from warpdrive.errors import WarpDriveError
-from warpdrive.fetch import BlockData, Priority
-from warpdrive.reader import WarpDrive
+from warpdrive.read.fetch import BlockData, Priority
+from warpdrive.read.reader import WarpDrive
 from warpdrive.units import format_size
 
 REPORT_EVERY = 5.0  # seconds between progress lines when not on a terminal

@@ -35,7 +35,7 @@ from functools import partial
 
 from warpdrive.backends import Backend, RetryingBackend
 from warpdrive.fuse.mountinfo import find_mount, probe_read
-from warpdrive.reader import WarpDrive
+from warpdrive.read.reader import WarpDrive
 
 NOT_CHECKED = "not checked yet"
 

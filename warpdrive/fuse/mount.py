@@ -115,7 +115,7 @@ def tune_read_ahead(mount_point: str, kb: int) -> int | None:
 
 
 def check_backends(config: Config, wd: object, timeout: float, degraded_ok: bool) -> None:
-    from warpdrive.reader import WarpDrive
+    from warpdrive.read.reader import WarpDrive
 
     assert isinstance(wd, WarpDrive)
     verdicts = with_deadlines(
@@ -153,7 +153,7 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
     from warpdrive.admin import Admin
     from warpdrive.fs import WarpDriveFS
     from warpdrive.fuse.ops import Operations
-    from warpdrive.reader import WarpDrive
+    from warpdrive.read.reader import WarpDrive
 
     ready = ready or ReadyPipe(None)
     sys.setswitchinterval(SWITCH_INTERVAL)

@@ -3,8 +3,9 @@ it came from the cache. Aggregated in memory (bounded) and written to the govern
 background thread every ``governance.access_flush_interval`` — never one record per read.
 
 The read path never imports this: :class:`AccessRecorder` observes its closed handles (see
-``warpdrive.reader.HandleObserver``), registered by whoever builds the reader (the ``warpdrive``
-package registers it for every reader by default; the mount passes it explicitly)."""
+``warpdrive.read.reader.HandleObserver``), registered by whoever builds the reader (the
+``warpdrive`` package registers it for every reader by default; the mount passes it
+explicitly)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from warpdrive.config import Config
 from warpdrive.governance.store import AccessKey, AccessTotals, GovernanceStore, day_of
 
 if TYPE_CHECKING:
-    from warpdrive.reader import ClosedHandle
+    from warpdrive.read.reader import ClosedHandle
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 50_000  # distinct (object, user, day) keys held before an early flush

@@ -22,7 +22,7 @@ paths (a dataset split across regions). Bounds:
   read, counted as wasted.
 
 Objects the fetcher does not fetch whole (``Fetcher.small``: up to 1 MiB or one block) are left
-to the name-order scan and the readahead of their handles (:mod:`warpdrive.prefetch`).
+to the name-order scan and the readahead of their handles (:mod:`warpdrive.read.prefetch`).
 
 Concurrency: ``_lock`` (with ``_wake``) guards every field below it; callers' threads
 (:meth:`on_open`, from the FUSE loop too) only record and notify, never block; one thread lists
@@ -44,8 +44,8 @@ from functools import partial
 from typing import Protocol
 
 from warpdrive.cache import BlockCache, ObjectVersion
-from warpdrive.fetch import BlockData, Fetcher, Priority
-from warpdrive.namespace import FileInfo
+from warpdrive.read.fetch import BlockData, Fetcher, Priority
+from warpdrive.read.namespace import FileInfo
 
 log = logging.getLogger(__name__)
 

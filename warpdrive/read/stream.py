@@ -18,10 +18,10 @@ import contextlib
 import os
 import time
 
-from warpdrive.blocks import BlockSource, CacheFile
 from warpdrive.cache import ObjectFile, ObjectVersion
 from warpdrive.cache.store import in_memory, read_in_memory
-from warpdrive.prefetch import Prefetcher, Readahead
+from warpdrive.read.blocks import BlockSource, CacheFile
+from warpdrive.read.prefetch import Prefetcher, Readahead
 
 WHOLE_CHECK_EVERY = 16  # reads through the block source between looks for a whole cache file
 # Direct reads of a whole cache file counted in the metrics together (a Prometheus increment

@@ -42,10 +42,10 @@ from typing import Protocol
 
 from warpdrive.cache import BlockCache, ObjectVersion
 from warpdrive.errors import WarpDriveError
-from warpdrive.fetch import Fetcher, Priority
 from warpdrive.metrics import Metrics
-from warpdrive.namespace import FileInfo
-from warpdrive.readthrough import ReadThrough
+from warpdrive.read.fetch import Fetcher, Priority
+from warpdrive.read.namespace import FileInfo
+from warpdrive.read.readthrough import ReadThrough
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Prefetcher:
         self.fetcher = fetcher
         self.metrics = metrics
         self.window = window
-        # Directories of small objects read through in any order (see warpdrive.readthrough).
+        # Directories of small objects read through in any order (see warpdrive.read.readthrough).
         self.readthrough = ReadThrough(cache, fetcher, scan_budget, self._track)
         # Blocks prefetched for a hint or a directory scan, not yet read, oldest first, with
         # what asked for them (bounded; overflow counts as wasted).
@@ -244,7 +244,7 @@ class Prefetcher:
         are prefetched in the background, up to the bytes a grown readahead window holds (the
         file itself is left to its handle's readahead). Directories are tracked separately, so
         a reader alternating between two regions keeps both links busy. Small objects (one
-        request each) are read through instead, in any order (:mod:`warpdrive.readthrough`)."""
+        request each) are read through instead, in any order (:mod:`warpdrive.read.readthrough`)."""
         if self.fetcher.small(obj):
             self.readthrough.on_open(path, obj, dirs, resolve, team)
             return

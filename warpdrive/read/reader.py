@@ -34,15 +34,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
-from warpdrive.blocks import BlockSource
 from warpdrive.cache import BlockCache, ObjectRecord, ObjectVersion, Usage
 from warpdrive.config import Config, load_config
 from warpdrive.errors import InvalidPathError
-from warpdrive.fetch import BlockData, Fetcher, Priority
 from warpdrive.metrics import Metrics
-from warpdrive.namespace import FileInfo, Namespace
-from warpdrive.prefetch import HintItem, Prefetcher
-from warpdrive.stream import Stream
+from warpdrive.read.blocks import BlockSource
+from warpdrive.read.fetch import BlockData, Fetcher, Priority
+from warpdrive.read.namespace import FileInfo, Namespace
+from warpdrive.read.prefetch import HintItem, Prefetcher
+from warpdrive.read.stream import Stream
 from warpdrive.teams import TeamResolver
 
 DEFAULT_BUFFER = 1 << 20

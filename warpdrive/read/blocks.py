@@ -21,8 +21,8 @@ from typing import Protocol
 
 from warpdrive.cache import BlockCache, ObjectFile, ObjectVersion
 from warpdrive.errors import BackendError
-from warpdrive.fetch import Fetcher, Priority
 from warpdrive.metrics import Metrics
+from warpdrive.read.fetch import Fetcher, Priority
 
 MAX_VERIFY_RETRIES = 3  # a cached copy that fails verification this often in a row: an error
 
