@@ -88,6 +88,9 @@ class BlockCache:
         )
         # (file inode, block key) -> (generation, trusted until): see "When bytes are verified"
         self._verified: dict[tuple[int, bytes], tuple[int, float]] = {}
+        # (file inode, object id) -> (eviction clock, trusted until) when last found whole: while
+        # the clock stands still nothing left the cache, so the next open needs no index reads
+        self._whole_seen: dict[tuple[int, bytes], tuple[int, float]] = {}
         try:
             self.index = self._new_index()
             self.reconciled = self._join()
@@ -217,6 +220,13 @@ class BlockCache:
         file so that reads may go straight to it while the eviction clock stands still (the
         caller checks it before and after each read, and the deadline ``whole_until``)."""
         before = self.clock.now()
+        seen = self._whole_seen.get((file.ino, obj.oid))
+        if seen is not None and seen[0] == before and seen[1] > time.monotonic():
+            file.whole_at, file.whole_until = before, seen[1]
+            now = now_ms()
+            for index in range(obj.nblocks):
+                self._pending[obj.block_key(index)] = now
+            return True
         bkeys = [obj.block_key(i) for i in range(obj.nblocks)]
         until = float("inf")
         for index, (bkey, rec) in enumerate(zip(bkeys, self.index.get_many(bkeys), strict=True)):
@@ -229,6 +239,9 @@ class BlockCache:
         if until <= time.monotonic():
             return False
         file.whole_at, file.whole_until = before, until
+        if len(self._whole_seen) >= MAX_VERIFIED:
+            self._whole_seen.clear()
+        self._whole_seen[(file.ino, obj.oid)] = (before, until)
         now = now_ms()  # in use now (LRU): reads straight from the file are not seen here
         for bkey in bkeys:
             self._pending[bkey] = now
