@@ -414,11 +414,12 @@ def test_backend_down_during_ls_of_a_large_directory(backend: Proxied) -> None:
     page = min(5000, max(100, math.ceil(ENTRIES / 10)))
     pages = math.ceil(ENTRIES / page)
     # The default request_timeout (60 s): Azurite takes over 10 s for a page of a 10^5 listing.
-    # offline_max_age 0: a mount that knows the backend is down would answer the second listing
-    # from its last one (tests/integration/test_outage.py); here every listing must ask.
+    # Every listing must ask the backend: list_ttl 0 (a listing is reused for list_ttl) and
+    # offline_max_age 0 (a mount that knows the backend is down answers from its last listing,
+    # tests/integration/test_outage.py).
     config = backend.config(
         "max_attempts: 3, initial_backoff: 10ms, max_backoff: 200ms",
-        cache=", offline_max_age: 0",
+        cache=", list_ttl: 0s, offline_max_age: 0",
         list_page_size=page,
     )
     point = backend.tmp / "wd"
