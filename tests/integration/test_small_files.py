@@ -144,20 +144,8 @@ def test_a_warm_epoch_through_the_mount_stats_nothing_after_stale_ttl(
     folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
 ) -> None:
     container, files, proxy = folder
-    port = free_port()
-    point = tmp_path / "wd"
-    point.mkdir()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        config_text(
-            container,
-            proxy,
-            tmp_path / "cache",
-            mount_point=str(point),
-            metrics=f"{{addr: '127.0.0.1:{port}'}}",
-        )
-    )
-    mount = start_mount(config, point, port)
+    mount = mount_folder(container, proxy, tmp_path)
+    point = mount.point
     try:
         paths = sorted(point.glob("small/train/*/*.jpg"))
         assert {f"train/{p.parent.name}/{p.name}": p.read_bytes() for p in paths} == files
@@ -209,32 +197,13 @@ class MountedFiles(Dataset[tuple[str, bytes]]):
         return f"train/{p.parent.name}/{p.name}", p.read_bytes()
 
 
-def mount_folder(
-    container: str, proxy: FaultProxy, tmp_path: Path, extra: str = ""
-) -> tuple[Path, Mount]:
-    port = free_port()
-    point = tmp_path / "wd"
-    point.mkdir()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        config_text(
-            container,
-            proxy,
-            tmp_path / "cache",
-            mount_point=str(point),
-            metrics=f"{{addr: '127.0.0.1:{port}'}}",
-        )
-        + extra
-    )
-    return point, start_mount(config, point, port)
-
-
 def test_a_cold_shuffled_epoch_through_the_mount_fetches_every_file_once(
     folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
 ) -> None:
     container, files, proxy = folder
     reads = block_reads(proxy)
-    point, mount = mount_folder(container, proxy, tmp_path)
+    mount = mount_folder(container, proxy, tmp_path)
+    point = mount.point
     try:
         paths = sorted(point.glob("small/train/*/*.jpg"))
         loader = DataLoader(
@@ -268,7 +237,8 @@ def test_a_directory_read_in_shuffled_order_is_fetched_ahead_many_requests_at_on
             return True
 
     proxy.inject(Fault("stall", count=None, seconds=5.0, match=hold_first))
-    point, mount = mount_folder(container, proxy, tmp_path)
+    mount = mount_folder(container, proxy, tmp_path)
+    point = mount.point
     try:
         for key in opened:
             assert (point / "small" / key).read_bytes() == files[key]
@@ -332,7 +302,7 @@ def test_filedataset_hints_the_next_batches_before_they_are_read(
         assert all(reads[k] == before[k] for k in keys(batches[1]))  # read from the cache
 
 
-def _mount(
+def mount_folder(
     container: str, proxy: FaultProxy, tmp_path: Path, extra: str = "", **cache: str
 ) -> Mount:
     port = free_port()
@@ -369,7 +339,7 @@ def test_a_warm_immutable_epoch_through_the_mount_asks_the_backend_nothing(
     """Past stale_ttl and list_ttl: no stat, no read, and no listing either (the scan
     prefetch used to list each directory again once its listing was older than list_ttl)."""
     container, files, proxy = folder
-    mount = _mount(container, proxy, tmp_path, "    immutable: true\n")
+    mount = mount_folder(container, proxy, tmp_path, "    immutable: true\n")
     try:
         paths = sorted(mount.point.glob("small/train/*/*.jpg"))
         assert {f"train/{p.parent.name}/{p.name}": p.read_bytes() for p in paths} == files
@@ -392,7 +362,7 @@ def test_the_kernel_keeps_entries_and_attributes_of_immutable_data(
     passed. (The directories above the prefix keep list_ttl, long here.)"""
     container, files, proxy = folder
     extra = "    immutable: [train/]\n" if immutable else ""
-    mount = _mount(container, proxy, tmp_path, extra, list_ttl="60s")
+    mount = mount_folder(container, proxy, tmp_path, extra, list_ttl="60s")
     try:
         paths = sorted(mount.point.glob("small/train/*/*.jpg"))
         sizes = {p: p.stat().st_size for p in paths}
@@ -418,7 +388,7 @@ def test_listing_again_within_list_ttl_asks_the_backend_nothing(
     folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
 ) -> None:
     container, files, proxy = folder
-    mount = _mount(container, proxy, tmp_path, list_ttl="60s", stale_ttl="60s")
+    mount = mount_folder(container, proxy, tmp_path, list_ttl="60s", stale_ttl="60s")
     try:
 
         def ls_r() -> str:

@@ -26,7 +26,7 @@ import heapq
 import itertools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from enum import IntEnum
 from typing import TypeVar
@@ -254,20 +254,10 @@ class Fetcher:
 
     def _pop_demand_locked(self) -> _Job | None:
         """The first queued demand job whose object holds fewer than ``object_limit`` workers."""
-        skipped = []
-        job = None
-        while self._heap and self._heap[0][0] == Priority.DEMAND:
-            entry = heapq.heappop(self._heap)
-            candidate = entry[-1]
-            if candidate.started:
-                continue
-            if self._running_by_object.get(candidate.obj.oid, 0) < self.object_limit:
-                job = candidate
-                break
-            skipped.append(entry)
-        for entry in skipped:
-            heapq.heappush(self._heap, entry)
-        return job
+        return self._pop_first_locked(
+            lambda job: self._running_by_object.get(job.obj.oid, 0) < self.object_limit,
+            demand_only=True,
+        )
 
     def _pop_background_locked(self) -> _Job | None:
         """The first queued background job whose backend is under its share of the background
@@ -275,23 +265,32 @@ class Fetcher:
         queue on the wire would delay that region's demand reads."""
         active = self._queued_by_backend.keys() | self._running_by_backend.keys()
         share = max(2, -(-self.bg_limit // max(1, len(active))))
+
+        def fits(job: _Job) -> bool:
+            backend = job.obj.backend
+            return (
+                self._running_by_backend.get(backend, 0) < share
+                and self._running_by_object.get(job.obj.oid, 0) < self.object_limit
+                and (
+                    job.priority < Priority.HINT
+                    or job.whole
+                    or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
+                )
+            )
+
+        return self._pop_first_locked(fits, demand_only=False)
+
+    def _pop_first_locked(self, fits: Callable[[_Job], bool], demand_only: bool) -> _Job | None:
+        """The first queued job (by priority, then age) that ``fits``; the ones passed over
+        stay queued. ``demand_only``: look no further than the demand jobs."""
         skipped = []
         job = None
-        while self._heap:
+        while self._heap and (not demand_only or self._heap[0][0] == Priority.DEMAND):
             entry = heapq.heappop(self._heap)
             candidate = entry[-1]
             if candidate.started:
                 continue
-            backend = candidate.obj.backend
-            if (
-                self._running_by_backend.get(backend, 0) < share
-                and self._running_by_object.get(candidate.obj.oid, 0) < self.object_limit
-                and (
-                    candidate.priority < Priority.HINT
-                    or candidate.whole
-                    or self._running_hints.get(backend, 0) < self.hint_slots.get(backend, 2)
-                )
-            ):
+            if fits(candidate):
                 job = candidate
                 break
             skipped.append(entry)

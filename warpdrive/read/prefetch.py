@@ -88,7 +88,6 @@ class Readahead:
         "max_window",
         "obj",
         "pending",
-        "served_cache",
         "state",
         "team",
         "window",
@@ -99,7 +98,6 @@ class Readahead:
     ) -> None:
         self.obj = obj
         self.team = team  # the reader's team: what this handle fetches counts against its quota
-        self.served_cache = 0  # bytes this handle read from the cache
         self.max_window = window * GROWTH_LIMIT
         self.window = min(self.max_window, start or window)
         self.state = ReadPattern.IDLE
