@@ -11,6 +11,7 @@ import pytest
 
 from warpdrive import Admin, Config, WarpDrive, parse_config
 from warpdrive.read.reader import ClosedHandle
+from warpdrive.read.stream import Stream
 
 BS = 512 * 1024  # three blocks: above the size fetched whole (warpdrive.read.fetch.SMALL_OBJECT)
 
@@ -132,3 +133,32 @@ def test_a_cached_only_read_does_nothing_unless_it_can_answer_at_once(
         handle.close()
     [record] = Recorder.seen
     assert (record.hits, record.fetched, record.bytes_read) == (2, 0, 2 * BS)
+
+
+def test_a_short_read_inside_the_object_is_an_error_never_a_short_reply(
+    setup: tuple[Config, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount would reply with it, and the kernel takes a short reply for the end of the
+    read and fills the rest of its pages with zeros. An injected fault: the stream's real read,
+    one byte short."""
+    import errno
+
+    from warpdrive.errors import BackendError
+
+    cfg, payload = setup
+    with WarpDrive(cfg, observers=[]) as wd:
+        handle = wd.open_handle("/s/f.bin")
+        try:
+            assert handle.pread(BS, 4096) == payload[BS : BS + 4096]  # cached now, verified
+            real_read, real_cached = Stream.read, Stream.read_cached
+            monkeypatch.setattr(Stream, "read", lambda s, o, n: real_read(s, o, n)[:-1])
+            monkeypatch.setattr(
+                Stream, "read_cached", lambda s, o, n: (real_cached(s, o, n) or b"?!")[:-1]
+            )
+            with pytest.raises(BackendError, match="a read of 4096 bytes at 524288 gave 4095"):
+                handle.pread(BS, 4096)
+            with pytest.raises(BackendError) as err:
+                handle.pread_cached(BS, 4096)
+            assert err.value.errno == errno.EIO
+        finally:
+            handle.close()

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
 from warpdrive.cache import BlockCache, ObjectRecord, ObjectVersion, Usage
 from warpdrive.config import Config, load_config
-from warpdrive.errors import InvalidPathError
+from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.metrics import Metrics
 from warpdrive.read.blocks import BlockSource
 from warpdrive.read.fetch import BlockData, Fetcher, Priority
@@ -273,7 +273,7 @@ class Handle(io.RawIOBase):
         n = min(size, self.size - offset)
         if n <= 0:
             return b""
-        return self._stream.read(offset, n)
+        return self._whole_reply(offset, n, self._stream.read(offset, n))
 
     def pread_cached(self, offset: int, size: int) -> bytes | bytearray | memoryview | None:
         """:meth:`pread` if it cannot block (the bytes are cached, verified and in memory);
@@ -284,7 +284,25 @@ class Handle(io.RawIOBase):
         n = min(size, self.size - offset)
         if n <= 0:
             return b""
-        return self._stream.read_cached(offset, n)
+        data = self._stream.read_cached(offset, n)
+        return None if data is None else self._whole_reply(offset, n, data)
+
+    def _whole_reply(
+        self, offset: int, n: int, data: bytes | bytearray | memoryview
+    ) -> bytes | bytearray | memoryview:
+        """``data`` if it is all ``n`` bytes asked for. A short reply inside the object would
+        be taken for its end, and the kernel fills the rest of a mount's read with zeros: an
+        error instead, never a wrong byte."""
+        if len(data) != n:
+            log.error(
+                "%s:%s: a read of %d bytes at %d gave %d: refused (EIO)",
+                self.obj.backend, self.obj.key, n, offset, len(data),
+            )  # fmt: skip
+            raise BackendError(
+                f"{self.obj.backend}: {self.obj.key!r}: a read of {n} bytes at {offset} gave "
+                f"{len(data)}"
+            )
+        return data
 
     def pread_into(self, offset: int, buffer: Any) -> int:
         """Read at ``offset`` into ``buffer`` without moving the position; bytes read.
