@@ -97,6 +97,22 @@ def alternate(
     return statistics.median(a), statistics.median(b)
 
 
+def rclone_remotes(ports: dict[str, int]) -> tuple[dict[str, str], dict[str, str]]:
+    """rclone's environment naming one Azure remote per container (Azurite behind the WAN proxy
+    on each port), and each container's ``REMOTE:container`` name."""
+    env: dict[str, str] = {}
+    remotes: dict[str, str] = {}
+    for container, port in ports.items():
+        name = container.upper().replace("-", "_")
+        prefix = f"RCLONE_CONFIG_{name}"
+        env[f"{prefix}_TYPE"] = "azureblob"
+        env[f"{prefix}_ACCOUNT"] = "devstoreaccount1"
+        env[f"{prefix}_KEY"] = AZURITE_KEY
+        env[f"{prefix}_ENDPOINT"] = f"http://127.0.0.1:{port}/devstoreaccount1"
+        remotes[container] = f"{name}:{container}"
+    return env, remotes
+
+
 @contextlib.contextmanager
 def rclone_mount(remote: str, point: Path, cache: Path, env: dict[str, str]) -> Iterator[Path]:
     """``rclone mount --vfs-cache-mode full`` of ``remote`` at ``point``, unmounted after."""
@@ -235,22 +251,13 @@ def bench_cold(work: Path, total_mib: int) -> dict[str, float]:
         finally:
             mount.cleanup()
         if shutil.which("rclone"):
-            env = {}
-            for name in links:
-                prefix = f"RCLONE_CONFIG_{name.upper().replace('-', '_')}"
-                env.update(
-                    {
-                        f"{prefix}_TYPE": "azureblob",
-                        f"{prefix}_ACCOUNT": "devstoreaccount1",
-                        f"{prefix}_KEY": AZURITE_KEY,
-                        f"{prefix}_ENDPOINT": f"http://127.0.0.1:{proxies[name].port}/devstoreaccount1",
-                    }
-                )
+            env, remotes = rclone_remotes({name: proxies[name].port for name in links})
             with contextlib.ExitStack() as stack:
                 root = work / "rc-cold"
                 for name in links:
-                    remote = f"{name.upper().replace('-', '_')}:{name}"
-                    stack.enter_context(rclone_mount(remote, root / name, work / f"rc-{name}", env))
+                    stack.enter_context(
+                        rclone_mount(remotes[name], root / name, work / f"rc-{name}", env)
+                    )
                 _, rc_seconds = read_in_order(root, order, digests)
             results["cold two regions: rclone MB/s"] = total / rc_seconds / 1e6
     finally:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch.utils.data import DataLoader, Dataset
 
-from bench.fuse_read import rclone_mount
+from bench.fuse_read import rclone_mount, rclone_remotes
 from bench.report import print_table, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive.testing.mounts import start_mount
@@ -88,22 +88,11 @@ def ls_r(point: Path) -> float:
 def rclone_ls_r(work: Path, proxies: list[Any], results: dict[str, float]) -> None:
     """``ls -R`` over ``rclone mount`` of both containers (fresh mounts, so the first listing
     is rclone's first), first and again."""
-    env = {}
-    for r, proxy in zip(REGIONS, proxies, strict=True):
-        prefix = f"RCLONE_CONFIG_{r.upper().replace('-', '_')}"
-        env.update(
-            {
-                f"{prefix}_TYPE": "azureblob",
-                f"{prefix}_ACCOUNT": "devstoreaccount1",
-                f"{prefix}_KEY": AZURITE_KEY,
-                f"{prefix}_ENDPOINT": f"http://127.0.0.1:{proxy.port}/devstoreaccount1",
-            }
-        )
+    env, remotes = rclone_remotes({r: p.port for r, p in zip(REGIONS, proxies, strict=True)})
     with contextlib.ExitStack() as stack:
         root = work / "rc"
         for r in REGIONS:
-            remote = f"{r.upper().replace('-', '_')}:{r}"
-            stack.enter_context(rclone_mount(remote, root / r, work / f"rc-{r}", env))
+            stack.enter_context(rclone_mount(remotes[r], root / r, work / f"rc-{r}", env))
         results["rclone_ls_R_first_s"] = ls_r(root)
         results["rclone_ls_R_again_s"] = ls_r(root)
 
