@@ -42,20 +42,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch.utils.data import DataLoader, Dataset
 
+from bench.data import drop_caches
 from bench.fuse_read import rclone_mount, rclone_remotes
 from bench.report import print_table, write_json
 from warpdrive import WarpDrive, parse_config
+from warpdrive.admin import cache_counters
 from warpdrive.testing.mounts import start_mount
 from warpdrive.testing.servers import AZURITE_KEY, free_port, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
 from warpdrive_torch import FileDataset
 
 REGIONS = ("region-a", "region-b")
-
-
-def drop_page_cache() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 class Files(Dataset[bytes]):
@@ -98,7 +95,7 @@ def rclone_ls_r(work: Path, proxies: list[Any], results: dict[str, float]) -> No
 
 
 def rate(n: int, fn: Callable[[], Any]) -> float:
-    drop_page_cache()
+    drop_caches()
     started = time.perf_counter()
     fn()
     return n / (time.perf_counter() - started)
@@ -259,7 +256,7 @@ def main() -> int:
             return sum(len(s["jpeg"]) for batch in loader for s in batch)
 
         results["filedataset_cold"] = rate(n, epoch)
-        results["filedataset_cold_fetched"] = wd.index.counters()["bytes_fetched"] / total
+        results["filedataset_cold_fetched"] = cache_counters(wd.config)["bytes_fetched"] / total
         if not args.cold_only:
             time.sleep(2.5)
             results["filedataset_warm"] = rate(n, epoch)

@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import random
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -35,32 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import webdataset
 from torch.utils.data import DataLoader
 
+from bench.data import drop_caches, make_shard
 from bench.report import print_table, row, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive_torch import ShardDataset, register_webdataset
 
 MIB = 1 << 20
 SHARDS = 24
-SAMPLES = 100  # ~114 KB each: ~11.4 MB shards
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def make_shard(index: int) -> bytes:
-    rnd = random.Random(index)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for i in range(SAMPLES):
-            size = rnd.randrange(57_000, 171_000)
-            for ext, data in (("jpg", rnd.randbytes(size)), ("cls", b"%d" % rnd.randrange(10))):
-                info = tarfile.TarInfo(f"{index:06d}{i:05d}.{ext}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def read_all(paths: list[str], opener: Callable[[str], Any]) -> int:
@@ -263,13 +242,15 @@ def main() -> int:
             )
         print("\nWarm loaders, DataLoader with 2 workers (ratio: ours / baseline)")
         print_table(rows, ("case", "value", "baseline", "ratio"))
-    first = bench_first_batch_azure(work, shards, args.runs)
+    azure_first = bench_first_batch_azure(work, shards, args.runs)
     names = {"shard": "ShardDataset", "wds": "webdataset over warpdrive://"}
     rows = []
     for kind, name in names.items():
-        results[f"first batch, Azure backend, {name}: s"] = first[kind]
-        rows.append(row(name, first[kind], first["local"], "webdataset, local files", 2))
-    results["first batch, webdataset on local files: s"] = first["local"]
+        results[f"first batch, Azure backend, {name}: s"] = azure_first[kind]
+        rows.append(
+            row(name, azure_first[kind], azure_first["local"], "webdataset, local files", 2)
+        )
+    results["first batch, webdataset on local files: s"] = azure_first["local"]
     print("\nWarm, Azure backend (Azurite): seconds from making the dataset to the first batch")
     print_table(rows, ("case", "s", "baseline s", "ratio"))
     write_json(args.json, args, results)
