@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import re
 
 import pytest
@@ -136,6 +137,18 @@ def test_read_range_is_exact_and_refuses_another_version(any_store: Store) -> No
     any_store.put("r.bin", b"other" * 3000)
     with pytest.raises(ObjectChangedError):
         backend.read_range("r.bin", 0, 100, meta.etag)
+    wd.close()
+
+
+def test_read_range_of_a_name_that_needs_quoting(any_store: Store) -> None:
+    # Spaces, '+', '%' and non-ASCII go into request URLs quoted exactly once.
+    name = "odd names/a b+c%20\u00fc.bin"
+    payload = os.urandom(3000)
+    any_store.put(name, payload)
+    wd, backend = _backend(any_store)
+    meta = backend.stat(name)
+    assert backend.read_range(name, 0, len(payload), meta.etag) == payload
+    assert backend.read_range(name, 17, 2900, meta.etag) == payload[17:2900]
     wd.close()
 
 

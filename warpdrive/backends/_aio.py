@@ -2,7 +2,7 @@
 
 The async clients (adlfs/azure-storage-blob, s3fs/aiobotocore, gcsfs/aiohttp) all live on
 fsspec's IO thread. A worker thread submits a coroutine and blocks on its result; on timeout the
-coroutine is cancelled on the loop (``asyncio.wait_for``), not left running.
+coroutine is cancelled on the loop (``asyncio.timeout``), not left running.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def run(
     back through ``translate`` (the client's table), timeouts as TransientBackendError."""
 
     async def bounded() -> T:
-        return await asyncio.wait_for(coro_fn(), timeout)
+        async with asyncio.timeout(timeout):  # no second task, as wait_for makes
+            return await coro_fn()
 
     future = asyncio.run_coroutine_threadsafe(bounded(), loop())
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
 from warpdrive.backends import _aio
@@ -129,22 +129,44 @@ class AzureBlobClient(ObjectClient):
         return body
 
     def read_range(self, key: str, start: int, end: int, etag: str) -> bytes:
-        from azure.core import MatchConditions
-
+        """Bytes ``[start, end)`` of version ``etag`` (If-Match): one Get Blob request through
+        the container client's pipeline (its auth and transport). The SDK's ``download_blob``
+        built a new blob client (its pipeline and policies) and a stream downloader for every
+        call: 3 ms of CPU per 110 KB object here, which capped a cold epoch of small files at
+        ~160 objects/s on two cores; this path costs a fraction of it (docs/read-path.md)."""
+        if end <= start:
+            return b""
         blob = join_key(self.prefix, key)
 
         async def call() -> bytes:
-            stream = await self._container_client.get_blob_client(blob).download_blob(
-                offset=start,
-                length=end - start,
-                etag=f'"{etag}"',  # If-Match wants the quoted form
-                match_condition=MatchConditions.IfNotModified,
-                max_concurrency=1,
-                **_NO_SDK_RETRY,
+            from azure.core.exceptions import HttpResponseError
+            from azure.storage.blob._generated.operations._blob_operations import (
+                build_download_request,
             )
-            return bytes(await stream.readall())
+            from azure.storage.blob._shared.response_handlers import process_storage_error
 
-        return self._run(call, key)
+            generated = self._container_client._client
+            request = build_download_request(
+                url=self._blob_url(blob),
+                version=generated._config.version,
+                range=f"bytes={start}-{end - 1}",
+                if_match=f'"{etag}"',  # the quoted form
+            )
+            pipeline = generated._client._pipeline
+            # Streamed, then loaded here: not streamed, the pipeline would decode the body
+            response = (await pipeline.run(request, stream=True, **_NO_SDK_RETRY)).http_response
+            await response.load_body()
+            if response.status_code not in (200, 206):
+                process_storage_error(HttpResponseError(response=response))  # the SDK's error
+            body: bytes = response.body()
+            return body
+
+        data = self._run(call, key)
+        if len(data) != end - start:
+            raise BackendError(
+                f"{self.name}: {key!r}: asked for {end - start} bytes at {start}, got {len(data)}"
+            )
+        return data
 
     def write(self, key: str, chunks: Iterable[bytes]) -> None:
         """Staged blocks, committed at the end: nothing is visible until every chunk is in."""
@@ -180,6 +202,13 @@ class AzureBlobClient(ObjectClient):
             return False
 
         return self._run(call, blob)
+
+    def _blob_url(self, blob: str) -> str:
+        """The blob's URL: the container's, with the name quoted as the SDK quotes it (any
+        query string, a SAS token, kept after the path)."""
+        url = urlsplit(self._container_client._client._config.url)
+        path = f"{url.path.rstrip('/')}/{quote(blob, safe='~/')}"
+        return urlunsplit((url.scheme, url.netloc, path, url.query, ""))
 
     def _run(self, call: Callable[[], Coroutine[Any, Any, T]], subject: str) -> T:
         return _aio.run(call, self.timeout, lambda exc: self._translate(exc, subject))
