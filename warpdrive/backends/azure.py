@@ -206,7 +206,7 @@ class AzureBlobClient(ObjectClient):
     def _blob_url(self, blob: str) -> str:
         """The blob's URL: the container's, with the name quoted as the SDK quotes it (any
         query string, a SAS token, kept after the path)."""
-        url = urlsplit(self._container_client._client._config.url)
+        url = urlsplit(str(self._container_client._client._config.url))
         path = f"{url.path.rstrip('/')}/{quote(blob, safe='~/')}"
         return urlunsplit((url.scheme, url.netloc, path, url.query, ""))
 
