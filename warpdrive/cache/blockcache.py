@@ -24,6 +24,12 @@ bytes under an unchanged record within ``REVERIFY_AFTER``; a machine crash that 
 bytes but keeps their records is caught, since a new process verifies before trusting. A
 mismatch is a counted miss (``warpdrive_checksum_errors_total``) and a refetch.
 
+**The page cache.** Nothing here asks the kernel to read a cache file ahead
+(``POSIX_FADV_WILLNEED``): the kernel brings advised ranges in as single pages, which later hot
+reads copy about 1.5× slower than the large folios its own readahead makes for the reader, and
+competing with that readahead they made a warm read with the page cache dropped 0.72–0.81× local
+files instead of 0.95–1.00× (docs/read-path.md). A reader's own reads bring its bytes in.
+
 Last-access times, counters and the versions backends confirmed (stats and listings, for the
 offline staleness bound) are batched in memory and flushed to the index every couple of seconds
 by one background thread, so a cache hit costs index reads and no write.
@@ -126,18 +132,6 @@ class BlockCache:
             if file is None:
                 self.lost(obj)
         return file
-
-    def will_need(self, obj: ObjectVersion, start: int, end: int) -> None:
-        """Start reading ``[start, end)`` of the object's cache file into the page cache (a
-        reader is about to ask for it); returns once the disk reads are queued."""
-        file = self.store.open(obj.oid)
-        if file is not None:
-            try:
-                os.posix_fadvise(file.fd, start, end - start, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass  # advice only
-            finally:
-                file.close()
 
     def read_into(
         self, obj: ObjectVersion, file: ObjectFile, offset: int, dst: memoryview

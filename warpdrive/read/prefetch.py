@@ -371,8 +371,7 @@ class Prefetcher:
             for b in range(start // bs, (end - 1) // bs + 1)
             if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
         ]
-        if not blocks:  # cached: from disk into memory now, so the read finds it there (and
-            self.cache.will_need(obj, start, end)  # the mount serves it without a thread)
+        if not blocks:  # cached: the reader's own reads bring it in (see BlockCache's doc)
             return True
         while blocks and not self._closed:
             room = self.fetcher.background_room()

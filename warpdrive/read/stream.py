@@ -1,9 +1,8 @@
 """A stream: one open handle's reading of one object version (``handle → stream → blocks``).
 
-The stream owns what is per handle: the readahead state (``prefetch.Readahead``), the cursor of
-a sequential reader of a whole cached file and how far the kernel was asked to read it ahead, the
-reader (user and team) and what its reads found (hits, fetches, late prefetches, bytes). It asks
-the block source (``blocks.py``) for bytes and hears back, block by block, what each was; it
+The stream owns what is per handle: the readahead state (``prefetch.Readahead``), the reader
+(user and team) and what its reads found (hits, fetches, late prefetches, bytes). It asks the
+block source (``blocks.py``) for bytes and hears back, block by block, what each was; it
 tells the prefetcher about its reads. Nothing below it knows of handles.
 
 A whole cached file: once every block of the object is cached and verified, reads go straight to
@@ -14,12 +13,11 @@ every ``WHOLE_CHECK_EVERY`` reads.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
 from warpdrive.cache import ObjectFile, ObjectVersion
-from warpdrive.cache.store import in_memory, read_in_memory
+from warpdrive.cache.store import read_in_memory
 from warpdrive.read.blocks import BlockSource, CacheFile
 from warpdrive.read.prefetch import Prefetcher, Readahead
 
@@ -27,7 +25,6 @@ WHOLE_CHECK_EVERY = 16  # reads through the block source between looks for a who
 # Direct reads of a whole cache file counted in the metrics together (a Prometheus increment
 # takes a lock: two per read were a third of a hot read's own cost), and at close.
 COUNT_EVERY = 64
-DISK_AHEAD = 16 << 20  # bytes of a whole cache file read ahead of a sequential reader
 
 
 class Stream:
@@ -35,12 +32,10 @@ class Stream:
     counts are statistics, approximate under such concurrent reads. ``close`` is idempotent."""
 
     __slots__ = (
-        "_advised",
         "_blocks",
         "_clock",
         "_counted",
         "_file",
-        "_next",
         "_prefetcher",
         "_slow_reads",
         "_whole",
@@ -82,8 +77,6 @@ class Stream:
         # Set while every block is cached and verified: reads go straight to the cache file.
         self._whole: ObjectFile | None = None
         self._slow_reads = 0  # reads through the block source since the last look for it
-        self._next = 0  # where a sequential reader of the whole file reads next
-        self._advised = 0  # the kernel was asked to read the whole file ahead up to here
 
     # -- reads (the caller clamps to the object's size; n > 0) -----------------------------
 
@@ -205,9 +198,6 @@ class Stream:
                 counted[2] += n
                 if counted[0] >= COUNT_EVERY:
                     self._count_whole()
-                if offset == self._next:
-                    self._disk_ahead(whole, offset + n)
-                self._next = offset + n
                 return data
         self._whole = None
         self._count_whole()
@@ -226,19 +216,6 @@ class Stream:
             self._slow_reads = WHOLE_CHECK_EVERY - 1  # the next slow read does not look again
             self._whole = self._blocks.whole(self.obj, self._file)
         return self._whole
-
-    def _disk_ahead(self, whole: ObjectFile, end: int) -> None:
-        """Keep the next ``DISK_AHEAD`` bytes of a sequentially read file on their way into
-        memory: the kernel's own readahead (128 KiB by default) leaves a disk idle between
-        1 MiB reads. Asked once per half window, and only when not resident already."""
-        if end + DISK_AHEAD // 2 <= self._advised or end >= self.obj.size:
-            return
-        start = max(self._advised, end)
-        self._advised = start + DISK_AHEAD
-        last = min(self._advised, self.obj.size) - 1
-        if not in_memory(whole.fd, last):
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(whole.fd, start, DISK_AHEAD, os.POSIX_FADV_WILLNEED)
 
     def _after_slow_read(self) -> None:
         """Now and then, see whether the block source is still needed (every block cached and
