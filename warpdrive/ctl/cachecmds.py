@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -93,10 +94,22 @@ def evict_plan(wd: WarpDrive, admin: Admin, path: str, recursive: bool) -> Evict
 
 
 def evict(admin: Admin, plan: EvictPlan) -> dict[str, Any]:
-    """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints."""
-    cached = sum(rec.size for r in plan.found for _, rec in admin.index.iter_blocks(r.oid))
-    blocks = admin.evict([r.oid for r in plan.found])
-    return {"path": plan.path, "objects": len(plan.found), "blocks": blocks, "bytes": cached}
+    """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints. Objects open
+    with FUSE passthrough somewhere are pinned: skipped (one line each on stderr), never
+    evicted under the kernel's reads; the row counts only what went."""
+    cached = {r.oid: sum(rec.size for _, rec in admin.index.iter_blocks(r.oid)) for r in plan.found}
+    blocks, skipped = admin.evict_unpinned([r.oid for r in plan.found])
+    kept = set(skipped)
+    gone = [r for r in plan.found if r.oid not in kept]
+    for r in plan.found:
+        if r.oid in kept:
+            print(
+                f"warpdrive-ctl evict: {admin.path_of(r.backend, r.key)}: skipped, pinned "
+                "(open with passthrough); evict it again once closed",
+                file=sys.stderr,
+            )
+    nbytes = sum(cached[r.oid] for r in gone)
+    return {"path": plan.path, "objects": len(gone), "blocks": blocks, "bytes": nbytes}
 
 
 def _health_url(addr: str) -> str:
