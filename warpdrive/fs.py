@@ -18,6 +18,10 @@ mount. It needs no backend, and nothing of it is cached by the kernel (entry and
 timeouts 0, opened ``direct_io``): an open and a read of it reach this process or fail, which is
 what the health checks want to know (a stat may be answered from cached attributes).
 
+Passthrough: ``open(..., backing=True)`` gives the caller (the FUSE session, which registers it
+with the kernel) a descriptor of the object's cache file when the version is cached whole and
+verified; the object is pinned in the cache until ``release`` (``docs/read-path.md``).
+
 Locks: ``_lock`` guards the inode maps and the handle tables; no I/O runs under it. Reads run in
 parallel, several at once even on one handle (the kernel's readahead sends them so), since the
 reader's handles are thread-safe.

@@ -24,6 +24,13 @@ bytes under an unchanged record within ``REVERIFY_AFTER``; a machine crash that 
 bytes but keeps their records is caught, since a new process verifies before trusting. A
 mismatch is a counted miss (``warpdrive_checksum_errors_total``) and a refetch.
 
+**Passthrough** (:meth:`BlockCache.open_backing`): a whole object's cache file is handed out
+for the kernel to read directly, which this process then never verifies; so it is handed out
+only once every block is verified by this process (those that are not are verified then,
+read in long runs), and the object is pinned in the index (:mod:`warpdrive.cache.pins`) until
+:meth:`BlockCache.unpin`, so no process evicts a range the kernel may read. Pins are counted per
+process (every handle): only the first pin and the last unpin write to the index.
+
 Last-access times, counters and the versions backends confirmed (stats and listings, for the
 offline staleness bound) are batched in memory and flushed to the index every couple of seconds
 by one background thread, so a cache hit costs index reads and no write.

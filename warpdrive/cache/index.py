@@ -30,11 +30,12 @@ keep commits whose bytes the disk lost: every process verifies a block before it
 those are found and fetched again.
 
 Pins bend the size bound: eviction passes over pinned objects' blocks and frees others, so
-the cache exceeds ``max_size`` only when the pinned bytes alone pass the low watermark; it
-then holds at most the pinned bytes plus what the unpinned cache was allowed (each eviction
-cut short by pins is counted, ``pin_blocked`` in ``counters``). Only the checksum path
+the cache passes ``max_size`` only when the pinned bytes come within a block of it; it then
+holds the pinned bytes and the block being inserted, nothing else (each eviction cut short by
+pins is counted, ``pin_blocked`` in ``counters``). Only the checksum path
 (:meth:`CacheIndex.remove`) and a lost file (``evict_objects(force=True)``) drop a pinned
-object's blocks: their bytes are wrong or gone already.
+object's blocks: their bytes are wrong or gone already. (``pins`` came without a schema
+change, as it only adds: a WarpDrive older than it, sharing the cache, would not honour pins.)
 """
 
 from __future__ import annotations

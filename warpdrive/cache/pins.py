@@ -57,7 +57,9 @@ class Holders:
     """The pin holders of one cache (``<root>/pins``). Thread-safe; cheap to make."""
 
     def __init__(self, root: str) -> None:
-        self.dir = os.path.join(root, "pins")
+        # One name per directory, however it is spelt: two names would make two tokens in one
+        # process, and a process never sees its own POSIX locks (see ``alive``).
+        self.dir = os.path.realpath(os.path.join(root, "pins"))
 
     @property
     def lock(self) -> threading.RLock:
@@ -79,9 +81,9 @@ class Holders:
 
     def alive(self, token: bytes) -> bool:
         """Whether the holder ``token`` still lives (holds its lock)."""
-        mine = _mine.get(self.dir)
-        if mine is not None and mine[1] == token:
-            return True
+        pid = os.getpid()
+        if any(m[1] == token and m[0] == pid for m in _mine.values()):
+            return True  # ours: F_GETLK would not show our own lock
         try:
             fd = os.open(self._path(token), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
