@@ -240,6 +240,35 @@ def test_a_pinned_old_version_stays_until_released_then_goes(tmp_path: Path) -> 
     index.close()
 
 
+def test_a_new_version_leaves_the_pinned_old_one_readable_until_release(tmp_path: Path) -> None:
+    setup = _setup(tmp_path)
+    config = parse_config(
+        f"cache: {{path: {tmp_path / 'cache'}, block_size: 512KB, stale_ttl: 0,"
+        " readahead_blocks: 0, scan_prefetch: false}\n"
+        f"backends: [{{name: s, type: local, config: {{root: {tmp_path / 'src'}}}}}]\n",
+        env={},
+    )
+    old_data, new_data = setup.source["f.bin"], os.urandom(2 * BS + 7)
+    with WarpDrive(config, observers=[]) as wd:
+        fs = WarpDriveFS(wd)
+        assert wd.read("/s/f.bin") == old_data
+        old = wd.version("/s/f.bin")
+        opened = fs.open(_ino(fs, "f.bin"), os.O_RDONLY, backing=True)
+        assert opened.backing_fd is not None
+        (tmp_path / "src" / "f.bin").write_bytes(new_data)  # a new etag (size, mtime)
+        assert wd.read("/s/f.bin") == new_data  # cached as a new version, in a new file
+        index = wd._core.cache.index
+        assert index.newest("s", "f.bin").etag != old.etag  # type: ignore[union-attr]
+        assert _blocks(index, old) == [0, 1, 2, 3]  # pinned: kept
+        assert _pread_all(opened.backing_fd, len(old_data)) == old_data
+        os.close(opened.backing_fd)
+        fs.release(opened.fh)
+        assert index.object(old.oid) is None  # released: gone, as a new version makes it
+        assert _blocks(index, old) == []
+        assert wd._core.cache.store.open(old.oid) is None  # and its file
+        assert wd.read("/s/f.bin") == new_data
+
+
 # -- other processes ------------------------------------------------------------------------
 
 
