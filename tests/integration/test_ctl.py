@@ -67,6 +67,9 @@ FIELDS = {
         "bytes_served_cache",
         "bytes_served_backend",
         "bytes_fetched",
+        "pinned_objects",
+        "pinned_bytes",
+        "pin_blocked",
         "bytes_by_backend",
     },
     "status": {
@@ -958,6 +961,8 @@ def test_evict_skips_an_object_open_with_passthrough_and_says_so(
         ino = fs.lookup(fs.lookup(fs.lookup(ROOT_INODE, "src").ino, "p").ino, "a.bin").ino
         opened = fs.open(ino, os.O_RDONLY, backing=True)
         assert opened.backing_fd is not None
+        stats = ctl_json(config, "stats")
+        assert (stats["pinned_objects"], stats["pinned_bytes"]) == (1, len(data))
         done = ctl(config, "evict", "/src/p/a.bin", "--json")
         one_line(done, "/src/p/a.bin", "pinned")
         assert json.loads(done.stdout) == [

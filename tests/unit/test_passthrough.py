@@ -269,6 +269,27 @@ def test_a_new_version_leaves_the_pinned_old_one_readable_until_release(tmp_path
         assert wd.read("/s/f.bin") == new_data
 
 
+def test_with_the_pinned_bytes_past_the_watermark_everything_else_goes_and_it_is_counted(
+    tmp_path: Path,
+) -> None:
+    index = CacheIndex(str(tmp_path), 10 * BS, 0.9, 0.5)  # evicts past 9 blocks, down to 5
+    pinned = ObjectVersion("b", "pinned", "e1", 8 * BS, 0.0, BS)
+    other = ObjectVersion("b", "other", "e1", 8 * BS, 0.0, BS)
+    for i in range(8):
+        index.insert(pinned, i, i, BS, b"")
+    assert index.pin(pinned, index.holders.me())
+    for i in range(3):
+        index.insert(other, i, 10 + i, BS, b"")
+    assert _blocks(index, pinned) == list(range(8))
+    assert _blocks(index, other) == [2]  # all but the block just inserted
+    assert index.usage().bytes == 9 * BS  # over the watermark by what is pinned, never more
+    assert index.counters()["pin_blocked"] >= 1
+    assert index.unpin(pinned.oid, index.holders.me()) == []  # the newest version: stays
+    index.insert(other, 3, 13, BS, b"")
+    assert index.usage().bytes <= 5 * BS  # unpinned: evictable again
+    index.close()
+
+
 # -- other processes ------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ def stats(admin: Admin) -> dict[str, Any]:
     from_cache = counters.get("bytes_served_cache", 0)
     from_backend = counters.get("bytes_served_backend", 0)
     objects = sum(1 for _ in admin.index.iter_objects())
+    pinned = admin.index.pinned()
     return {
         "cache_path": admin.config.cache.path,
         "objects": objects,
@@ -52,6 +53,9 @@ def stats(admin: Admin) -> dict[str, Any]:
         "hint_hits": counters.get("hint_hits", 0),
         "loader_skipped": counters.get("loader_skipped", 0),
         "offline_served": counters.get("offline_served", 0),
+        "pinned_objects": len(pinned),
+        "pinned_bytes": sum(pinned.values()),
+        "pin_blocked": counters.get("pin_blocked", 0),
         "bytes_by_backend": {
             name: u.bytes for name, u in sorted(admin.index.backend_usage().items())
         },
