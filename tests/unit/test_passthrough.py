@@ -100,6 +100,17 @@ def test_a_whole_cached_object_opens_with_its_cache_file_and_a_partial_one_witho
         fs.release(opened.fh)
 
 
+def test_a_cache_that_cannot_record_pins_opens_without_a_backing_file(setup: Setup) -> None:
+    with WarpDrive(setup.config, observers=[]) as wd:
+        fs = WarpDriveFS(wd)
+        assert wd.read("/s/f.bin") == setup.source["f.bin"]
+        (setup.tmp / "cache" / "v2" / "pins").write_bytes(b"")  # no holder file can be made
+        opened = fs.open(_ino(fs, "f.bin"), os.O_RDONLY, backing=True)
+        assert opened.backing_fd is None  # served here instead; the open still works
+        assert fs.read(opened.fh, 0, 10) == setup.source["f.bin"][:10]
+        fs.release(opened.fh)
+
+
 def test_an_empty_object_opens_without_a_backing_file(setup: Setup) -> None:
     (setup.tmp / "src" / "empty.bin").write_bytes(b"")
     with WarpDrive(setup.config, observers=[]) as wd:

@@ -440,7 +440,12 @@ class BlockCache:
                 # block last) before the write, which may wait for another process's writer.
                 if not self.index.contains(obj.block_key(obj.nblocks - 1)):
                     return None
-                if not self.index.pin(obj, holders.me()):
+                try:
+                    token = holders.me()
+                except OSError as exc:  # passthrough is a speed-up: read in user space
+                    self._warn_once("pins", f"cannot pin cached objects: {exc}")
+                    return None
+                if not self.index.pin(obj, token):
                     return None
             holders.add(obj.oid, 1)
         answer: int | None = None
