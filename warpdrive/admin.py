@@ -79,7 +79,12 @@ class Admin:
     # -- changes ---------------------------------------------------------------------------
 
     def evict(self, oids: list[bytes]) -> int:
-        """Drop every cached block of these objects; how many blocks went."""
+        """Drop every cached block of these objects but pinned ones; how many blocks went."""
+        return self._block_cache.evict_objects(oids)[0]
+
+    def evict_unpinned(self, oids: list[bytes]) -> tuple[int, list[bytes]]:
+        """:meth:`evict`, and the oids it skipped: pinned, because a process has them open
+        with FUSE passthrough (the kernel reads their cache files); evict them once closed."""
         return self._block_cache.evict_objects(oids)
 
     def set_quota(self, quota: Quota) -> int:

@@ -18,6 +18,10 @@ mount. It needs no backend, and nothing of it is cached by the kernel (entry and
 timeouts 0, opened ``direct_io``): an open and a read of it reach this process or fail, which is
 what the health checks want to know (a stat may be answered from cached attributes).
 
+Passthrough: ``open(..., backing=True)`` gives the caller (the FUSE session, which registers it
+with the kernel) a descriptor of the object's cache file when the version is cached whole and
+verified; the object is pinned in the cache until ``release`` (``docs/read-path.md``).
+
 Locks: ``_lock`` guards the inode maps and the handle tables; no I/O runs under it. Reads run in
 parallel, several at once even on one handle (the kernel's readahead sends them so), since the
 reader's handles are thread-safe.
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from warpdrive.config import HEALTH_FILE
 from warpdrive.errors import InvalidPathError, NotFoundError, ReadOnlyError
 from warpdrive.read.namespace import FileInfo
-from warpdrive.read.reader import Handle, WarpDrive
+from warpdrive.read.reader import VERIFY_FIRST, Handle, WarpDrive
 
 ROOT_INODE = 1
 HEALTH_INODE = 2  # the health file's, reserved: paths get numbers from 3 on
@@ -57,6 +61,9 @@ class Opened:
     fh: int
     keep_cache: bool  # the kernel may keep the pages it cached for this inode
     direct_io: bool = False  # every read goes to this process (the health file)
+    # FUSE passthrough: a read-only descriptor of the object's cache file, the caller's to close
+    # (once registered with the kernel); the object stays pinned in the cache until release(fh)
+    backing_fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,20 +251,34 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, uid: int | None = None) -> Opened:
+    def open(self, ino: int, flags: int, uid: int | None = None, backing: bool = False) -> Opened:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
-        etag is the one the previous open saw; never for the health file, opened ``direct_io``)."""
-        opened = self._open(ino, flags, uid, False)
+        etag is the one the previous open saw; never for the health file, opened ``direct_io``).
+
+        ``backing``: the caller can have the kernel read the file itself (FUSE passthrough).
+        If the object version is cached whole and verified (blocks cached but not verified by
+        this process are verified now, one read of the cache file), ``backing_fd`` is a new
+        read-only descriptor of its cache file, the caller's to close, and the object is pinned
+        in the cache (no process evicts it) until :meth:`release`. Otherwise (not all cached,
+        a block failing verification, an empty object, the health file) ``backing_fd`` is
+        None and reads come here; a later open of the object, once cached whole, gets one."""
+        opened = self._open(ino, flags, uid, False, backing)
         assert opened is not None
         return opened
 
-    def open_cached(self, ino: int, flags: int, uid: int | None = None) -> Opened | None:
-        """:meth:`open` if it needs no backend call (the object's metadata is cached) and no
-        passwd/NSS lookup (LDAP on clusters); None otherwise, having done nothing."""
-        return self._open(ino, flags, uid, True)
+    def open_cached(
+        self, ino: int, flags: int, uid: int | None = None, backing: bool = False
+    ) -> Opened | None:
+        """:meth:`open` if it needs no backend call (the object's metadata is cached), no
+        passwd/NSS lookup (LDAP on clusters) and, with ``backing``, no disk read to verify the
+        cache file; None otherwise, having done nothing. (A first passthrough open of an object
+        in this process writes its pin to the cache index: a short LMDB write.)"""
+        return self._open(ino, flags, uid, True, backing)
 
-    def _open(self, ino: int, flags: int, uid: int | None, cached: bool) -> Opened | None:
+    def _open(
+        self, ino: int, flags: int, uid: int | None, cached: bool, backing: bool = False
+    ) -> Opened | None:
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
         if ino == HEALTH_INODE:
@@ -274,12 +295,22 @@ class WarpDriveFS:
         else:
             user, team = self.wd.user_and_team(uid)
             handle = self.wd.open_handle(path, team, user)
+        fd = None
+        if backing:
+            try:
+                fd = handle.backing_fd(verify=not cached)
+            except BaseException:
+                handle.close()
+                raise
+            if fd == VERIFY_FIRST:  # a thread's open will read the disk to verify
+                handle.close()
+                return None
         with self._lock:
             keep_cache = self._served_etag.get(ino) == handle.obj.etag
             self._served_etag[ino] = handle.obj.etag
             fh = next(self._next_fh)
             self._files[fh] = _OpenFile(ino, handle)
-        return Opened(fh, keep_cache)
+        return Opened(fh, keep_cache, backing_fd=fd)
 
     def read(self, fh: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         f = self._files.get(fh)

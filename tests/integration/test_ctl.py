@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.conftest import Store
+from warpdrive import WarpDrive, load_config
+from warpdrive.fs import ROOT_INODE, WarpDriveFS
 from warpdrive.teams import username
 from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import Server, free_port, start_wan_proxy
@@ -65,6 +67,9 @@ FIELDS = {
         "bytes_served_cache",
         "bytes_served_backend",
         "bytes_fetched",
+        "pinned_objects",
+        "pinned_bytes",
+        "pin_blocked",
         "bytes_by_backend",
     },
     "status": {
@@ -942,3 +947,29 @@ def test_warm_one_nodes_share_of_a_dataset(tmp_path: Path, local_store: Store) -
     ]:  # fmt: skip
         done = ctl(config, "warm", *args, expect=2)
         assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_evict_skips_an_object_open_with_passthrough_and_says_so(
+    tmp_path: Path, local_store: Store
+) -> None:
+    config, _, _ = write_config(tmp_path, local_store.backend_yaml)
+    data = os.urandom(600_000)
+    local_store.put("p/a.bin", data)
+    ctl(config, "warm", "/src/p/a.bin")
+    with WarpDrive(load_config(str(config)), observers=[]) as wd:  # the mount, in this process
+        fs = WarpDriveFS(wd)
+        ino = fs.lookup(fs.lookup(fs.lookup(ROOT_INODE, "src").ino, "p").ino, "a.bin").ino
+        opened = fs.open(ino, os.O_RDONLY, backing=True)
+        assert opened.backing_fd is not None
+        stats = ctl_json(config, "stats")
+        assert (stats["pinned_objects"], stats["pinned_bytes"]) == (1, len(data))
+        done = ctl(config, "evict", "/src/p/a.bin", "--json")
+        one_line(done, "/src/p/a.bin", "pinned")
+        assert json.loads(done.stdout) == [
+            {"path": "/src/p/a.bin", "objects": 0, "blocks": 0, "bytes": 0}
+        ]
+        assert os.pread(opened.backing_fd, len(data) + 1, 0) == data
+        os.close(opened.backing_fd)
+        fs.release(opened.fh)
+    rows = ctl_json(config, "evict", "/src/p/a.bin")  # closed: evicted as before
+    assert rows == [{"path": "/src/p/a.bin", "objects": 1, "blocks": 3, "bytes": len(data)}]

@@ -30,6 +30,13 @@ reads copy about 1.5× slower than the large folios its own readahead makes for 
 competing with that readahead they made a warm read with the page cache dropped 0.72–0.81× local
 files instead of 0.95–1.00× (docs/read-path.md). A reader's own reads bring its bytes in.
 
+**Passthrough** (:meth:`BlockCache.open_backing`): a whole object's cache file is handed out
+for the kernel to read directly, which this process then never verifies; so it is handed out
+only once every block is verified by this process (those that are not are verified then,
+read in long runs), and the object is pinned in the index (:mod:`warpdrive.cache.pins`) until
+:meth:`BlockCache.unpin`, so no process evicts a range the kernel may read. Pins are counted per
+process (every handle): only the first pin and the last unpin write to the index.
+
 Last-access times, counters and the versions backends confirmed (stats and listings, for the
 offline staleness bound) are batched in memory and flushed to the index every couple of seconds
 by one background thread, so a cache hit costs index reads and no write.
@@ -76,6 +83,8 @@ OLD_LAYOUTS = ("v1",)
 QUOTA_CHECK_ROUNDS = 15  # flush rounds between soft-quota checks (30 s at the default 2 s)
 REVERIFY_AFTER = 600.0  # seconds a process trusts a block it verified (same generation)
 MAX_VERIFIED = 1 << 20  # blocks remembered as verified (~100 bytes each), then forgotten
+VERIFY_RUN = 64 << 20  # bytes read at once when a passthrough open verifies a cache file
+VERIFY_FIRST = -1  # open_backing(verify=False): whole, but this process must verify it first
 
 
 class BlockCache:
@@ -311,7 +320,7 @@ class BlockCache:
             "cache file of %s:%s is missing: its blocks will be fetched again", obj.backend, obj.key
         )
         self.metrics.checksum_errors.inc()
-        self._free(self.index.evict_objects([obj.oid])[0])
+        self._free(self.index.evict_objects([obj.oid], force=True)[0])
 
     def put(
         self, obj: ObjectVersion, index: int, data: bytes | memoryview, team: str | None = None
@@ -399,12 +408,118 @@ class BlockCache:
     def usage(self) -> Usage:
         return self.index.usage()
 
-    def evict_objects(self, oids: list[bytes]) -> int:
-        """Drop every cached block of these objects (and their files); how many blocks went."""
-        dead, evicted = self.index.evict_objects(oids)
+    # -- passthrough: a whole object's cache file handed to the kernel, pinned -------------
+
+    def open_backing(self, obj: ObjectVersion, verify: bool = True) -> int | None:
+        """A new read-only descriptor of ``obj``'s cache file, the caller's to close, if every
+        block is cached and verified by this process; the object is then pinned (no process
+        evicts its blocks) until :meth:`unpin`. None otherwise, pinning nothing: zero-size
+        objects (no cache file: nothing to read), objects not cached whole, and those with a
+        block that fails verification (discarded and counted, as any read would: the caller
+        reads through user space, which fetches it again).
+
+        Blocks cached but not verified by this process are verified here, read in long runs
+        (which also puts them in the page cache the kernel's reads will use); with
+        ``verify=False`` that is not done, and the answer is :data:`VERIFY_FIRST` (nothing
+        pinned) — for callers that must not wait for the disk. Costs, warm (another handle of
+        this process pins the object, and nothing was evicted anywhere since it was found
+        whole): an ``open`` and an ``fstat``, no index access; the first pin in a process
+        adds one index write that reads every block's record."""
+        if obj.size == 0:
+            return None
+        holders = self.index.holders
+        with holders.lock:
+            if holders.count(obj.oid) == 0:
+                # Cheap refusal of objects being cached (sequential readers fill the last
+                # block last) before the write, which may wait for another process's writer.
+                if not self.index.contains(obj.block_key(obj.nblocks - 1)):
+                    return None
+                try:
+                    token = holders.me()
+                except OSError as exc:  # passthrough is a speed-up: read in user space
+                    self._warn_once("pins", f"cannot pin cached objects: {exc}")
+                    return None
+                if not self.index.pin(obj, token):
+                    return None
+            holders.add(obj.oid, 1)
+        answer: int | None = None
+        file = self.store.open(obj.oid)  # pinned: this is the file the index's blocks are in
+        try:
+            if file is not None:
+                if self.whole(obj, file):
+                    answer = file.fd
+                elif not verify:
+                    answer = VERIFY_FIRST
+                elif self._verify_whole(obj, file) and self.whole(obj, file):
+                    answer = file.fd
+        finally:
+            handed = answer is not None and answer >= 0
+            if file is not None:
+                if handed:
+                    file.fd = -1  # the caller's now
+                file.close()
+            if not handed:
+                self.unpin(obj)
+        return answer
+
+    def unpin(self, obj: ObjectVersion) -> None:
+        """Undo one :meth:`open_backing` that returned a descriptor."""
+        holders = self.index.holders
+        with holders.lock:
+            if holders.count(obj.oid) == 0 or holders.add(obj.oid, -1) > 0:
+                return
+            dead = self.index.unpin(obj.oid, holders.me())
+        self.metrics.cache_evictions.inc(len(dead))
+        self._free(dead)
+
+    def _verify_whole(self, obj: ObjectVersion, file: ObjectFile) -> bool:
+        """Verify every block of a pinned ``obj`` this process has not verified in ``file``:
+        runs of adjacent such blocks are read with one ``pread`` each (up to
+        ``VERIFY_RUN`` bytes). A block that fails is discarded (counted); False then."""
+        bs = obj.block_size
+        bkeys = [obj.block_key(i) for i in range(obj.nblocks)]
+        records = self.index.get_many(bkeys)
+        todo: list[int] = []
+        for index, rec in enumerate(records):
+            if rec is None or rec.size != obj.block_len(index):
+                return False  # cannot happen while pinned, but for a checksum failure elsewhere
+            if not self._is_verified(file, bkeys[index], rec.generation):
+                todo.append(index)
+        ok = True
+        start = 0
+        while start < len(todo):
+            end = start + 1  # a run: adjacent blocks, VERIFY_RUN bytes at most
+            while (
+                end < len(todo)
+                and todo[end] == todo[end - 1] + 1
+                and (todo[end] - todo[start] + 1) * bs <= VERIFY_RUN
+            ):
+                end += 1
+            first, last = todo[start], todo[end - 1]
+            length = last * bs + obj.block_len(last) - first * bs
+            try:
+                data = memoryview(os.pread(file.fd, length, first * bs))
+            except OSError:
+                data = memoryview(b"")
+            for index in todo[start:end]:
+                rec = records[index]
+                assert rec is not None
+                part = data[(index - first) * bs : (index - first) * bs + rec.size]
+                if len(part) == rec.size and verify(part, rec.sums):
+                    self._remember_verified(file.ino, bkeys[index], rec.generation)
+                else:
+                    self.discard(obj, index, rec.generation)
+                    ok = False
+            start = end
+        return ok
+
+    def evict_objects(self, oids: list[bytes]) -> tuple[int, list[bytes]]:
+        """Drop every cached block of these objects (and their files) but of those pinned
+        (open with passthrough somewhere): how many blocks went, and the oids skipped."""
+        dead, evicted, skipped = self.index.evict_objects(oids)
         self.metrics.cache_evictions.inc(evicted)
         self._free(dead)
-        return evicted
+        return evicted, skipped
 
     def set_quota(self, quota: Quota) -> int:
         """Store a quota; blocks evicted at once because the team was already over it."""
@@ -453,6 +568,7 @@ class BlockCache:
             else:
                 found.append(item)
         dropped, keep = self.index.reconcile({f.oid: f.size for f in found})
+        self.index.holders.sweep()  # lock files of pin holders that died
         removed = 0
         for path in strays + [f.path for f in found if f.oid not in keep]:
             try:
@@ -581,6 +697,7 @@ class BlockCache:
                 self.flush()
                 if rounds % QUOTA_CHECK_ROUNDS == 0:
                     self.check_quotas()
+                    self.check_pins()
             except Exception:  # keep flushing; a failed batch only costs LRU precision
                 log.exception("cache index flush failed")
 
@@ -610,12 +727,39 @@ class BlockCache:
                 )
             self._quota_states[key] = state
 
+    def check_pins(self) -> None:
+        """Log (at most once a minute) while the cache is over ``max_size`` because pinned
+        objects could not be evicted."""
+        used = self.index.usage().bytes
+        if used <= self.cfg.max_size:
+            return
+        pinned = self.index.pinned()
+        if pinned:
+            self._warn_once(
+                "pinned",
+                f"cache {self.root} holds {format_size(used)}, over its max_size of "
+                f"{format_size(self.cfg.max_size)}: {len(pinned)} objects "
+                f"({format_size(sum(pinned.values()))}) are pinned by open passthrough files "
+                "and cannot be evicted until they are closed",
+            )
+
     def _collect(self) -> Iterator[Metric]:
         usage = self.index.usage()
         yield GaugeMetricFamily(
             "warpdrive_cache_size_bytes", "Bytes of blocks in the cache", value=usage.bytes
         )
         yield GaugeMetricFamily("warpdrive_cache_blocks", "Blocks in the cache", value=usage.blocks)
+        pinned = self.index.pinned()
+        yield GaugeMetricFamily(
+            "warpdrive_cache_pinned_objects",
+            "Cached objects pinned (open with FUSE passthrough in some process): never evicted",
+            value=len(pinned),
+        )
+        yield GaugeMetricFamily(
+            "warpdrive_cache_pinned_bytes",
+            "Bytes of the pinned objects (the cache exceeds max_size only when these do)",
+            value=sum(pinned.values()),
+        )
         yield GaugeMetricFamily(
             "warpdrive_cache_utilization_ratio",
             "Cache size as a fraction of max_size",

@@ -11,6 +11,11 @@ Sub-databases (schema 2):
              or the fetch that cached it; a record without one was confirmed at ``cached_at``)
 ``names``    backend NUL key → oid of the newest version cached
 ``counters`` name → u64 (hits, misses, evictions, … summed over every process)
+``pins``     oid + holder token (8 bytes) → object size u64: the object is pinned by a live
+             holder (a process that handed the kernel its cache file, FUSE passthrough; see
+             :mod:`warpdrive.cache.pins`). No eviction — watermarks, quotas, a full disk,
+             ``warpdrive-ctl evict``, a new version of the name — drops a block of an object a
+             live holder pins; pins of dead holders are ignored and deleted where met
 ``usage``, ``teams``, ``quotas``: see :mod:`warpdrive.cache.accounts`
 
 Rules: a block is indexed only after its bytes are in its object file, so the index never names
@@ -23,6 +28,14 @@ processes; readers never block. Commits skip fsync (``sync=False``): a crash of 
 nothing; a crash of the machine may lose the last commits (those blocks are fetched again), or
 keep commits whose bytes the disk lost: every process verifies a block before it trusts it, so
 those are found and fetched again.
+
+Pins bend the size bound: eviction passes over pinned objects' blocks and frees others, so
+the cache passes ``max_size`` only when the pinned bytes come within a block of it; it then
+holds the pinned bytes and the block being inserted, nothing else (each eviction cut short by
+pins is counted, ``pin_blocked`` in ``counters``). Only the checksum path
+(:meth:`CacheIndex.remove`) and a lost file (``evict_objects(force=True)``) drop a pinned
+object's blocks: their bytes are wrong or gone already. (``pins`` came without a schema
+change, as it only adds: a WarpDrive older than it, sharing the cache, would not honour pins.)
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from warpdrive.cache.accounts import (
 )
 from warpdrive.cache.keys import OID_LEN, ObjectVersion, split_block_key
 from warpdrive.cache.lmdbenv import txn as _txn
+from warpdrive.cache.pins import Holders
 from warpdrive.perms import private_dir
 
 SCHEMA = b"2"
@@ -121,6 +135,8 @@ class CacheIndex:
         self.names = db[b"names"]
         self.counters_db = db[b"counters"]
         self.accounts = Accounts(db[b"usage"], db[b"teams"], db[b"quotas"])
+        self.pins = db[b"pins"]
+        self.holders = Holders(root)
         with _txn(self.env, write=True) as txn:
             schema = txn.get(b"schema", db=db[b"meta"])
             if schema is None:
@@ -365,18 +381,70 @@ class CacheIndex:
             evicted = self._evict(txn, nbytes, dead, keep=None)
         return dead, evicted
 
-    def evict_objects(self, oids: list[bytes]) -> tuple[Dead, int]:
-        """Drop every cached block of these objects (``warpdrive-ctl evict``, ``stale --evict``)."""
+    def evict_objects(
+        self, oids: list[bytes], force: bool = False
+    ) -> tuple[Dead, int, list[bytes]]:
+        """Drop every cached block of these objects (``warpdrive-ctl evict``, ``stale --evict``)
+        but of those a live holder pins (unless ``force``: their file is gone anyway). Returns
+        the ranges to free, how many blocks went, and the oids skipped as pinned."""
         dead: Dead = []
+        skipped: list[bytes] = []
         with _txn(self.env, write=True) as txn:
             for oid in oids:
                 value = txn.get(oid, db=self.objects)
                 if value is None:
                     continue
+                if not force and self._pinned(txn, oid, {}):
+                    skipped.append(oid)
+                    continue
                 self._drop_object_blocks(txn, oid, dead)
                 self._drop_object_if_empty(txn, oid)
             self._count_evictions(txn, len(dead))
-        return dead, len(dead)
+        return dead, len(dead), skipped
+
+    # -- pins (see the module doc and warpdrive.cache.pins) ----------------------------------
+
+    def pin(self, obj: ObjectVersion, holder: bytes) -> bool:
+        """Pin ``obj`` for ``holder`` if every block of it is cached (at its full length); else
+        False, having written nothing. Once this returns True no eviction drops its blocks
+        until :meth:`unpin`, and the blocks' records stay as they were read here."""
+        with _txn(self.env, write=True) as txn:
+            for index in range(obj.nblocks):
+                value = txn.get(obj.block_key(index), db=self.blocks)
+                if value is None or _REC.unpack_from(value)[1] != obj.block_len(index):
+                    return False
+            txn.put(obj.oid + holder, _U64.pack(obj.size), db=self.pins)
+        return True
+
+    def unpin(self, oid: bytes, holder: bytes) -> Dead:
+        """Drop ``holder``'s pin of ``oid``. A version no longer the newest of its name (a new
+        etag was cached while it was pinned) whom no live holder pins now goes, as it would
+        have when the new version came. Returns the ranges to free."""
+        dead: Dead = []
+        with _txn(self.env, write=True) as txn:
+            txn.delete(oid + holder, db=self.pins)
+            value = txn.get(oid, db=self.objects)
+            if value is None or self._pinned(txn, oid, {}):
+                return dead
+            record = _obj(oid, value)
+            if txn.get(_name_key(record.backend, record.key), db=self.names) != oid:
+                self._drop_object_blocks(txn, oid, dead)
+                self._drop_object_if_empty(txn, oid)
+                self._count_evictions(txn, len(dead))
+        return dead
+
+    def pinned(self) -> dict[bytes, int]:
+        """The objects live holders pin, oid → size (dead holders' pins are left to eviction
+        and reconcile to delete)."""
+        out: dict[bytes, int] = {}
+        alive: dict[bytes, bool] = {}
+        for key, value in self._scan(self.pins, b""):
+            token = key[OID_LEN:]
+            if token not in alive:
+                alive[token] = self.holders.alive(token)
+            if alive[token]:
+                out[key[:OID_LEN]] = _U64.unpack(value)[0]
+        return out
 
     def touch(self, accesses: Mapping[bytes, int]) -> None:
         """Record last-access times (ms), batched; moves only by whole seconds."""
@@ -468,6 +536,7 @@ class CacheIndex:
                     total[1] += 1
                 found = cursor.next()
             self._prune(txn)
+            self._prune_pins(txn)
             txn.drop(self.accounts.usage_db, delete=False)
             for key, (nbytes, nblocks) in totals.items():
                 txn.put(key, PAIR.pack(nbytes, nblocks), db=self.accounts.usage_db)
@@ -484,7 +553,12 @@ class CacheIndex:
     def _add_object(self, txn: lmdb.Transaction, obj: ObjectVersion, dead: Dead) -> None:
         name, now = _name_key(obj.backend, obj.key), time.time()
         previous = txn.get(name, db=self.names)
-        if previous is not None and previous != obj.oid:
+        # A pinned old version stays (the kernel reads its file) until its last unpin.
+        if (
+            previous is not None
+            and previous != obj.oid
+            and not self._pinned(txn, bytes(previous), {})
+        ):
             self._drop_object_blocks(txn, bytes(previous), dead)
             txn.delete(previous, db=self.objects)
         record = {
@@ -558,8 +632,10 @@ class CacheIndex:
     ) -> int:
         """Evict least recently used blocks (of one team, on one backend, when given) until
         ``nbytes`` are freed."""
-        freed = count = 0
+        freed = count = pinned_bytes = 0
         touched: set[bytes] = set()
+        pinned: dict[bytes, bool] = {}  # oid → pinned by a live holder (asked once per oid)
+        alive: dict[bytes, bool] = {}
         cursor = txn.cursor(db=self.lru)
         found = cursor.first()
         while found and freed < nbytes:
@@ -576,6 +652,13 @@ class CacheIndex:
             if backend is not None and owner != backend:
                 found = cursor.next()
                 continue
+            oid = bkey[:OID_LEN]
+            if oid not in pinned:
+                pinned[oid] = self._pinned(txn, oid, alive)
+            if pinned[oid]:
+                pinned_bytes += rec.size
+                found = cursor.next()
+                continue
             txn.delete(bkey, db=self.blocks)
             found = _delete(cursor)
             team = self.accounts.team_name(txn, rec.team_id)
@@ -587,13 +670,33 @@ class CacheIndex:
         for oid in touched:
             self._drop_object_if_empty(txn, oid)
         self._count_evictions(txn, count)
+        if freed < nbytes and pinned_bytes:
+            self._count(txn, b"pin_blocked", 1)
         return count
 
+    def _pinned(self, txn: lmdb.Transaction, oid: bytes, alive: dict[bytes, bool]) -> bool:
+        """Whether a live holder pins ``oid`` (``alive``: holders asked about already, by
+        token); pins of dead holders met on the way are deleted (write transactions only)."""
+        cursor = txn.cursor(db=self.pins)
+        found = cursor.set_range(oid)
+        while found and bytes(cursor.key()).startswith(oid):
+            token = bytes(cursor.key())[OID_LEN:]
+            if token not in alive:
+                alive[token] = self.holders.alive(token)
+            if alive[token]:
+                return True
+            found = _delete(cursor)  # a dead holder's: stale
+            self.holders.forget(token)
+        return False
+
     def _count_evictions(self, txn: lmdb.Transaction, count: int) -> None:
-        if count:
-            value = txn.get(b"evictions", db=self.counters_db)
-            total = (_U64.unpack(value)[0] if value else 0) + count
-            txn.put(b"evictions", _U64.pack(total), db=self.counters_db)
+        self._count(txn, b"evictions", count)
+
+    def _count(self, txn: lmdb.Transaction, name: bytes, delta: int) -> None:
+        if delta:
+            value = txn.get(name, db=self.counters_db)
+            total = (_U64.unpack(value)[0] if value else 0) + delta
+            txn.put(name, _U64.pack(total), db=self.counters_db)
 
     def _drop_object_if_empty(self, txn: lmdb.Transaction, oid: bytes) -> None:
         cursor = txn.cursor(db=self.blocks)
@@ -627,6 +730,21 @@ class CacheIndex:
                 found = _delete(names)
             else:
                 found = names.next()
+
+    def _prune_pins(self, txn: lmdb.Transaction) -> None:
+        """Drop pins of dead holders or of objects no longer cached."""
+        alive: dict[bytes, bool] = {}
+        cursor = txn.cursor(db=self.pins)
+        found = cursor.first()
+        while found:
+            key = bytes(cursor.key())
+            token = key[OID_LEN:]
+            if token not in alive:
+                alive[token] = self.holders.alive(token)
+            if alive[token] and txn.get(key[:OID_LEN], db=self.objects) is not None:
+                found = cursor.next()
+            else:
+                found = _delete(cursor)
 
     def _owner(self, txn: lmdb.Transaction, oid: bytes) -> tuple[str, int]:
         """(backend, block size) of a cached object."""

@@ -35,6 +35,7 @@ DB_NAMES = (
     b"meta",
     b"teams",
     b"quotas",
+    b"pins",
 )
 
 _envs: dict[str, tuple[lmdb.Environment, int]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +29,7 @@ def stats(admin: Admin) -> dict[str, Any]:
     from_cache = counters.get("bytes_served_cache", 0)
     from_backend = counters.get("bytes_served_backend", 0)
     objects = sum(1 for _ in admin.index.iter_objects())
+    pinned = admin.index.pinned()
     return {
         "cache_path": admin.config.cache.path,
         "objects": objects,
@@ -51,6 +53,9 @@ def stats(admin: Admin) -> dict[str, Any]:
         "hint_hits": counters.get("hint_hits", 0),
         "loader_skipped": counters.get("loader_skipped", 0),
         "offline_served": counters.get("offline_served", 0),
+        "pinned_objects": len(pinned),
+        "pinned_bytes": sum(pinned.values()),
+        "pin_blocked": counters.get("pin_blocked", 0),
         "bytes_by_backend": {
             name: u.bytes for name, u in sorted(admin.index.backend_usage().items())
         },
@@ -93,10 +98,22 @@ def evict_plan(wd: WarpDrive, admin: Admin, path: str, recursive: bool) -> Evict
 
 
 def evict(admin: Admin, plan: EvictPlan) -> dict[str, Any]:
-    """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints."""
-    cached = sum(rec.size for r in plan.found for _, rec in admin.index.iter_blocks(r.oid))
-    blocks = admin.evict([r.oid for r in plan.found])
-    return {"path": plan.path, "objects": len(plan.found), "blocks": blocks, "bytes": cached}
+    """Drop the cached blocks of what ``plan`` found; the row ``evict`` prints. Objects open
+    with FUSE passthrough somewhere are pinned: skipped (one line each on stderr), never
+    evicted under the kernel's reads; the row counts only what went."""
+    cached = {r.oid: sum(rec.size for _, rec in admin.index.iter_blocks(r.oid)) for r in plan.found}
+    blocks, skipped = admin.evict_unpinned([r.oid for r in plan.found])
+    kept = set(skipped)
+    gone = [r for r in plan.found if r.oid not in kept]
+    for r in plan.found:
+        if r.oid in kept:
+            print(
+                f"warpdrive-ctl evict: {admin.path_of(r.backend, r.key)}: skipped, pinned "
+                "(open with passthrough); evict it again once closed",
+                file=sys.stderr,
+            )
+    nbytes = sum(cached[r.oid] for r in gone)
+    return {"path": plan.path, "objects": len(gone), "blocks": blocks, "bytes": nbytes}
 
 
 def _health_url(addr: str) -> str:

@@ -410,8 +410,12 @@ def cmd_stale(args: argparse.Namespace, wd: WarpDrive, admin: Admin) -> int:
     finally:
         store.close()
     if args.evict:
-        evicted = admin.evict([r["oid"] for r in rows if r["oid"] is not None])
-        print(f"warpdrive-ctl stale: evicted {evicted} cached blocks", file=sys.stderr)
+        evicted, skipped = admin.evict_unpinned([r["oid"] for r in rows if r["oid"] is not None])
+        pinned = f" ({len(skipped)} objects skipped: pinned, open with passthrough)"
+        print(
+            f"warpdrive-ctl stale: evicted {evicted} cached blocks{pinned if skipped else ''}",
+            file=sys.stderr,
+        )
     columns = [
         "path",
         "size",

@@ -179,6 +179,15 @@ class BlockSource:
             return opened
         return None
 
+    def open_backing(self, obj: ObjectVersion, verify: bool = True) -> int | None:
+        """A descriptor of ``obj``'s cache file for the kernel to read (FUSE passthrough), the
+        object pinned until :meth:`unpin`, if it is cached whole and verified; else None (see
+        ``BlockCache.open_backing``, also for ``verify=False``)."""
+        return self.cache.open_backing(obj, verify)
+
+    def unpin(self, obj: ObjectVersion) -> None:
+        self.cache.unpin(obj)
+
     @property
     def clock(self) -> Callable[[], int]:
         """The eviction clock's reading (it moves whenever anything leaves the cache)."""

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
 from warpdrive.cache import BlockCache, ObjectRecord, ObjectVersion, Usage
+from warpdrive.cache.blockcache import VERIFY_FIRST as VERIFY_FIRST
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.metrics import Metrics
@@ -315,6 +316,16 @@ class Handle(io.RawIOBase):
             return 0
         self._stream.read_into(offset, dst[:n])
         return n
+
+    def backing_fd(self, verify: bool = True) -> int | None:
+        """A new read-only descriptor of this version's cache file, the caller's to close, for
+        the kernel to read the object itself (FUSE passthrough), if it is cached whole and
+        verified; it stays pinned in the cache (no process evicts it) until this handle closes.
+        None: read through this handle. ``verify=False``: never read the disk to verify blocks
+        this process has not verified yet; :data:`VERIFY_FIRST` when that would be needed."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        return self._stream.backing(verify)
 
     @property
     def bytes_read(self) -> int:

@@ -36,6 +36,7 @@ class Stream:
         "_clock",
         "_counted",
         "_file",
+        "_pins",
         "_prefetcher",
         "_slow_reads",
         "_whole",
@@ -77,6 +78,7 @@ class Stream:
         # Set while every block is cached and verified: reads go straight to the cache file.
         self._whole: ObjectFile | None = None
         self._slow_reads = 0  # reads through the block source since the last look for it
+        self._pins = 0  # descriptors handed out by backing(): the object is pinned till close
 
     # -- reads (the caller clamps to the object's size; n > 0) -----------------------------
 
@@ -122,12 +124,25 @@ class Stream:
         self.bytes_read += n
         self._after_slow_read()
 
+    def backing(self, verify: bool = True) -> int | None:
+        """A descriptor of the object's cache file for the kernel to read (FUSE passthrough),
+        the caller's to close, if the object is cached whole and verified; the object stays
+        pinned until this stream closes. None: read through this stream. ``verify=False``:
+        ``VERIFY_FIRST`` instead of reading the disk to verify (see ``BlockCache.open_backing``)."""
+        fd = self._blocks.open_backing(self.obj, verify)
+        if fd is not None and fd >= 0:
+            self._pins += 1
+        return fd
+
     def close(self) -> None:
         self._count_whole()
         self._whole = None
         self._file.close()
         if self.ra is not None:
             self._prefetcher.release(self.ra)
+        pins, self._pins = self._pins, 0
+        for _ in range(pins):
+            self._blocks.unpin(self.obj)
 
     # -- what the block source reports (blocks.BlockReport) ---------------------------------
 
