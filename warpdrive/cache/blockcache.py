@@ -309,6 +309,11 @@ class BlockCache:
     def contains(self, obj: ObjectVersion, index: int) -> bool:
         return self.index.contains(obj.block_key(index))
 
+    def missing(self, obj: ObjectVersion, indices: range) -> list[int]:
+        """Those of ``indices`` whose blocks are not cached (one index read for all)."""
+        present = self.index.contains_many([obj.block_key(i) for i in indices])
+        return [i for i, here in zip(indices, present, strict=True) if not here]
+
     def discard(self, obj: ObjectVersion, index: int, generation: int | None = None) -> None:
         """Forget a block that failed verification; the next read refetches it."""
         self.metrics.checksum_errors.inc()

@@ -171,6 +171,11 @@ class CacheIndex:
         with _txn(self.env, db=self.blocks) as txn:
             return txn.get(bkey) is not None
 
+    def contains_many(self, bkeys: list[bytes]) -> list[bool]:
+        """Whether each block is cached, as of one moment (one read transaction)."""
+        with _txn(self.env, db=self.blocks) as txn:
+            return [txn.get(bkey) is not None for bkey in bkeys]
+
     def usage(self, backend: str | None = None) -> Usage:
         key = ALL if backend is None else backend.encode()
         with _txn(self.env) as txn:

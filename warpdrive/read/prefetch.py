@@ -77,6 +77,10 @@ class ReadPattern(Enum):
     RANDOM = "random"
 
 
+def _name(info: FileInfo) -> str:
+    return info.name
+
+
 class Readahead:
     """The sequential detector of one open handle. ``lock`` guards every field: the kernel may
     send several reads of one handle at once."""
@@ -305,9 +309,8 @@ class Prefetcher:
         was_at, done, warm = self._scan_ahead.get(directory, ("", "", False))
         if after < was_at:
             done = ""  # the reader started over: a new pass over the directory
-        names = [info.name for info in entries]
         ahead = 0
-        for info in entries[bisect.bisect_right(names, after) :]:
+        for info in entries[bisect.bisect_right(entries, after, key=_name) :]:
             if info.is_dir:
                 continue
             if ahead and ahead + info.size > (WARM_AHEAD if warm else budget):
@@ -366,13 +369,10 @@ class Prefetcher:
         if end <= start:
             return True
         bs = obj.block_size
-        blocks = [
-            b
-            for b in range(start // bs, (end - 1) // bs + 1)
-            if not self.fetcher.in_flight(obj, b) and not self.cache.contains(obj, b)
-        ]
-        if not blocks:  # cached: the reader's own reads bring it in (see BlockCache's doc)
+        missing = self.cache.missing(obj, range(start // bs, (end - 1) // bs + 1))
+        if not missing:  # cached: the reader's own reads bring it in (see BlockCache's doc)
             return True
+        blocks = [b for b in missing if not self.fetcher.in_flight(obj, b)]
         while blocks and not self._closed:
             room = self.fetcher.background_room()
             if room == 0:
