@@ -57,6 +57,11 @@ class Opened:
     fh: int
     keep_cache: bool  # the kernel may keep the pages it cached for this inode
     direct_io: bool = False  # every read goes to this process (the health file)
+    # Asked for with ``open(..., backing=True)``: an O_RDONLY descriptor of the object's cache
+    # file when the object is fully cached and verified (the kernel then reads it itself:
+    # passthrough); its ownership passes to the caller, and the object stays pinned until
+    # ``release(fh)``. None: serve reads through ``read``.
+    backing_fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,15 +249,21 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, uid: int | None = None) -> Opened:
+    def open(
+        self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
+    ) -> Opened:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
-        etag is the one the previous open saw; never for the health file, opened ``direct_io``)."""
+        etag is the one the previous open saw; never for the health file, opened ``direct_io``).
+        ``backing``: the caller can take :attr:`Opened.backing_fd` (passthrough; not provided
+        yet: always None)."""
         opened = self._open(ino, flags, uid, False)
         assert opened is not None
         return opened
 
-    def open_cached(self, ino: int, flags: int, uid: int | None = None) -> Opened | None:
+    def open_cached(
+        self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
+    ) -> Opened | None:
         """:meth:`open` if it needs no backend call (the object's metadata is cached) and no
         passwd/NSS lookup (LDAP on clusters); None otherwise, having done nothing."""
         return self._open(ino, flags, uid, True)
