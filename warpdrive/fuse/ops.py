@@ -203,9 +203,8 @@ class Operations:
         if opcode == p.OPENDIR:
             self.fs.releasedir(fh)
             return
-        if self.backings is not None:
-            self.backings.release(fd, fh)
-        self.fs.release(fh)
+        for ready in [fh] if self.backings is None else self.backings.release(fd, fh):
+            self.fs.release(ready)
 
     def _enosys(self, nodeid: int, uid: int, args: memoryview, fd: int) -> Parts:
         raise FuseError(errno.ENOSYS)
@@ -329,9 +328,8 @@ class Operations:
 
     def _release(self, nodeid: int, uid: int, args: memoryview, fd: int) -> Parts:
         fh = p.RELEASE_IN.unpack_from(args)[0]
-        try:
-            if self.backings is not None:
-                self.backings.release(fd, fh)
-        finally:
-            self.fs.release(fh)  # closes a descriptor, adds to the access records
+        # The core closes a descriptor and adds to the access records (and unpins an object
+        # read through passthrough: that waits while its inode's backing file is in use).
+        for ready in [fh] if self.backings is None else self.backings.release(fd, fh):
+            self.fs.release(ready)
         return ()

@@ -2,15 +2,23 @@
 
 An open answered ``FOPEN_PASSTHROUGH`` with a backing id (``FUSE_DEV_IOC_BACKING_OPEN`` on a
 descriptor of the object's cache file) makes the kernel read that file itself: no READ reaches
-this process. The kernel holds each inode in one io mode at a time (``fs/fuse/iomode.c``): while
-a file of the inode is open in passthrough, every other open of it must be passthrough with the
-*same* backing file, and while one is open in cached (page cache) mode, none may be passthrough;
-an open that breaks this fails with EIO in the application. So the backing id is kept per inode
-and shared by its passthrough opens (closed, ``FUSE_DEV_IOC_BACKING_CLOSE``, when the last is
-released), and an open that cannot follow the inode's mode is served in user space with
-``FOPEN_DIRECT_IO`` (direct-io opens take no part in the kernel's io modes): a passthrough
-inode whose new open has no backing file, or another one (a new version of the object), and a
-backing file offered while the inode is open in cached mode is not used (cached mode follows).
+this process. The kernel holds each inode in one io mode at a time (``fs/fuse/iomode.c``), and
+an open that breaks it fails with EIO in the application (measured on 6.18): while a file of
+the inode is open in passthrough, every other open of it must be passthrough on the *same*
+backing file (even a direct-io one); while one is open in cached (page cache) mode, none may be
+passthrough. So:
+
+* the backing id is kept per inode and shared by all its passthrough opens; it is closed
+  (``FUSE_DEV_IOC_BACKING_CLOSE``) when the last of them is released;
+* a new open of an inode in passthrough uses that backing file whatever the core offered (none,
+  or another one: a new version of the object reaches readers once every handle of the old one
+  is closed, as a version is never mixed within one handle);
+* and the core's release of those handles (which unpins the object whose cache file is read)
+  waits until the inode's last passthrough open is released;
+* a backing file offered while the inode is open in cached mode is not used.
+
+A passthrough open is answered without ``FOPEN_KEEP_CACHE`` (the FUSE inode's page cache plays
+no part, the backing file's does): with it, the kernel failed the open with EIO (measured).
 
 Our counts are updated when we answer OPEN and RELEASE; the kernel ends a file's mode before it
 sends RELEASE, so what we count is always a superset of what the kernel holds, and a decision
@@ -45,13 +53,13 @@ log = logging.getLogger(__name__)
 
 
 class _Inode:
-    __slots__ = ("backing_id", "cached", "file", "passthrough")
+    __slots__ = ("backing_id", "cached", "held", "passthrough")
 
     def __init__(self) -> None:
         self.cached = 0  # our open handles in cached (user-space) mode
         self.passthrough = 0  # our open handles in passthrough, all on backing_id
         self.backing_id = 0
-        self.file: tuple[int, int] | None = None  # (st_dev, st_ino) of the backing file
+        self.held: list[int] = []  # released passthrough handles whose core release waits
 
 
 class Backings:
@@ -68,20 +76,15 @@ class Backings:
     ) -> tuple[int, int]:
         """(open_flags, backing_id) for the OPEN reply of ``fh`` on ``ino``; takes
         ``backing_fd`` (closed here whatever happens)."""
-        if flags & FOPEN_DIRECT_IO:  # outside the kernel's io modes (the health file)
-            if backing_fd is not None:
-                os.close(backing_fd)
-            return flags, 0
         try:
-            file = _identity(backing_fd)
+            if flags & FOPEN_DIRECT_IO:  # the health file: never passthrough
+                return flags, 0
             with self._lock:
                 node = self._inodes.setdefault(ino, _Inode())
                 if node.passthrough:
-                    use = file is not None and file == node.file
-                    if not use:  # in passthrough on another file (or we have none): not counted
-                        return (flags & ~FOPEN_KEEP_CACHE) | FOPEN_DIRECT_IO, 0
-                elif backing_fd is not None and file is not None and not node.cached:
-                    use = self._backing_open_locked(devfd, backing_fd, node, file)
+                    use = True
+                elif backing_fd is not None and not node.cached:
+                    use = self._backing_open_locked(devfd, backing_fd, node)
                 else:
                     use = False
                 if use:
@@ -96,11 +99,9 @@ class Backings:
         if not use:
             return flags, 0
         self.opens.inc()
-        return flags | FOPEN_PASSTHROUGH, backing_id
+        return (flags & ~FOPEN_KEEP_CACHE) | FOPEN_PASSTHROUGH, backing_id
 
-    def _backing_open_locked(
-        self, devfd: int, backing_fd: int, node: _Inode, file: tuple[int, int]
-    ) -> bool:
+    def _backing_open_locked(self, devfd: int, backing_fd: int, node: _Inode) -> bool:
         if self._refused:
             return False
         arg = bytearray(BACKING_MAP.pack(backing_fd, 0, 0))
@@ -116,35 +117,32 @@ class Backings:
                     exc.strerror,
                 )
             return False
-        node.file = file
         return True
 
-    def release(self, devfd: int, fh: int) -> None:
-        """``fh`` was released (or its OPEN reply never reached the kernel)."""
+    def release(self, devfd: int, fh: int) -> list[int]:
+        """``fh`` was released (or its OPEN reply never reached the kernel): the handles the
+        core may release now (``fh``, none while its inode stays in passthrough, or all the
+        inode's held ones with the last)."""
         with self._lock:
             entry = self._fhs.pop(fh, None)
             if entry is None:
-                return
+                return [fh]
             ino, passthrough = entry
             node = self._inodes[ino]
+            ready = [fh]
             if passthrough:
                 node.passthrough -= 1
-                if not node.passthrough:
+                if node.passthrough:
+                    node.held.append(fh)
+                    ready = []
+                else:
                     arg = struct.pack("<I", node.backing_id)
                     with contextlib.suppress(OSError):  # gone with the connection
                         fcntl.ioctl(devfd, DEV_IOC_BACKING_CLOSE, arg)
-                    node.backing_id, node.file = 0, None
+                    ready += node.held
+                    node.backing_id, node.held = 0, []
             else:
                 node.cached -= 1
             if not node.passthrough and not node.cached:
                 del self._inodes[ino]
-
-
-def _identity(fd: int | None) -> tuple[int, int] | None:
-    if fd is None:
-        return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+            return ready
