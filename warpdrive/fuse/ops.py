@@ -73,6 +73,7 @@ _OPERATIONS = (
     "write",
 )
 
+_NO_REPLY = frozenset((p.FORGET, p.BATCH_FORGET, p.INTERRUPT, p.NOTIFY_REPLY))
 Parts = Sequence[Any]  # buffers of a reply after its header (bytes, bytearray, memoryview)
 Handler = Callable[[int, int, memoryview, int], Parts | None]  # nodeid, uid, args, fd
 
@@ -186,6 +187,8 @@ class Operations:
             histogram.observe(time.perf_counter() - started)
             if code:
                 self.metrics.fuse_errors.labels(operation, errno.errorcode.get(code, "EIO")).inc()
+        if opcode in _NO_REPLY:  # the kernel waits for no answer, even to a failure
+            return
         try:
             if code:
                 send(fd, unique, (), code)
