@@ -195,3 +195,29 @@ def test_requests_run_on_several_threads(
         wd.close()
     assert find_mount(str(point)) is None
     assert not session.serving, "every thread ended with the unmount"
+
+
+def test_fusermount_mounts_and_unmounts(
+    local_store: Store, tmp_path: Path, files: dict[str, bytes]
+) -> None:
+    """The path users without CAP_SYS_ADMIN take (fusermount3 mounts and passes the descriptor
+    back over _FUSE_COMMFD; ``fusermount3 -u -z`` unmounts), taken here as root."""
+    wd = local_store.reader()
+    fs = WarpDriveFS(wd)
+    ops = Operations(fs, wd.metrics, 1.0, 1.0, threads=2, passthrough=False)
+    point = tmp_path / "wd"
+    point.mkdir()
+    session = Session(ops, str(point), threads=2)
+    session.mount(fusermount=True)
+    try:
+        entry = find_mount(str(point))
+        assert entry is not None and entry.fstype == "fuse.warpdrive"
+        session.start()
+        key, data = next(iter(files.items()))
+        assert (point / "src" / key).read_bytes() == data
+    finally:
+        session.close()
+        fs.close()
+        wd.close()
+    assert find_mount(str(point)) is None
+    assert not session.serving

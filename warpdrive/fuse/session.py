@@ -49,9 +49,14 @@ class Session:
         self._done = threading.Event()  # stop() called, or every thread ended
         self._closed = False
 
-    def mount(self) -> None:
-        """Mount at ``mount_point`` (``devfuse.FuseMountError`` when refused)."""
-        self.fd, self._fusermount = devfuse.mount(self.mount_point, self.allow_other)
+    def mount(self, fusermount: bool = False) -> None:
+        """Mount at ``mount_point`` (``devfuse.FuseMountError`` when refused); ``fusermount``:
+        through fusermount3 even as root (what other users get; for tests)."""
+        if fusermount:
+            self.fd = devfuse.mount_fusermount(self.mount_point, self.allow_other)
+            self._fusermount = True
+        else:
+            self.fd, self._fusermount = devfuse.mount(self.mount_point, self.allow_other)
 
     def start(self) -> None:
         """Start the worker threads: the first answers INIT, on the session's descriptor."""
