@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["MountEntry", "MountError", "find_mount", "main", "mounts", "probe_mount", "serve"]
 log = logging.getLogger("warpdrive.mount")
 MIN_READ_AHEAD_KB = 1024
-# The FUSE loop shares the GIL with background threads (listing parsers, prefetch, fetchers):
-# each system call it makes lets one of them run, and at Python's default switch interval
+# The FUSE threads share the GIL with background threads (listing parsers, prefetch, fetchers):
+# each system call one makes lets another run, and at Python's default switch interval
 # (5 ms) getting the GIL back can cost more than a small file's whole read. 0.5 ms bounds it.
 SWITCH_INTERVAL = 0.0005
 

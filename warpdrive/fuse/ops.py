@@ -318,9 +318,13 @@ class Operations:
         )
         backing_id = 0
         if backings is not None:
-            open_flags, backing_id = backings.open(
-                fd, nodeid, opened.fh, open_flags, opened.backing_fd
-            )
+            try:
+                open_flags, backing_id = backings.open(
+                    fd, nodeid, opened.fh, open_flags, opened.backing_fd
+                )
+            except BaseException:
+                self.fs.release(opened.fh)  # the error reply leaves no handle to release
+                raise
         elif opened.backing_fd is not None:
             os.close(opened.backing_fd)
         return (p.open_out(opened.fh, open_flags, backing_id),)

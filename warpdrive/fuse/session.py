@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import threading
+import time
 
 from warpdrive.fuse import devfuse
 from warpdrive.fuse.ops import BUFFER_SIZE, Operations
@@ -97,8 +98,9 @@ class Session:
         self._stopping = True
         if self.fd is not None and unmount:
             devfuse.unmount(self.mount_point, self._fusermount)
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for thread, _ in self._workers:
-            thread.join(JOIN_TIMEOUT / len(self._workers))
+            thread.join(max(0.0, deadline - time.monotonic()))
         ended = [fd for thread, fd in self._workers if not thread.is_alive()]
         if len(ended) == len(self._workers):
             for fd in ended:
