@@ -21,7 +21,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
 
 log "Packages: fuse3, Python venv"
 $SUDO apt-get update -y -q
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 libfuse3-dev pkg-config \
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3 \
   python3-venv python3-dev build-essential
 
 log "Python venv $VENV_DIR with WarpDrive from $REPO_DIR"

@@ -13,8 +13,8 @@ TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
-APT_PACKAGES="fuse3 libfuse3-dev pkg-config prometheus postgresql chromium chromium-driver fio"
-if ! command -v fusermount3 >/dev/null 2>&1 || ! pkg-config --exists fuse3 2>/dev/null \
+APT_PACKAGES="fuse3 prometheus postgresql chromium chromium-driver fio"
+if ! command -v fusermount3 >/dev/null 2>&1 \
   || ! command -v promtool >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1 \
   || ! command -v fio >/dev/null 2>&1 \
   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

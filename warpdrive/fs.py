@@ -61,8 +61,10 @@ class Opened:
     fh: int
     keep_cache: bool  # the kernel may keep the pages it cached for this inode
     direct_io: bool = False  # every read goes to this process (the health file)
-    # FUSE passthrough: a read-only descriptor of the object's cache file, the caller's to close
-    # (once registered with the kernel); the object stays pinned in the cache until release(fh)
+    # Asked for with ``open(..., backing=True)``: an O_RDONLY descriptor of the object's cache
+    # file when the object is fully cached and verified (the kernel then reads it itself:
+    # passthrough); its ownership passes to the caller, and the object stays pinned until
+    # ``release(fh)``. None: serve reads through ``read``.
     backing_fd: int | None = None
 
 
@@ -251,7 +253,9 @@ class WarpDriveFS:
 
     # -- files -----------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, uid: int | None = None, backing: bool = False) -> Opened:
+    def open(
+        self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
+    ) -> Opened:
         """A file handle for the user ``uid`` (whose team its fetches count against), and
         whether the kernel may keep the pages it cached for this inode (yes while the object's
         etag is the one the previous open saw; never for the health file, opened ``direct_io``).
@@ -268,7 +272,7 @@ class WarpDriveFS:
         return opened
 
     def open_cached(
-        self, ino: int, flags: int, uid: int | None = None, backing: bool = False
+        self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
     ) -> Opened | None:
         """:meth:`open` if it needs no backend call (the object's metadata is cached), no
         passwd/NSS lookup (LDAP on clusters) and, with ``backing``, no disk read to verify the

@@ -160,6 +160,11 @@ class Metrics:
             ["operation", "errno"],
             registry=reg,
         )
+        self.fuse_passthrough_opens = Counter(
+            "warpdrive_fuse_passthrough_opens",
+            "Opens answered with kernel FUSE passthrough (the kernel reads the cache file itself)",
+            registry=reg,
+        )
         self.served_from_cache = self.bytes_served.labels("cache")
         self.served_from_backend = self.bytes_served.labels("backend")
 

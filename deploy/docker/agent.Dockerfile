@@ -4,11 +4,12 @@
 # It runs privileged with /dev/fuse (see the Helm chart's DaemonSet).
 FROM python:3.11-slim-bookworm
 
-# fuse3 for fusermount3 and libfuse3 (pyfuse3 builds against it); util-linux for mountpoint.
+# fuse3 for fusermount3 (the mount speaks /dev/fuse itself: no libfuse); util-linux for
+# mountpoint; gcc for any dependency without a wheel.
 # Not pinned: bookworm's stable packages, whose exact versions change with every point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends fuse3 libfuse3-dev pkg-config gcc libc6-dev util-linux \
+ && apt-get install -y --no-install-recommends fuse3 gcc libc6-dev util-linux \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -19,7 +20,7 @@ COPY forge ./forge
 # This repository itself; its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[azure,s3,gcs,fuse]" \
- && apt-get purge -y --auto-remove gcc libfuse3-dev pkg-config
+ && apt-get purge -y --auto-remove gcc
 
 ENV WARPDRIVE_CONFIG=/etc/warpdrive/config.yaml
 EXPOSE 9090

@@ -206,37 +206,6 @@ def test_warm_quiet_prints_no_progress(tmp_path: Path, local_store: Store) -> No
     assert quiet.stdout.startswith("objects ") and "bytes_fetched" in quiet.stdout
 
 
-def test_mount_without_the_fuse_extra_says_how_to_install_it(tmp_path: Path) -> None:
-    """No pyfuse3 (an install without ``[fuse]``, simulated by a module that is not there):
-    ``warpdrive-mount`` stops at once with one line saying what to install, on the terminal,
-    and starts nothing in the background (whose log would hold a traceback)."""
-    missing = tmp_path / "no-fuse" / "pyfuse3"
-    missing.mkdir(parents=True)
-    (missing / "__init__.py").write_text(
-        'raise ModuleNotFoundError("No module named \'pyfuse3\'", name="pyfuse3")\n'
-    )
-    (tmp_path / "src").mkdir()
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"mount_point: {tmp_path / 'wd'}\nmetrics: {{enabled: false}}\n"
-        f"cache: {{path: {tmp_path / 'cache'}}}\n"
-        f"backends: [{{name: src, type: local, config: {{root: {tmp_path / 'src'}}}}}]\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(missing.parent), str(ROOT)])}
-    prog = shutil.which("warpdrive-mount")
-    for argv in ([prog] if prog else MOUNT, [*MOUNT, "--foreground"]):
-        done = subprocess.run(
-            [*argv, "--config", str(config)], capture_output=True, text=True, timeout=60, env=env
-        )
-        assert done.returncode == 2, (argv, done.stdout, done.stderr)
-        assert done.stderr == (
-            "warpdrive-mount: the fuse extra is missing (No module named 'pyfuse3'): "
-            "pip install 'warpdrive[fuse]'\n"
-        )
-    assert not (tmp_path / "cache" / "warpdrive-mount.log").exists()
-    assert not (tmp_path / "wd").exists()
-
-
 # -- shell completion -------------------------------------------------------------------------
 
 

@@ -165,7 +165,9 @@ class GovernanceConfig:
 class Config:
     mount_point: str = "/wd"
     allow_other: bool = False  # other users may read the mount (needs user_allow_other)
-    fuse_debug: bool = False
+    fuse_debug: bool = False  # log every FUSE request (DEBUG, logger warpdrive.fuse.requests)
+    # open fully cached objects with kernel FUSE passthrough (Linux >= 6.9, needs CAP_SYS_ADMIN)
+    passthrough: bool = True
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)

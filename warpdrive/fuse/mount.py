@@ -12,14 +12,13 @@ last line of its log if it died without one. SIGTERM and SIGINT unmount cleanly.
 Once the kernel has the answer to FUSE_INIT, the mount's ``read_ahead_kb``
 (``/sys/class/bdi/<dev>/read_ahead_kb``) is raised to the block size (at least 1024), so the
 kernel sends 1 MiB read requests (its default 128 KiB makes eight times as many) and reads
-further ahead; libfuse negotiates up to 256 pages (1 MiB) per request on its own.
+further ahead; the session (``session.py``) negotiates up to 256 pages (1 MiB) per request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import os
 import select
@@ -28,6 +27,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -41,11 +41,14 @@ from warpdrive.governance.crawl import PeriodicCrawl
 from warpdrive.metrics_server import MetricsServer
 from warpdrive.perms import private_dir
 
+if TYPE_CHECKING:
+    from warpdrive.fuse.session import Session
+
 __all__ = ["MountEntry", "MountError", "find_mount", "main", "mounts", "probe_mount", "serve"]
 log = logging.getLogger("warpdrive.mount")
 MIN_READ_AHEAD_KB = 1024
-# The FUSE loop shares the GIL with background threads (listing parsers, prefetch, fetchers):
-# each system call it makes lets one of them run, and at Python's default switch interval
+# The FUSE threads share the GIL with background threads (listing parsers, prefetch, fetchers):
+# each system call one makes lets another run, and at Python's default switch interval
 # (5 ms) getting the GIL back can cost more than a small file's whole read. 0.5 ms bounds it.
 SWITCH_INTERVAL = 0.0005
 
@@ -147,12 +150,11 @@ def bind_metrics(
 
 def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = None) -> int:
     """Mount, serve until unmounted or signalled, clean up. The foreground process."""
-    import pyfuse3
-    import trio
-
     from warpdrive.admin import Admin
     from warpdrive.fs import WarpDriveFS
+    from warpdrive.fuse.devfuse import FuseMountError
     from warpdrive.fuse.ops import Operations
+    from warpdrive.fuse.session import Session
     from warpdrive.read.reader import WarpDrive
 
     ready = ready or ReadyPipe(None)
@@ -181,27 +183,30 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
             )
         fs = WarpDriveFS(wd)
         opened.callback(fs.close)
+        threads = max(16, 2 * config.cache.max_parallel_fetch)
         ops = Operations(
             fs,
             wd.metrics,
             attr_timeout=config.cache.stale_ttl,
             dir_timeout=config.cache.list_ttl,
-            threads=max(16, 2 * config.cache.max_parallel_fetch),
+            threads=threads,
+            passthrough=config.passthrough,
+            debug=config.fuse_debug,
         )
-        options = {"fsname=warpdrive", "subtype=warpdrive", "ro", "noatime", "default_permissions"}
-        if config.allow_other:
-            options.add("allow_other")
+        if config.fuse_debug:  # shown whatever --log-level says
+            logging.getLogger("warpdrive.fuse.requests").setLevel(logging.DEBUG)
+        session = Session(ops, mount_point, config.allow_other, threads)
         try:
-            pyfuse3.init(ops, mount_point, options)
-        except RuntimeError as exc:
+            session.mount()
+        except (OSError, FuseMountError) as exc:
             hint = ""
             if config.allow_other and os.getuid() != 0:
                 hint = (
                     " (allow_other needs 'user_allow_other' in /etc/fuse.conf for non-root users)"
                 )
             raise MountError(f"cannot mount at {mount_point}: {exc}{hint}") from None
-        opened.callback(_unmount, mount_point)
         entry = find_mount(mount_point)
+        opened.callback(_unmount, session, entry)
         if entry is None:
             raise MountError(f"{mount_point} is not in the mount table after mounting")
         health.mounted(entry.device)
@@ -219,62 +224,61 @@ def serve(config: Config, degraded_ok: bool = False, ready: ReadyPipe | None = N
 
             opened.callback(Reporter(admin, wd.flush, health.ready_checks).close)
         read_ahead_kb = max(MIN_READ_AHEAD_KB, config.cache.block_size // 1024)
-        trio.run(_main_loop, health, read_ahead_kb, ready)
+        _run(session, health, read_ahead_kb, ready)
     return 0
 
 
-def _unmount(mount_point: str) -> None:
-    import pyfuse3
+def _unmount(session: Session, entry: MountEntry | None) -> None:
+    """Unmount if the mount at the mount point is still ours (not gone, nothing stacked on
+    it), and end the session."""
+    now = find_mount(session.mount_point)
+    ours = entry is not None and now is not None and now.device == entry.device
+    if ours:
+        log.info("unmounting %s", session.mount_point)
+    session.close(unmount=ours)
 
-    log.info("unmounting %s", mount_point)
-    pyfuse3.close(unmount=True)
 
-
-async def _main_loop(health: Health, read_ahead_kb: int, ready: ReadyPipe) -> None:
-    import pyfuse3
-    import trio
-
+def _run(session: Session, health: Health, read_ahead_kb: int, ready: ReadyPipe) -> None:
+    """Serve until a signal or the unmount: the threads answer INIT and everything after;
+    this (main) thread checks the mount, reports, and waits."""
     mount_point = health.mount_point
 
-    async def announce() -> None:
-        # The loop runs, so the kernel can get our answer to FUSE_INIT: the health file read at
-        # the mount point, on the device this process mounted, proves we serve it.
-        verdict = await trio.to_thread.run_sync(health.check_mount)
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        session.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        session.start()
+        # The threads run, so the kernel can get our answer to FUSE_INIT: the health file
+        # read at the mount point, on the device this process mounted, proves we serve it.
+        verdict = health.check_mount()
         if verdict != "ok":
             ready.send(f"error mounted at {mount_point}, but it does not answer: {verdict}")
             log.error("mounted at %s, but it does not answer: %s; stopping", mount_point, verdict)
-            pyfuse3.terminate()
             return
         # The kernel fixed the mount's readahead when it got our answer to FUSE_INIT.
-        value = await trio.to_thread.run_sync(tune_read_ahead, mount_point, read_ahead_kb)
+        value = tune_read_ahead(mount_point, read_ahead_kb)
         log.info("read_ahead_kb of %s is %s; serving", mount_point, value)
         ready.send(f"ok {os.getpid()}")
-
-    async with trio.open_nursery() as nursery:
-
-        async def on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("%s received: stopping", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(on_signal)
-        nursery.start_soon(announce)
-        await pyfuse3.main(min_tasks=4, max_tasks=128)
-        nursery.cancel_scope.cancel()
+        session.wait()
+        if not session.serving:
+            log.info("%s was unmounted", mount_point)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def require_fuse() -> None:
-    """pyfuse3 and trio (the ``fuse`` extra) import; else MountError saying how to get them
+def require_fuse(device: str = "/dev/fuse") -> None:
+    """``/dev/fuse`` opens for reading and writing; else MountError saying what is missing
     (checked before starting in the background, so the message reaches the terminal)."""
-    for module in ("pyfuse3", "trio"):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise MountError(
-                f"the fuse extra is missing ({exc}): pip install 'warpdrive[fuse]'"
-            ) from None
+    if not os.path.exists(device):
+        raise MountError(
+            f"{device} is missing: load the fuse module (modprobe fuse), or in a container"
+            f" pass the device (docker run --device {device})"
+        )
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise MountError(f"{device} is not readable and writable by this user")
 
 
 def open_log(log_file: str) -> int:
