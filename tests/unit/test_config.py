@@ -107,7 +107,9 @@ def test_defaults_when_sections_are_absent() -> None:
     assert cfg.cache.stale_ttl == 60
     assert (cfg.cache.evict_high_water, cfg.cache.evict_low_water) == (0.9, 0.8)
     assert cfg.allow_other is False
+    assert cfg.passthrough is True  # used where the kernel offers it
     assert cfg.metrics.addr == "127.0.0.1:9090"  # no authentication: this machine only
+    assert parse_config("passthrough: false\nbackends: []", env={}).passthrough is False
 
 
 def test_governance_teams_accept_uids_and_durations() -> None:
@@ -220,6 +222,7 @@ BAD_CONFIGS = [
     ("mountpoint: /wd", "mountpoint: unknown key 'mountpoint' (did you mean 'mount_point'?)"),
     ("mount_point: wd", "mount_point: must be an absolute path, got 'wd'"),
     ("allow_other: maybe", "allow_other: expected true or false, got the string 'maybe'"),
+    ("passthrough: 2", "passthrough: expected true or false, got int 2"),
     (
         "metrics: {addr: localhost}",
         "metrics.addr: expected 'host:port' or ':port', got 'localhost'",
