@@ -33,13 +33,13 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from warpdrive.config import HEALTH_FILE
 from warpdrive.errors import InvalidPathError, NotFoundError, ReadOnlyError
 from warpdrive.read.namespace import FileInfo
-from warpdrive.read.reader import VERIFY_FIRST, Handle, WarpDrive
+from warpdrive.read.reader import Handle, WarpDrive
 
 ROOT_INODE = 1
 HEALTH_INODE = 2  # the health file's, reserved: paths get numbers from 3 on
@@ -164,24 +164,11 @@ class WarpDriveFS:
 
     def lookup(self, parent: int, name: str) -> Attr:
         """Attributes of ``name`` in directory ``parent``; counts one kernel reference."""
-        attr = self._lookup(parent, name, self.wd.stat)
-        assert attr is not None
-        return attr
-
-    def lookup_cached(self, parent: int, name: str) -> Attr | None:
-        """:meth:`lookup` if it needs no backend call; None otherwise, having done nothing."""
-        return self._lookup(parent, name, self.wd.stat_cached)
-
-    def _lookup(
-        self, parent: int, name: str, stat: Callable[[str], FileInfo | None]
-    ) -> Attr | None:
         if not name or "/" in name or name in (".", ".."):
             raise InvalidPathError(f"invalid name {name!r}")
         if parent == ROOT_INODE and name == HEALTH_FILE:
             return self._health_attr()
-        info = stat(self.path_of(parent).rstrip("/") + "/" + name)
-        if info is None:
-            return None
+        info = self.wd.stat(self.path_of(parent).rstrip("/") + "/" + name)
         with self._lock:
             ino = self._inode_locked(info.path)
             self._refs[ino] += 1
@@ -191,13 +178,6 @@ class WarpDriveFS:
         if ino == HEALTH_INODE:
             return self._health_attr()
         return self._attr(self.wd.stat(self.path_of(ino)), ino)
-
-    def getattr_cached(self, ino: int) -> Attr | None:
-        """:meth:`getattr` if it needs no backend call; None otherwise."""
-        if ino == HEALTH_INODE:
-            return self._health_attr()
-        info = self.wd.stat_cached(self.path_of(ino))
-        return None if info is None else self._attr(info, ino)
 
     def _health_attr(self) -> Attr:
         return Attr(HEALTH_INODE, False, len(self._health), self.started, volatile=True)
@@ -267,22 +247,6 @@ class WarpDriveFS:
         in the cache (no process evicts it) until :meth:`release`. Otherwise (not all cached,
         a block failing verification, an empty object, the health file) ``backing_fd`` is
         None and reads come here; a later open of the object, once cached whole, gets one."""
-        opened = self._open(ino, flags, uid, False, backing)
-        assert opened is not None
-        return opened
-
-    def open_cached(
-        self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
-    ) -> Opened | None:
-        """:meth:`open` if it needs no backend call (the object's metadata is cached), no
-        passwd/NSS lookup (LDAP on clusters) and, with ``backing``, no disk read to verify the
-        cache file; None otherwise, having done nothing. (A first passthrough open of an object
-        in this process writes its pin to the cache index: a short LMDB write.)"""
-        return self._open(ino, flags, uid, True, backing)
-
-    def _open(
-        self, ino: int, flags: int, uid: int | None, cached: bool, backing: bool = False
-    ) -> Opened | None:
         if flags & _WRITE_FLAGS:
             raise ReadOnlyError("the WarpDrive mount is read-only")
         if ino == HEALTH_INODE:
@@ -291,24 +255,15 @@ class WarpDriveFS:
                 self._health_fhs.add(fh)
             return Opened(fh, keep_cache=False, direct_io=True)
         path = self.path_of(ino)
-        if cached:
-            who = self.wd.known_user_and_team(uid if uid is not None else os.getuid())
-            handle = None if who is None else self.wd.open_cached(path, who[1], who[0])
-            if handle is None:
-                return None
-        else:
-            user, team = self.wd.user_and_team(uid)
-            handle = self.wd.open_handle(path, team, user)
+        user, team = self.wd.user_and_team(uid)
+        handle = self.wd.open_handle(path, team, user)
         fd = None
         if backing:
             try:
-                fd = handle.backing_fd(verify=not cached)
+                fd = handle.backing_fd()
             except BaseException:
                 handle.close()
                 raise
-            if fd == VERIFY_FIRST:  # a thread's open will read the disk to verify
-                handle.close()
-                return None
         with self._lock:
             keep_cache = self._served_etag.get(ino) == handle.obj.etag
             self._served_etag[ino] = handle.obj.etag
@@ -323,14 +278,6 @@ class WarpDriveFS:
                 return self._health[offset : offset + size]
             raise NotFoundError(f"file handle {fh} is not open")
         return f.handle.pread(offset, size)
-
-    def read_cached(self, fh: int, offset: int, size: int) -> bytes | bytearray | memoryview | None:
-        """:meth:`read` if it cannot block (cached, verified, in memory); None otherwise,
-        having done nothing."""
-        f = self._files.get(fh)
-        if f is None:
-            return self.read(fh, offset, size)  # the health file, or the error
-        return f.handle.pread_cached(offset, size)
 
     def release(self, fh: int) -> None:
         with self._lock:

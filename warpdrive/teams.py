@@ -27,13 +27,6 @@ class TeamResolver:
         self.assigned = assigned
         self._known: dict[int, tuple[float, str, str | None]] = {}
 
-    def known(self, uid: int) -> tuple[str, str | None] | None:
-        """The answer for ``uid`` if it is still reused; None (no lookup made) otherwise."""
-        known = self._known.get(uid)
-        if known is None or known[0] <= time.monotonic():
-            return None
-        return known[1], known[2]
-
     def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
         """The user name and team of ``uid`` (default: this process's user)."""
         uid = os.getuid() if uid is None else uid

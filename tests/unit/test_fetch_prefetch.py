@@ -384,39 +384,29 @@ def test_the_mount_core_answers_from_known_metadata_without_the_backend(
 
     with local_store.reader(wrap_client=wrap) as wd:
         fs = WarpDriveFS(wd)
-        top = fs.lookup_cached(ROOT_INODE, local_store.name)  # a mount path: no call
-        assert top is not None and top.is_dir
+        top = fs.lookup(ROOT_INODE, local_store.name)  # a mount path: no call
+        assert top.is_dir
         train = fs.lookup(top.ino, "train")
-        assert train is not None
-        # Nothing known about a.jpg yet: the loop would hand the lookup to a thread.
-        assert fs.lookup_cached(train.ino, "a.jpg") is None
         dh = fs.opendir(train.ino)
         assert [name for name, _, _ in fs.readdir(dh, 0)] == ["a.jpg", "b.jpg"]
         before = sum(c.calls["stat"] for c in made)
         # The listing named both objects with their etags: lookup, getattr and open are
-        # answered without a backend call (on the FUSE loop, no thread hand-off).
-        a = fs.lookup_cached(train.ino, "a.jpg")
-        assert a is not None and a.size == 1000
-        assert fs.getattr_cached(a.ino) == a
-        opened = fs.open_cached(a.ino, os.O_RDONLY)
-        assert opened is not None
+        # answered without a backend call.
+        a = fs.lookup(train.ino, "a.jpg")
+        assert a.size == 1000
+        assert fs.getattr(a.ino) == a
+        opened = fs.open(a.ino, os.O_RDONLY)
         assert bytes(fs.read(opened.fh, 0, 1000) or b"") == b"a" * 1000
         fs.release(opened.fh)
-        # A user never seen lately needs a passwd/NSS lookup (LDAP on clusters): not on the loop.
-        assert fs.open_cached(a.ino, os.O_RDONLY, uid=54321) is None
-        fs.release(fs.open(a.ino, os.O_RDONLY, uid=54321).fh)  # type: ignore[union-attr]
-        again = fs.open_cached(a.ino, os.O_RDONLY, uid=54321)
-        assert again is not None
-        fs.release(again.fh)
         # The health file: served by the core itself (no backend), nothing of it kept by the
         # kernel (volatile attributes, direct_io), and not listed.
-        health = fs.lookup_cached(ROOT_INODE, HEALTH_FILE)
-        assert health is not None and health.volatile and not health.is_dir
-        assert fs.getattr_cached(health.ino) == health
-        opened = fs.open_cached(health.ino, os.O_RDONLY)
-        assert opened is not None and opened.direct_io and not opened.keep_cache
+        health = fs.lookup(ROOT_INODE, HEALTH_FILE)
+        assert health.volatile and not health.is_dir
+        assert fs.getattr(health.ino) == health
+        opened = fs.open(health.ino, os.O_RDONLY)
+        assert opened.direct_io and not opened.keep_cache
         content = f"ok {os.getpid()}\n".encode()
-        assert bytes(fs.read_cached(opened.fh, 0, 64) or b"") == content
+        assert bytes(fs.read(opened.fh, 0, 64) or b"") == content
         fs.release(opened.fh)
         root = fs.opendir(ROOT_INODE)
         assert [name for name, _, _ in fs.readdir(root, 0)] == [local_store.name]

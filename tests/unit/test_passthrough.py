@@ -176,28 +176,6 @@ def test_a_corrupted_block_found_at_open_means_no_backing_file_and_a_refetch(
         fs.release(again.fh)
 
 
-def test_a_cached_only_open_does_not_verify_a_file_it_would_have_to_read(setup: Setup) -> None:
-    data = setup.source["f.bin"]
-    with WarpDrive(setup.config, observers=[]) as wd:
-        assert wd.read("/s/f.bin") == data
-    with WarpDrive(setup.config, observers=[]) as wd:  # cached, not verified by this process
-        fs = WarpDriveFS(wd)
-        ino = _ino(fs, "f.bin")
-        fs.release(fs.open(ino, os.O_RDONLY).fh)  # the user and the metadata known now
-        assert fs.open_cached(ino, os.O_RDONLY, backing=True) is None  # would read the disk
-        assert wd._core.cache.index.pinned() == {}
-        opened = fs.open(ino, os.O_RDONLY, backing=True)  # (a thread) verifies: one read
-        assert opened.backing_fd is not None
-        os.close(opened.backing_fd)
-        warm = fs.open_cached(ino, os.O_RDONLY, backing=True)
-        assert warm is not None and warm.backing_fd is not None
-        assert _pread_all(warm.backing_fd, len(data)) == data
-        os.close(warm.backing_fd)
-        fs.release(opened.fh)
-        fs.release(warm.fh)
-        assert wd._core.cache.index.pinned() == {}
-
-
 def test_no_eviction_in_the_process_touches_a_pinned_object_until_it_is_released(
     small: Setup,
 ) -> None:

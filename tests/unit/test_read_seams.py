@@ -114,27 +114,6 @@ def test_the_admin_facade_evicts_what_the_read_facade_cached(
     assert not hasattr(WarpDrive, "evict") and not hasattr(WarpDrive, "index")
 
 
-def test_a_cached_only_read_does_nothing_unless_it_can_answer_at_once(
-    setup: tuple[Config, bytes],
-) -> None:
-    cfg, payload = setup
-    with WarpDrive(cfg, observers=[Recorder]) as wd:
-        handle = wd.open_handle("/s/f.bin", None, "alice")
-        assert handle.pread_cached(0, BS) is None  # cold: no fetch started, nothing counted
-        assert handle.pread_cached(BS - 10, 20) is None  # across two blocks: never at once
-        handle.close()
-        obj = wd.version("/s/f.bin")
-        assert not any(wd.cached(obj, i) for i in range(3))
-        assert Recorder.seen == []  # a handle that read nothing reports nothing
-        assert wd.read("/s/f.bin") == payload  # no handle: no report either
-        handle = wd.open_handle("/s/f.bin", None, "alice")
-        assert handle.pread(0, BS) == payload[:BS]  # verified, and now in memory
-        assert handle.pread_cached(0, BS) == payload[:BS]
-        handle.close()
-    [record] = Recorder.seen
-    assert (record.hits, record.fetched, record.bytes_read) == (2, 0, 2 * BS)
-
-
 def test_a_short_read_inside_the_object_is_an_error_never_a_short_reply(
     setup: tuple[Config, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -150,15 +129,12 @@ def test_a_short_read_inside_the_object_is_an_error_never_a_short_reply(
         handle = wd.open_handle("/s/f.bin")
         try:
             assert handle.pread(BS, 4096) == payload[BS : BS + 4096]  # cached now, verified
-            real_read, real_cached = Stream.read, Stream.read_cached
+            real_read = Stream.read
             monkeypatch.setattr(Stream, "read", lambda s, o, n: real_read(s, o, n)[:-1])
-            monkeypatch.setattr(
-                Stream, "read_cached", lambda s, o, n: (real_cached(s, o, n) or b"?!")[:-1]
-            )
-            with pytest.raises(BackendError, match="a read of 4096 bytes at 524288 gave 4095"):
+            with pytest.raises(
+                BackendError, match="a read of 4096 bytes at 524288 gave 4095"
+            ) as err:
                 handle.pread(BS, 4096)
-            with pytest.raises(BackendError) as err:
-                handle.pread_cached(BS, 4096)
             assert err.value.errno == errno.EIO
         finally:
             handle.close()

@@ -68,7 +68,6 @@ from warpdrive.cache.store import (
     ObjectFileEntry,
     ObjectStore,
     chunk_sums,
-    in_memory,
     verify,
 )
 from warpdrive.config import CacheConfig
@@ -84,7 +83,6 @@ QUOTA_CHECK_ROUNDS = 15  # flush rounds between soft-quota checks (30 s at the d
 REVERIFY_AFTER = 600.0  # seconds a process trusts a block it verified (same generation)
 MAX_VERIFIED = 1 << 20  # blocks remembered as verified (~100 bytes each), then forgotten
 VERIFY_RUN = 64 << 20  # bytes read at once when a passthrough open verifies a cache file
-VERIFY_FIRST = -1  # open_backing(verify=False): whole, but this process must verify it first
 
 
 class BlockCache:
@@ -256,18 +254,6 @@ class BlockCache:
         """Bytes ``[lo, lo+n)`` of block ``index`` as a new bytes object (no zeroed buffer, no
         copy when the block is verified already), or None if it cannot be served from the
         cache (checked as in :meth:`read_into`)."""
-        return self._read_block(obj, file, index, lo, n, False)
-
-    def read_block_resident(
-        self, obj: ObjectVersion, file: ObjectFile, index: int, lo: int, n: int
-    ) -> bytes | None:
-        """:meth:`read_block` when it needs neither the disk nor hashing (the block is verified
-        already and its bytes are in the page cache); None otherwise, having done nothing."""
-        return self._read_block(obj, file, index, lo, n, True)
-
-    def _read_block(
-        self, obj: ObjectVersion, file: ObjectFile, index: int, lo: int, n: int, resident: bool
-    ) -> bytes | None:
         bkey = obj.block_key(index)
         before = self.clock.now()
         if file.seen_at != before:
@@ -281,8 +267,6 @@ class BlockCache:
                 return None
             file.present[index] = generation = rec.generation
         if not self._is_verified(file, bkey, generation):
-            if resident:
-                return None
             rec = rec or self.index.get(bkey)
             whole = None
             if rec is not None and rec.generation == generation:
@@ -292,8 +276,6 @@ class BlockCache:
                 return None
             return whole[lo : lo + n]
         offset = index * obj.block_size + lo
-        if resident and not (in_memory(file.fd, offset) and in_memory(file.fd, offset + n - 1)):
-            return None
         try:
             data = os.pread(file.fd, n, offset)
         except OSError:
@@ -415,7 +397,7 @@ class BlockCache:
 
     # -- passthrough: a whole object's cache file handed to the kernel, pinned -------------
 
-    def open_backing(self, obj: ObjectVersion, verify: bool = True) -> int | None:
+    def open_backing(self, obj: ObjectVersion) -> int | None:
         """A new read-only descriptor of ``obj``'s cache file, the caller's to close, if every
         block is cached and verified by this process; the object is then pinned (no process
         evicts its blocks) until :meth:`unpin`. None otherwise, pinning nothing: zero-size
@@ -424,12 +406,10 @@ class BlockCache:
         reads through user space, which fetches it again).
 
         Blocks cached but not verified by this process are verified here, read in long runs
-        (which also puts them in the page cache the kernel's reads will use); with
-        ``verify=False`` that is not done, and the answer is :data:`VERIFY_FIRST` (nothing
-        pinned) — for callers that must not wait for the disk. Costs, warm (another handle of
-        this process pins the object, and nothing was evicted anywhere since it was found
-        whole): an ``open`` and an ``fstat``, no index access; the first pin in a process
-        adds one index write that reads every block's record."""
+        (which also puts them in the page cache the kernel's reads will use). Costs, warm
+        (another handle of this process pins the object, and nothing was evicted anywhere
+        since it was found whole): an ``open`` and an ``fstat``, no index access; the first pin
+        in a process adds one index write that reads every block's record."""
         if obj.size == 0:
             return None
         holders = self.index.holders
@@ -450,15 +430,13 @@ class BlockCache:
         answer: int | None = None
         file = self.store.open(obj.oid)  # pinned: this is the file the index's blocks are in
         try:
-            if file is not None:
-                if self.whole(obj, file):
-                    answer = file.fd
-                elif not verify:
-                    answer = VERIFY_FIRST
-                elif self._verify_whole(obj, file) and self.whole(obj, file):
-                    answer = file.fd
+            whole = file is not None and (
+                self.whole(obj, file) or (self._verify_whole(obj, file) and self.whole(obj, file))
+            )
+            if whole and file is not None:
+                answer = file.fd
         finally:
-            handed = answer is not None and answer >= 0
+            handed = answer is not None
             if file is not None:
                 if handed:
                     file.fd = -1  # the caller's now

@@ -270,31 +270,3 @@ def _unlink(path: str) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             raise
-
-
-_NOWAIT = getattr(os, "RWF_NOWAIT", None)
-
-
-def in_memory(fd: int, offset: int) -> bool:
-    """Whether the page holding ``offset`` is in the page cache (False when unknown)."""
-    if _NOWAIT is None:
-        return False
-    try:
-        return os.preadv(fd, [bytearray(1)], offset, _NOWAIT) == 1
-    except OSError:  # EAGAIN: on disk only; EOPNOTSUPP: cannot tell
-        return False
-
-
-def read_in_memory(fd: int, n: int, offset: int) -> bytearray | None:
-    """``n`` bytes at ``offset`` if every one is in the page cache, else None (also when that
-    cannot be told): one ``preadv`` with ``RWF_NOWAIT``, which never waits for the disk. One
-    system call, where checking both ends with :func:`in_memory` and then reading took three,
-    each a point where the FUSE loop gives up the GIL and may wait to get it back."""
-    if _NOWAIT is None:
-        return None
-    buf = bytearray(n)
-    try:
-        got = os.preadv(fd, [buf], offset, _NOWAIT)
-    except OSError:  # EAGAIN: not in memory (or not all of it)
-        return None
-    return buf if got == n else None

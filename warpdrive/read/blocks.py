@@ -121,23 +121,6 @@ class BlockSource:
             return data
         return self._miss(obj, index, lo, n, file, report)
 
-    def read_cached(
-        self, obj: ObjectVersion, offset: int, n: int, file: CacheFile, report: BlockReport
-    ) -> bytes | None:
-        """:meth:`read` if it cannot block (one block, cached, verified, in memory); otherwise
-        None, having done nothing (the caller reads again from a thread)."""
-        bs = obj.block_size
-        index = offset // bs
-        if (offset + n - 1) // bs != index:
-            return None
-        opened = file.get()
-        if opened is None:
-            return None
-        data = self.cache.read_block_resident(obj, opened, index, offset - index * bs, n)
-        if data is not None:
-            self._hit(index, n, report)
-        return data
-
     def read_into(
         self, obj: ObjectVersion, offset: int, dst: memoryview, file: CacheFile, report: BlockReport
     ) -> None:
@@ -179,11 +162,11 @@ class BlockSource:
             return opened
         return None
 
-    def open_backing(self, obj: ObjectVersion, verify: bool = True) -> int | None:
+    def open_backing(self, obj: ObjectVersion) -> int | None:
         """A descriptor of ``obj``'s cache file for the kernel to read (FUSE passthrough), the
         object pinned until :meth:`unpin`, if it is cached whole and verified; else None (see
-        ``BlockCache.open_backing``, also for ``verify=False``)."""
-        return self.cache.open_backing(obj, verify)
+        ``BlockCache.open_backing``)."""
+        return self.cache.open_backing(obj)
 
     def unpin(self, obj: ObjectVersion) -> None:
         self.cache.unpin(obj)

@@ -253,15 +253,6 @@ class Namespace:
             raise IsDirectoryError(f"{loc.path!r} is a directory")
         return loc.backend, self._meta_for(loc.backend, loc.key)
 
-    def known_meta(self, path: str) -> tuple[Backend, ObjectMeta] | None:
-        """:meth:`object_meta`, when that needs no backend call; None otherwise (never blocks,
-        and a directory is None too: the blocking call says what it is)."""
-        loc = self.locate(path)
-        if loc.backend is None or not loc.key:
-            return None
-        meta = self._meta_for(loc.backend, loc.key, nowait=True)
-        return None if meta is None else (loc.backend, meta)
-
     def remember(self, infos: Iterable[FileInfo], listed_at: float) -> None:
         """Take object metadata that a listing showed at ``listed_at`` (wall clock), in this or
         another process, as if this process had listed it then: fresh until ``stale_ttl`` after

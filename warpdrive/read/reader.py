@@ -35,7 +35,6 @@ from typing import Any, Protocol
 
 from warpdrive.backends import Backend, ClientWrapper, ObjectMeta, make_backend
 from warpdrive.cache import BlockCache, ObjectRecord, ObjectVersion, Usage
-from warpdrive.cache.blockcache import VERIFY_FIRST as VERIFY_FIRST
 from warpdrive.config import Config, load_config
 from warpdrive.errors import BackendError, InvalidPathError
 from warpdrive.metrics import Metrics
@@ -146,15 +145,6 @@ class _Core:
         config's ``scan_prefetch`` is off)."""
         norm = self.namespace.normalize(path)
         return self._open(norm, self.version(norm), team, user, scan)
-
-    def open_cached(self, path: str, team: str | None, user: str | None) -> Handle | None:
-        """:meth:`open_handle` if nothing in it blocks (the object's metadata is cached and
-        fresh); None otherwise, having done nothing."""
-        norm = self.namespace.normalize(path)
-        known = self.namespace.known_meta(norm)
-        if known is None:
-            return None
-        return self._open(norm, self._version_of(*known), team, user, True)
 
     def _open(
         self, norm: str, obj: ObjectVersion, team: str | None, user: str | None, scan: bool
@@ -276,18 +266,6 @@ class Handle(io.RawIOBase):
             return b""
         return self._whole_reply(offset, n, self._stream.read(offset, n))
 
-    def pread_cached(self, offset: int, size: int) -> bytes | bytearray | memoryview | None:
-        """:meth:`pread` if it cannot block (the bytes are cached, verified and in memory);
-        None otherwise, having done nothing: what the mount's event loop asks before it hands
-        the read to a thread."""
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
-        n = min(size, self.size - offset)
-        if n <= 0:
-            return b""
-        data = self._stream.read_cached(offset, n)
-        return None if data is None else self._whole_reply(offset, n, data)
-
     def _whole_reply(
         self, offset: int, n: int, data: bytes | bytearray | memoryview
     ) -> bytes | bytearray | memoryview:
@@ -317,15 +295,15 @@ class Handle(io.RawIOBase):
         self._stream.read_into(offset, dst[:n])
         return n
 
-    def backing_fd(self, verify: bool = True) -> int | None:
+    def backing_fd(self) -> int | None:
         """A new read-only descriptor of this version's cache file, the caller's to close, for
         the kernel to read the object itself (FUSE passthrough), if it is cached whole and
         verified; it stays pinned in the cache (no process evicts it) until this handle closes.
-        None: read through this handle. ``verify=False``: never read the disk to verify blocks
-        this process has not verified yet; :data:`VERIFY_FIRST` when that would be needed."""
+        None: read through this handle. Blocks this process has not verified yet are verified
+        now (one read of the cache file)."""
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        return self._stream.backing(verify)
+        return self._stream.backing()
 
     @property
     def bytes_read(self) -> int:
@@ -484,20 +462,9 @@ class WarpDrive:
         the others, and the processes, each with its own fetcher, fetch the same blocks twice."""
         return self._core.open_handle(path, team, user, scan)
 
-    def open_cached(
-        self, path: str, team: str | None = None, user: str | None = None
-    ) -> Handle | None:
-        """:meth:`open_handle`, but only if it needs no backend call (the object's metadata is
-        cached and fresh): the FUSE loop opens such files without a thread hand-off."""
-        return self._core.open_cached(path, team, user)
-
     def user_and_team(self, uid: int | None = None) -> tuple[str, str | None]:
         """The user name of ``uid`` (default: this process's) and their team."""
         return self._core.teams.user_and_team(uid)
-
-    def known_user_and_team(self, uid: int) -> tuple[str, str | None] | None:
-        """:meth:`user_and_team` if answered lately; None rather than a passwd/NSS lookup."""
-        return self._core.teams.known(uid)
 
     @property
     def backends(self) -> Mapping[str, Backend]:

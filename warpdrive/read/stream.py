@@ -17,7 +17,6 @@ import os
 import time
 
 from warpdrive.cache import ObjectFile, ObjectVersion
-from warpdrive.cache.store import read_in_memory
 from warpdrive.read.blocks import BlockSource, CacheFile
 from warpdrive.read.prefetch import Prefetcher, Readahead
 
@@ -86,7 +85,7 @@ class Stream:
         """``n`` bytes at ``offset``, as any bytes-like object (may wait for the backend)."""
         whole = self._whole if self._slow_reads else self._first_look()
         if whole is not None:
-            served = self._read_whole(whole, offset, n, False)
+            served = self._read_whole(whole, offset, n)
             if served is not None:
                 return served
         if self.ra is not None:
@@ -96,27 +95,11 @@ class Stream:
         self._after_slow_read()
         return data
 
-    def read_cached(self, offset: int, n: int) -> bytes | bytearray | memoryview | None:
-        """:meth:`read` if it cannot block (cached, verified, in memory); None otherwise,
-        having done nothing (the caller reads again from a thread)."""
-        whole = self._whole if self._slow_reads else self._first_look()
-        if whole is not None:
-            served = self._read_whole(whole, offset, n, True)
-            if served is not None or self._whole is not None:
-                return served  # None: on disk, not in memory
-        data = self._blocks.read_cached(self.obj, offset, n, self._file, self)
-        if data is not None:
-            if self.ra is not None:
-                self._prefetcher.readahead(self.ra, offset, offset + n)
-            self.bytes_read += n
-            self._after_slow_read()
-        return data
-
     def read_into(self, offset: int, dst: memoryview) -> None:
         """Fill ``dst`` with the bytes at ``offset`` (may wait for the backend)."""
         n = len(dst)
         whole = self._whole if self._slow_reads else self._first_look()
-        if whole is not None and self._read_whole(whole, offset, n, False, dst) is not None:
+        if whole is not None and self._read_whole(whole, offset, n, dst) is not None:
             return
         if self.ra is not None:
             self._prefetcher.readahead(self.ra, offset, offset + n)
@@ -124,13 +107,12 @@ class Stream:
         self.bytes_read += n
         self._after_slow_read()
 
-    def backing(self, verify: bool = True) -> int | None:
+    def backing(self) -> int | None:
         """A descriptor of the object's cache file for the kernel to read (FUSE passthrough),
         the caller's to close, if the object is cached whole and verified; the object stays
-        pinned until this stream closes. None: read through this stream. ``verify=False``:
-        ``VERIFY_FIRST`` instead of reading the disk to verify (see ``BlockCache.open_backing``)."""
-        fd = self._blocks.open_backing(self.obj, verify)
-        if fd is not None and fd >= 0:
+        pinned until this stream closes. None: read through this stream."""
+        fd = self._blocks.open_backing(self.obj)
+        if fd is not None:
             self._pins += 1
         return fd
 
@@ -176,14 +158,12 @@ class Stream:
         whole: ObjectFile,
         offset: int,
         n: int,
-        resident_only: bool,
         dst: memoryview | None = None,
     ) -> bytes | bytearray | memoryview | None:
         """A read straight from the cache file, while nothing was evicted since every block
         was found cached and verified (the eviction clock reads the same before and after) and
         the verification is recent; into ``dst`` (returned) or as new bytes. None: take the
-        block source (and stop coming here until the file is found whole again) — or, with
-        ``resident_only``, the bytes are on disk, not in memory (``_whole`` stays set)."""
+        block source (and stop coming here until the file is found whole again)."""
         clock = self._clock
         at = whole.whole_at
         data: bytes | bytearray | memoryview | None = None
@@ -192,10 +172,6 @@ class Stream:
                 if dst is not None:
                     got = os.preadv(whole.fd, [dst], offset)
                     data = dst if got == n else None
-                elif resident_only:
-                    data = read_in_memory(whole.fd, n, offset)
-                    if data is None:
-                        return None  # on disk: the caller reads again from a thread, through here
                 else:
                     data = os.pread(whole.fd, n, offset)
                     if len(data) != n:
