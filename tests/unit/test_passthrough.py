@@ -140,6 +140,12 @@ def test_pins_are_counted_across_handles_and_released_with_the_last(
     fs.release(first.fh)
     assert index.pinned() == {oid: len(data)}  # the second handle still holds it
     fs.release(second.fh)
+    assert index.pinned() == {oid: len(data)}  # until the next flush: no write on the close
+    again = fs.open(ino, os.O_RDONLY, backing=True)  # and none on an open meanwhile
+    assert again.backing_fd is not None
+    os.close(again.backing_fd)
+    fs.release(again.fh)
+    fs.wd.flush()
     assert index.pinned() == {}
     assert registry.get_sample_value("warpdrive_cache_pinned_bytes") == 0
 
@@ -202,7 +208,8 @@ def test_no_eviction_in_the_process_touches_a_pinned_object_until_it_is_released
             assert fs.statfs().blocks == 8
         finally:
             os.close(fd)
-            handle.close()  # unpins
+            handle.close()  # unpins, at the next flush
+        wd.flush()
         assert index.pinned() == {}
         for name in ("o1.bin", "o2.bin", "o3.bin"):
             assert wd.read(f"/s/{name}") == small.source[name]
@@ -252,6 +259,7 @@ def test_a_new_version_leaves_the_pinned_old_one_readable_until_release(tmp_path
         assert _pread_all(opened.backing_fd, len(old_data)) == old_data
         os.close(opened.backing_fd)
         fs.release(opened.fh)
+        wd.flush()
         assert index.object(old.oid) is None  # released: gone, as a new version makes it
         assert _blocks(index, old) == []
         assert wd._core.cache.store.open(old.oid) is None  # and its file
@@ -290,6 +298,7 @@ def _hold_pin(config: Config, conn: Connection) -> None:
         conn.send(opened.backing_fd is not None)
         conn.recv()  # until told (or killed)
         fs.release(opened.fh)
+        wd.flush()
         conn.send(wd._core.cache.index.pinned() == {})
 
 
@@ -337,6 +346,7 @@ def test_evictions_in_another_process_skip_a_pinned_object(small: Setup) -> None
         assert _pread_all(opened.backing_fd, len(data)) == data
         os.close(opened.backing_fd)
         fs.release(opened.fh)
+        fs.wd.flush()
         with Admin(small.config) as admin:
             assert admin.evict_unpinned([oid]) == (4, [])  # released: evictable
 

@@ -110,6 +110,8 @@ class BlockCache:
         except lmdb.Error as exc:
             self.index, self.reconciled = self._start_empty(exc), True
         self._pending: dict[bytes, int] = {}
+        # Objects whose last passthrough handle closed; unpinned in the index at the next flush
+        self._unpinning: set[bytes] = set()
         # (backend, key) → (etag, when) a backend showed it: see CacheIndex.confirm
         self._confirmed: dict[tuple[str, str], tuple[str, float]] = {}
         self._reported: dict[str, float] = metrics.totals()  # counted before us: not ours
@@ -414,7 +416,9 @@ class BlockCache:
             return None
         holders = self.index.holders
         with holders.lock:
-            if holders.count(obj.oid) == 0:
+            if obj.oid in self._unpinning:  # closed lately: the index pins it still
+                self._unpinning.discard(obj.oid)
+            elif holders.count(obj.oid) == 0:
                 # Cheap refusal of objects being cached (sequential readers fill the last
                 # block last) before the write, which may wait for another process's writer.
                 if not self.index.contains(obj.block_key(obj.nblocks - 1)):
@@ -442,16 +446,33 @@ class BlockCache:
                     file.fd = -1  # the caller's now
                 file.close()
             if not handed:
-                self.unpin(obj)
+                self.unpin(obj, at_once=True)
         return answer
 
-    def unpin(self, obj: ObjectVersion) -> None:
-        """Undo one :meth:`open_backing` that returned a descriptor."""
+    def unpin(self, obj: ObjectVersion, at_once: bool = False) -> None:
+        """Undo one :meth:`open_backing` that returned a descriptor. The last one of an object
+        leaves its pin in the index until the next flush (:meth:`_release_pins`), unless
+        ``at_once``: an epoch opens each file once, and a write per close on the request path
+        cost as much as the open's own; a file opened again meanwhile needs no write at all."""
         holders = self.index.holders
         with holders.lock:
             if holders.count(obj.oid) == 0 or holders.add(obj.oid, -1) > 0:
                 return
-            dead = self.index.unpin(obj.oid, holders.me())
+            self._unpinning.add(obj.oid)
+        if at_once:
+            self._release_pins()
+
+    def _release_pins(self) -> None:
+        """Drop the index pins of objects whose last handle closed since the last flush."""
+        holders = self.index.holders
+        dead: Dead = []
+        with holders.lock:
+            if not self._unpinning:
+                return
+            token = holders.me()
+            for oid in self._unpinning:
+                dead += self.index.unpin(oid, token)
+            self._unpinning.clear()
         self.metrics.cache_evictions.inc(len(dead))
         self._free(dead)
 
@@ -519,6 +540,7 @@ class BlockCache:
         self._confirmed[(backend, key)] = (etag, when)
 
     def flush(self) -> None:
+        self._release_pins()
         pending, self._pending = self._pending, {}
         self.index.touch(pending)
         confirmed, self._confirmed = self._confirmed, {}
