@@ -65,10 +65,6 @@ MAX_TRACKED_DIRS = 1024
 MAX_TRACKED_HINTS = 1 << 16
 GROWTH_LIMIT = 4  # a late readahead window grows to at most this many times readahead_blocks
 HINT_SLOTS = 2  # prefetches (hints, next files) in flight per backend, until a deeper window
-# Bytes of cached next files read from disk into memory ahead of a directory scan: enough to
-# keep the disk busy between a reader's opens, little enough that the reader's own next file
-# is never queued behind a directory's worth of others (a budget for fetching would be).
-WARM_AHEAD = 4 << 20
 
 
 class ReadPattern(Enum):
@@ -261,6 +257,11 @@ class Prefetcher:
         order.append(name)
         pairs = zip(order, list(order)[1:], strict=False)
         in_order = len(order) >= 2 and all(a < b for a, b in pairs)
+        scanned = self._scan_ahead.get(parent)
+        if in_order and scanned is not None and scanned[2] and name < scanned[1]:
+            # A warm epoch: the files up to the scan's last were found cached, nothing to do
+            # until the reader gets there (no task, no thread woken: they cost a hot read 10%).
+            return
         if in_order or len(order) == 1:
             budget = self.window * GROWTH_LIMIT * obj.block_size
             task = partial(self._prefetch_scan, parent, name, in_order, budget, dirs, resolve, team)
@@ -303,8 +304,7 @@ class Prefetcher:
         team: str | None,
     ) -> None:
         """Prefetch the files named after ``after``, in name order, up to ``budget`` bytes
-        ahead of it (``WARM_AHEAD`` while the files found are cached: they only need reading
-        from disk); those an earlier call of this scan handed over already are not looked at
+        ahead of it; those an earlier call of this scan handed over already are not looked at
         again (with small files, one open would otherwise check hundreds of them)."""
         was_at, done, warm = self._scan_ahead.get(directory, ("", "", False))
         if after < was_at:
@@ -313,7 +313,7 @@ class Prefetcher:
         for info in entries[bisect.bisect_right(entries, after, key=_name) :]:
             if info.is_dir:
                 continue
-            if ahead and ahead + info.size > (WARM_AHEAD if warm else budget):
+            if ahead and ahead + info.size > budget:
                 break
             ahead += info.size
             if info.name > done:
