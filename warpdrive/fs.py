@@ -279,11 +279,15 @@ class WarpDriveFS:
             raise NotFoundError(f"file handle {fh} is not open")
         return f.handle.pread(offset, size)
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int, read_by_kernel: bool = False) -> None:
+        """Close a file handle; ``read_by_kernel``: it was opened in passthrough, and is
+        counted as a whole read of the object from the cache (see ``Handle.read_by_kernel``)."""
         with self._lock:
             f = self._files.pop(fh, None)
             self._health_fhs.discard(fh)
         if f is not None:
+            if read_by_kernel:
+                f.handle.read_by_kernel()
             f.handle.close()  # adds the read to the access records
 
     def close(self) -> None:

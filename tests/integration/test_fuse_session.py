@@ -1,7 +1,7 @@
-"""The FUSE session in this process, over a real ``/dev/fuse`` mount: kernel passthrough (with a
-test double of the core that hands over backing files — the real one is built in ``fs.py``'s
-``open(backing=True)``), the kernel's io-mode rules around it, and requests served by several
-threads at once."""
+"""The FUSE session in this process, over a real ``/dev/fuse`` mount: kernel passthrough of
+cached objects (the core's ``open(backing=True)``), the kernel's io-mode rules around it (with
+an injected fault: the core withholding a backing file it would hand over, as it does for an
+object not cached whole), and requests served by several threads at once."""
 
 from __future__ import annotations
 
@@ -31,23 +31,21 @@ MB = 1 << 20
 
 
 class BackedFS(WarpDriveFS):
-    """Hands over the *source* file as the backing file while ``give_backing`` is set
-    (the real core hands over its cache file once the object is cached and verified)."""
+    """The real core, which withholds the backing file it would hand over (its cache file)
+    while ``give_backing`` is off."""
 
-    def __init__(self, wd: WarpDrive, source: Path) -> None:
+    def __init__(self, wd: WarpDrive) -> None:
         super().__init__(wd)
-        self.source = source
         self.give_backing = True
 
     def open(
         self, ino: int, flags: int, uid: int | None = None, *, backing: bool = False
     ) -> Opened:
         opened = super().open(ino, flags, uid, backing=backing)
-        if not (backing and self.give_backing) or opened.direct_io:
+        if opened.backing_fd is None or self.give_backing:
             return opened
-        _, _, key = self.path_of(ino).split("/", 2)  # /<backend>/<key>
-        fd = os.open(self.source / key, os.O_RDONLY | os.O_CLOEXEC)
-        return dataclasses.replace(opened, backing_fd=fd)
+        os.close(opened.backing_fd)
+        return dataclasses.replace(opened, backing_fd=None)
 
 
 @dataclasses.dataclass
@@ -69,7 +67,7 @@ def serve(
     store: Store, tmp_path: Path, passthrough: bool = True, threads: int = 4
 ) -> Iterator[Served]:
     wd = store.reader()
-    fs = BackedFS(wd, tmp_path / "source")
+    fs = BackedFS(wd)
     ops = Operations(fs, wd.metrics, 1.0, 1.0, threads=threads, passthrough=passthrough)
     point = tmp_path / "wd"
     point.mkdir()
@@ -97,7 +95,10 @@ def files(local_store: Store) -> dict[str, bytes]:
 
 @pytest.fixture
 def served(local_store: Store, tmp_path: Path, files: dict[str, bytes]) -> Iterator[Served]:
-    yield from serve(local_store, tmp_path)
+    for served in serve(local_store, tmp_path):
+        for key, data in files.items():  # cached whole, and verified by this process
+            assert served.wd.read(f"/src/{key}") == data
+        yield served
 
 
 def test_passthrough_reads_never_reach_user_space(served: Served, files: dict[str, bytes]) -> None:

@@ -206,8 +206,9 @@ class Operations:
         if opcode == p.OPENDIR:
             self.fs.releasedir(fh)
             return
-        for ready in [fh] if self.backings is None else self.backings.release(fd, fh):
-            self.fs.release(ready)
+        ready = [(fh, False)] if self.backings is None else self.backings.release(fd, fh)
+        for each, _ in ready:
+            self.fs.release(each)  # never read: not even by the kernel
 
     def _enosys(self, nodeid: int, uid: int, args: memoryview, fd: int) -> Parts:
         raise FuseError(errno.ENOSYS)
@@ -337,6 +338,7 @@ class Operations:
         fh = p.RELEASE_IN.unpack_from(args)[0]
         # The core closes a descriptor and adds to the access records (and unpins an object
         # read through passthrough: that waits while its inode's backing file is in use).
-        for ready in [fh] if self.backings is None else self.backings.release(fd, fh):
-            self.fs.release(ready)
+        ready = [(fh, False)] if self.backings is None else self.backings.release(fd, fh)
+        for each, by_kernel in ready:
+            self.fs.release(each, read_by_kernel=by_kernel)
         return ()

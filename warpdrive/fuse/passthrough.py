@@ -119,17 +119,17 @@ class Backings:
             return False
         return True
 
-    def release(self, devfd: int, fh: int) -> list[int]:
+    def release(self, devfd: int, fh: int) -> list[tuple[int, bool]]:
         """``fh`` was released (or its OPEN reply never reached the kernel): the handles the
         core may release now (``fh``, none while its inode stays in passthrough, or all the
-        inode's held ones with the last)."""
+        inode's held ones with the last), each with whether the kernel read it (passthrough)."""
         with self._lock:
             entry = self._fhs.pop(fh, None)
             if entry is None:
-                return [fh]
+                return [(fh, False)]
             ino, passthrough = entry
             node = self._inodes[ino]
-            ready = [fh]
+            ready = [(fh, passthrough)]
             if passthrough:
                 node.passthrough -= 1
                 if node.passthrough:
@@ -139,7 +139,7 @@ class Backings:
                     arg = struct.pack("<I", node.backing_id)
                     with contextlib.suppress(OSError):  # gone with the connection
                         fcntl.ioctl(devfd, DEV_IOC_BACKING_CLOSE, arg)
-                    ready += node.held
+                    ready += [(held, True) for held in node.held]
                     node.backing_id, node.held = 0, []
             else:
                 node.cached -= 1

@@ -305,6 +305,12 @@ class Handle(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
         return self._stream.backing()
 
+    def read_by_kernel(self) -> None:
+        """The kernel read this version's cache file itself (FUSE passthrough), which says
+        nothing of how much: counted as one whole read from the cache (hits, bytes served,
+        the access record, job reports), as training reads its files."""
+        self._stream.read_by_kernel()
+
     @property
     def bytes_read(self) -> int:
         """What this handle returned (for access records)."""

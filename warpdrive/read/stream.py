@@ -116,6 +116,14 @@ class Stream:
             self._pins += 1
         return fd
 
+    def read_by_kernel(self) -> None:
+        """Count the whole object as read from the cache (see ``Handle.read_by_kernel``)."""
+        size, blocks = self.obj.size, self.obj.nblocks
+        self.bytes_read += size
+        self.cache_bytes += size
+        self.hits += blocks
+        self._blocks.served_whole(blocks, size)
+
     def close(self) -> None:
         self._count_whole()
         self._whole = None
