@@ -16,8 +16,9 @@ Snapshot = dict[str, float]
 
 
 def parse_prometheus(text: str) -> Snapshot:
-    """The counters forge reports, from Prometheus text: ``hits``, ``misses``, ``fuse_reads``
-    and ``bytes_fetched:BACKEND``."""
+    """The counters forge reports, from Prometheus text: ``hits``, ``misses``, ``fuse_reads``,
+    ``passthrough_opens`` (files the kernel read from the cache itself) and
+    ``bytes_fetched:BACKEND``."""
     out: Snapshot = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -28,6 +29,8 @@ def parse_prometheus(text: str) -> Snapshot:
                 key = "misses"
             elif name == "warpdrive_fuse_operations_total" and labels.get("operation") == "read":
                 key = "fuse_reads"
+            elif name == "warpdrive_fuse_passthrough_opens_total":
+                key = "passthrough_opens"
             elif name == "warpdrive_backend_bytes_read_total" and "backend" in labels:
                 key = f"bytes_fetched:{labels['backend']}"
             else:
@@ -53,7 +56,7 @@ def from_index(wd: WarpDrive) -> Snapshot:
 
 def delta(before: Snapshot, after: Snapshot, source: str) -> dict[str, Any]:
     """The run's share: hits, misses, hit rate, bytes fetched (total and per backend), and FUSE
-    reads when the snapshots came from a mount."""
+    reads and passthrough opens when the snapshots came from a mount."""
     diff = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
     hits, misses = int(diff.get("hits", 0)), int(diff.get("misses", 0))
     by_backend = {
@@ -69,4 +72,7 @@ def delta(before: Snapshot, after: Snapshot, source: str) -> dict[str, Any]:
         "bytes_fetched": sum(by_backend.values()),
         "bytes_fetched_by_backend": by_backend,
         "fuse_reads": int(diff["fuse_reads"]) if "fuse_reads" in diff else None,
+        "passthrough_opens": (
+            int(diff["passthrough_opens"]) if "passthrough_opens" in diff else None
+        ),
     }

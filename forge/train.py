@@ -209,6 +209,11 @@ def run(cfg: RunConfig, out: Callable[[str], None] = print) -> dict[str, Any]:
             f"hit_rate={'n/a' if rate is None else f'{rate * 100:.1f}%'} "
             f"bytes_fetched={deltas['bytes_fetched']}"
             + (f" fuse_reads={deltas['fuse_reads']}" if deltas["fuse_reads"] is not None else "")
+            + (
+                f" passthrough_opens={deltas['passthrough_opens']}"
+                if deltas["passthrough_opens"] is not None
+                else ""
+            )
         )
     json_out = cfg.json_out and cfg.json_out.replace("{rank}", str(group.rank))
     if json_out and (group.rank == 0 or json_out != cfg.json_out):

@@ -85,6 +85,7 @@ SCRAPE_AFTER = """warpdrive_cache_hit_total 40.0
 warpdrive_cache_miss_total 15.0
 warpdrive_fuse_operations_total{operation="read"} 180.0
 warpdrive_fuse_operations_total{operation="lookup"} 9.0
+warpdrive_fuse_passthrough_opens_total 6.0
 warpdrive_backend_bytes_read_total{backend="datasets-cac"} 3000.0
 warpdrive_backend_bytes_read_total{backend="datasets-wus3"} 500.0
 """
@@ -100,6 +101,7 @@ def test_metric_deltas_from_two_scrapes() -> None:
         "bytes_fetched": 2500,
         "bytes_fetched_by_backend": {"datasets-cac": 2000, "datasets-wus3": 500},
         "fuse_reads": 80,
+        "passthrough_opens": 6,
     }
     assert metrics.delta({}, {}, "cache-index")["hit_rate"] is None
 

@@ -128,7 +128,7 @@ class FakeFS:
     def read(self, fh: int, offset: int, size: int) -> bytes:
         return b"x" * size
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int, read_by_kernel: bool = False) -> None:
         self.released.append(fh)
 
 
