@@ -316,10 +316,17 @@ def test_cross_file_prefetch_fetches_the_next_files_before_they_are_opened(
             break
         time.sleep(0.1)
     assert mounted.metric("warpdrive_backend_bytes_read_total") >= expected
+    fetched = mounted.metric("warpdrive_backend_bytes_read_total")
     hits = mounted.metric("warpdrive_readahead_hit_total")
+    passthrough = mounted.metric("warpdrive_fuse_passthrough_opens_total")
     for i in range(2, 5):
         assert (root / f"shard-{i:06d}.tar").read_bytes() == shards[f"train/shard-{i:06d}.tar"]
-    assert mounted.metric("warpdrive_readahead_hit_total") > hits
+    # Cached before they were opened: nothing more fetched, and their reads found prefetched
+    # blocks (or, cached whole, the kernel read their cache files itself: passthrough).
+    assert mounted.metric("warpdrive_backend_bytes_read_total") == fetched
+    hits_now = mounted.metric("warpdrive_readahead_hit_total")
+    passthrough_now = mounted.metric("warpdrive_fuse_passthrough_opens_total")
+    assert hits_now > hits or passthrough_now >= passthrough + 3
 
 
 def wait_for(what: Callable[[], T], done: Callable[[T], bool], timeout: float = 30) -> T:
