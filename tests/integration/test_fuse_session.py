@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,17 @@ class Served:
 
     def reads(self) -> float:
         return self.count("warpdrive_fuse_operations_total", operation="read")
+
+    def wait_released(self, timeout: float = 10) -> None:
+        """Until every OPEN has had its RELEASE answered: the kernel sends RELEASE in the
+        background after ``close()`` returns, and an open that comes first finds the inode
+        still in user-space mode (no passthrough for it)."""
+        deadline = time.monotonic() + timeout
+        while self.count("warpdrive_fuse_operations_total", operation="release") < self.count(
+            "warpdrive_fuse_operations_total", operation="open"
+        ):
+            assert time.monotonic() < deadline, "opens not released"
+            time.sleep(0.01)
 
 
 def serve(
@@ -141,6 +153,7 @@ def test_mixed_opens_follow_the_kernels_io_mode(served: Served, files: dict[str,
         with open(path, "rb") as second:
             assert second.read() == data
         assert cached.read() == data
+    served.wait_released()
     with open(path, "rb") as passthrough:
         served.fs.give_backing = False
         with open(path, "rb") as without:

@@ -64,6 +64,7 @@ def test_a_cached_object_is_read_by_the_kernel_and_stays_exact_under_eviction(
     base = mount.path("src")
     key, data = "d/f00.bin", files["d/f00.bin"]
     assert (base / key).read_bytes() == data  # cold: user space, cached whole now
+    mount.wait_released()
     with open(base / key, "rb", buffering=0) as held:  # cached and verified: passthrough
         assert passthrough_opens(mount) == 1
         for other, other_data in files.items():  # ten times the cache: evictions all along
@@ -87,6 +88,7 @@ def test_a_new_version_at_the_backend_is_read_whole_after_stale_ttl(
     path, key = mount.path("src", "d/f01.bin"), "d/f01.bin"
     old = files[key]
     assert path.read_bytes() == old
+    mount.wait_released()
     assert path.read_bytes() == old  # passthrough now
     opens = passthrough_opens(mount)
     assert opens >= 1
@@ -99,6 +101,7 @@ def test_a_new_version_at_the_backend_is_read_whole_after_stale_ttl(
         assert seen in (old, new), "a mix of two versions"
         time.sleep(0.2)
     assert seen == new
+    mount.wait_released()
     assert path.read_bytes() == new  # cached whole: the next open reads it in passthrough
     assert path.read_bytes() == new
     assert passthrough_opens(mount) > opens
@@ -111,6 +114,7 @@ def test_kill_9_with_passthrough_files_open_then_remount_reads_exact(
     keys = ["d/f02.bin", "d/f03.bin"]
     for key in keys:
         assert mount.path("src", key).read_bytes() == files[key]
+    mount.wait_released()
     held = [open(mount.path("src", key), "rb", buffering=0) for key in keys]  # noqa: SIM115
     try:
         assert passthrough_opens(mount) == len(keys)

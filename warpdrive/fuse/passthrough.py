@@ -22,7 +22,10 @@ no part, the backing file's does): with it, the kernel failed the open with EIO 
 
 Our counts are updated when we answer OPEN and RELEASE; the kernel ends a file's mode before it
 sends RELEASE, so what we count is always a superset of what the kernel holds, and a decision
-consistent with our counts is consistent with the kernel's.
+consistent with our counts is consistent with the kernel's. The kernel sends RELEASE in the
+background after ``close()`` returns, so an open that comes right after a user-space-mode close
+of the same file may still find it counted here: that open is served in user space (exact
+bytes, no passthrough); the next one is not.
 
 Locks: ``_lock`` guards ``_inodes`` and ``_fhs``; the two ioctls run under it (short, and they
 must not interleave with another open's decision for the same inode).

@@ -47,6 +47,20 @@ class Mount:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_released(self, timeout: float = 10) -> None:
+        """Until the mount has answered a RELEASE for every OPEN: the kernel sends RELEASE in
+        the background after ``close()`` returns, and an open that comes before it finds the
+        inode still open in user-space mode, which rules out passthrough for that open."""
+        deadline = time.monotonic() + timeout
+        while True:
+            opens = self.metric("warpdrive_fuse_operations_total", operation="open")
+            released = self.metric("warpdrive_fuse_operations_total", operation="release")
+            if released >= opens:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{opens - released:.0f} opens not released in {timeout} s")
+            time.sleep(0.02)
+
     def health(self, path: str = "/healthz") -> tuple[int, dict[str, object]]:
         """(HTTP status, JSON body) of ``/healthz`` (liveness) or ``/readyz`` (readiness)."""
         try:
