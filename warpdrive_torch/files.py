@@ -81,10 +81,12 @@ class FileDataset(Dataset[Sample]):
         return len(self.keys)
 
     def __getitem__(self, index: int) -> Sample:
-        fields = self._fields[index]
-        self.wd.remember((self._infos[p] for p in fields.values()), self._listed_at)
+        self.wd.remember((self._infos[p] for p in self._fields[index].values()), self._listed_at)
+        return self._sample(index)
+
+    def _sample(self, index: int) -> Sample:
         sample: Sample = {"__key__": self.keys[index]}
-        for ext, path in fields.items():
+        for ext, path in self._fields[index].items():
             sample[ext] = self.wd.read(path)
         if self.classes:
             sample["cls"] = self._class_index[_parent(self.keys[index])]
@@ -96,7 +98,7 @@ class FileDataset(Dataset[Sample]):
         paths = [p for i in todo for p in self._fields[i].values()]
         self.wd.remember((self._infos[p] for p in paths), self._listed_at)
         self.wd.prefetch(paths)
-        return [self[i] for i in indices]
+        return [self._sample(i) for i in indices]  # remembered when hinted, here or before
 
     def paths(self, index: int) -> dict[str, str]:
         """The file behind each field of sample ``index``."""

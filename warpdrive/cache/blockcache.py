@@ -190,12 +190,16 @@ class BlockCache:
                     run_blocks.append(index)
                     continue
                 rec = records.get(index) or self.index.get(obj.block_key(index))
-                data = None
+                filled = False
                 if rec is not None and rec.generation == generation:
-                    data = self._verified_block(obj, file, index, rec)
-                if data is not None:
-                    part[:] = memoryview(data)[lo - index * bs : hi - index * bs]
-                else:
+                    if len(part) == rec.size:  # the whole block: read and checked in place
+                        filled = self._verified_block_into(obj, file, index, rec, part)
+                    else:
+                        data = self._verified_block(obj, file, index, rec)
+                        if data is not None:
+                            part[:] = memoryview(data)[lo - index * bs : hi - index * bs]
+                            filled = True
+                if not filled:
                     present.pop(index, None)
                     unfilled.append(index)
             else:
@@ -353,21 +357,45 @@ class BlockCache:
     def _verified_block(
         self, obj: ObjectVersion, file: ObjectFile, index: int, rec: BlockRecord
     ) -> bytes | None:
-        """The whole block, read and checked against its checksums, or None. A block that
-        fails is discarded (counted) unless it changed meanwhile (evicted: no fault) or the
-        file was removed under the caller (then it must open the object again)."""
-        bkey = obj.block_key(index)
+        """The whole block, read and checked against its checksums, or None (see
+        :meth:`_checked`)."""
         try:
             data = os.pread(file.fd, rec.size, index * obj.block_size)
         except OSError:
             data = b""
+        return data if self._checked(obj, file, index, rec, data) else None
+
+    def _verified_block_into(
+        self, obj: ObjectVersion, file: ObjectFile, index: int, rec: BlockRecord, into: memoryview
+    ) -> bool:
+        """:meth:`_verified_block` into ``into`` (as long as the block): no new buffer, no
+        copy. False: ``into`` holds whatever was read."""
+        try:
+            got = os.preadv(file.fd, [into], index * obj.block_size)
+        except OSError:
+            return self._checked(obj, file, index, rec, b"")
+        return self._checked(obj, file, index, rec, into[:got])
+
+    def _checked(
+        self,
+        obj: ObjectVersion,
+        file: ObjectFile,
+        index: int,
+        rec: BlockRecord,
+        data: bytes | memoryview,
+    ) -> bool:
+        """Whether ``data``, read from ``file``, is block ``index`` whole and matches its
+        checksums (then this process knows it verified). A block that fails is discarded
+        (counted) unless it changed meanwhile (evicted: no fault) or the file was removed
+        under the caller (then it must open the object again)."""
+        bkey = obj.block_key(index)
         if len(data) == rec.size and verify(data, rec.sums):
             self._remember_verified(file.ino, bkey, rec.generation)
             self._pending[bkey] = now_ms()
-            return data
+            return True
         if not file.unlinked() and self.index.generations([bkey])[0] == rec.generation:
             self.discard(obj, index, rec.generation)
-        return None
+        return False
 
     def _read_run(
         self,

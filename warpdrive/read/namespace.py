@@ -68,6 +68,7 @@ RELIST_BACKOFF = 5.0  # seconds before a directory whose revalidation failed is 
 MAX_COMPONENT = 1024
 MAX_PATH = 4096
 MAX_CACHED_LISTING = 10_000
+MAX_LOCATED = 1 << 16  # remembered locations (~200 bytes each); all forgotten when full
 MAX_META_ENTRIES = 200_000
 # A version's confirmation is written to the index at most this often per process (or every
 # eighth of offline_max_age, if less): a stored time may lag, which only makes the bound stricter.
@@ -144,6 +145,9 @@ class Namespace:
             tuple(b.mount_path.strip("/").split("/")): backends[b.name] for b in config.backends
         }
         self._roots = {b.name: b.mount_path for b in config.backends}  # URL name → mount path
+        # Paths (as given, and normalised) located before: an open asks for its path's
+        # location three times, and a warm epoch's opens cost mostly such Python. GIL-guarded.
+        self._located: dict[str, Location] = {}
         # What a path that names no backend is told (one line, made once: FUSE lookups of
         # names that exist nowhere end here).
         self._hint = (
@@ -180,6 +184,9 @@ class Namespace:
 
     def normalize(self, path: str) -> str:
         """The canonical mount-relative form of ``path``; InvalidPathError if it cannot be one."""
+        known = self._located.get(path) if type(path) is str else None
+        if known is not None:
+            return known.path
         if not isinstance(path, str):
             raise InvalidPathError(f"path must be a string, got {type(path).__name__}")
         if "\0" in path:
@@ -212,14 +219,23 @@ class Namespace:
         return f"{root}/{key}"
 
     def locate(self, path: str) -> Location:
+        known = self._located.get(path) if type(path) is str else None
+        if known is not None:
+            return known
         norm = self.normalize(path)
         parts = tuple(p for p in norm.split("/") if p)
         for mount, backend in self._mounts.items():
             if parts[: len(mount)] == mount:
-                return Location(backend, "/".join(parts[len(mount) :]), norm)
-        if any(mount[: len(parts)] == parts for mount in self._mounts):
-            return Location(None, "", norm)
-        raise NotFoundError(f"{norm!r}: no backend is mounted there ({self._hint})")
+                loc = Location(backend, "/".join(parts[len(mount) :]), norm)
+                break
+        else:
+            if not any(mount[: len(parts)] == parts for mount in self._mounts):
+                raise NotFoundError(f"{norm!r}: no backend is mounted there ({self._hint})")
+            loc = Location(None, "", norm)
+        if len(self._located) >= MAX_LOCATED:
+            self._located.clear()
+        self._located[path] = self._located[norm] = loc
+        return loc
 
     def url(self, path: str) -> str | None:
         """The ``warpdrive://NAME/key`` URL of ``path``; None for the virtual directories above

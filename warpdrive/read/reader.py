@@ -179,6 +179,17 @@ class _Core:
             backend.name, meta.key, meta.etag, meta.size, meta.mtime, self.config.cache.block_size
         )
 
+    def read(self, obj: ObjectVersion, offset: int, n: int) -> bytes:
+        """Bytes ``[offset, offset+n)`` of ``obj`` (caller clamps; n > 0), as :meth:`read_into`
+        reads them. Inside one block (a small object read whole, say) that is one new bytes
+        object read from the cache file: no zeroed buffer, no copy."""
+        stream = Stream(self.blocks, self.prefetcher, obj, self.user, self.team, readahead=False)
+        try:
+            data = stream.read(offset, n)
+        finally:
+            stream.close()
+        return data if type(data) is bytes else bytes(data)
+
     def read_into(self, obj: ObjectVersion, offset: int, dst: memoryview) -> None:
         """Fill ``dst`` with bytes ``[offset, offset+len(dst))`` of ``obj`` (caller clamps), as
         this process's reader, with no readahead (the caller names the bytes it wants)."""
@@ -501,9 +512,7 @@ class WarpDrive:
         end = obj.size if size < 0 else min(obj.size, offset + size)
         if end <= offset:
             return b""
-        buf = bytearray(end - offset)
-        self._core.read_into(obj, offset, memoryview(buf))
-        return bytes(buf)
+        return self._core.read(obj, offset, end - offset)
 
     def version(self, path: str) -> ObjectVersion:
         """The current version of the object at ``path`` (what a handle opened now would pin)."""

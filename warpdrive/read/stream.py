@@ -76,7 +76,9 @@ class Stream:
         self.cache_bytes = 0  # of bytes_read, bytes read from the cache
         # Set while every block is cached and verified: reads go straight to the cache file.
         self._whole: ObjectFile | None = None
-        self._slow_reads = 0  # reads through the block source since the last look for it
+        # Reads through the block source since the last look for it. A one-off read does
+        # not look first: the block source reads verified blocks with one preadv too.
+        self._slow_reads = 0 if readahead else 1
         self._pins = 0  # descriptors handed out by backing(): the object is pinned till close
 
     # -- reads (the caller clamps to the object's size; n > 0) -----------------------------
