@@ -104,6 +104,7 @@ class BlockCache:
         # (file inode, object id) -> (eviction clock, trusted until) when last found whole: while
         # the clock stands still nothing left the cache, so the next open needs no index reads
         self._whole_seen: dict[tuple[int, bytes], tuple[int, float]] = {}
+        self._whole_clock: dict[bytes, int] = {}  # object id -> the clock when last found whole
         try:
             self.index = self._new_index()
             self.reconciled = self._join()
@@ -248,7 +249,9 @@ class BlockCache:
         file.whole_at, file.whole_until = before, until
         if len(self._whole_seen) >= MAX_VERIFIED:
             self._whole_seen.clear()
+            self._whole_clock.clear()
         self._whole_seen[(file.ino, obj.oid)] = (before, until)
+        self._whole_clock[obj.oid] = before
         now = now_ms()  # in use now (LRU): reads straight from the file are not seen here
         for bkey in bkeys:
             self._pending[bkey] = now
@@ -296,6 +299,11 @@ class BlockCache:
 
     def contains(self, obj: ObjectVersion, index: int) -> bool:
         return self.index.contains(obj.block_key(index))
+
+    def seen_whole(self, obj: ObjectVersion) -> bool:
+        """Whether :meth:`whole` found ``obj`` whole in this process and nothing was evicted
+        anywhere since (no index read): a warm open may then take its cache file at once."""
+        return self._whole_clock.get(obj.oid) == self.clock.now()
 
     def missing(self, obj: ObjectVersion, indices: range) -> list[int]:
         """Those of ``indices`` whose blocks are not cached (one index read for all)."""

@@ -7,6 +7,7 @@ the same, so a cache survives a change of ``cache.block_size``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ OID_LEN = 16
 BLOCK_KEY_LEN = OID_LEN + 4
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a warm epoch makes each open's version anew
 def object_id(backend: str, key: str, etag: str, block_size: int) -> bytes:
     h = hashlib.blake2b(digest_size=OID_LEN)
     for part in (backend, key, etag, str(block_size)):

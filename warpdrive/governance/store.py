@@ -8,6 +8,7 @@ never one row per read. Every connection belongs to one thread; open a store per
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -62,7 +63,12 @@ class AccessTotals:
 
 
 def day_of(ts: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+    return _day(int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=4)  # every close asks; the answer changes once a day
+def _day(days: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days * 86400))
 
 
 class GovernanceStore:

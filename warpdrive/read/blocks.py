@@ -154,6 +154,10 @@ class BlockSource:
         """Whether block ``index`` of ``obj`` is in the cache (by the index; not verified)."""
         return self.cache.contains(obj, index)
 
+    def seen_whole(self, obj: ObjectVersion) -> bool:
+        """Whether this process found ``obj`` whole and nothing left the cache since."""
+        return self.cache.seen_whole(obj)
+
     def whole(self, obj: ObjectVersion, file: CacheFile) -> ObjectFile | None:
         """The object's cache file if every block is cached and verified (then reads may go
         straight to it while the eviction clock stands still, see ``ObjectFile.whole_at``)."""

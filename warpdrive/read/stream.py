@@ -213,9 +213,10 @@ class Stream:
     def _first_look(self) -> ObjectFile | None:
         """Before the first read: if the object is whole in the cache, no read takes the block
         source (a warm epoch's files are)."""
-        if self._whole is None and self._blocks.cached(self.obj, self.obj.nblocks - 1):
+        blocks, obj = self._blocks, self.obj
+        if self._whole is None and (blocks.seen_whole(obj) or blocks.cached(obj, obj.nblocks - 1)):
             self._slow_reads = WHOLE_CHECK_EVERY - 1  # the next slow read does not look again
-            self._whole = self._blocks.whole(self.obj, self._file)
+            self._whole = blocks.whole(obj, self._file)
         return self._whole
 
     def _after_slow_read(self) -> None:
