@@ -204,8 +204,9 @@ def test_an_object_a_listing_no_longer_shows_is_not_answered_from_the_index(
     warm(tmp_path)
     (source / "train" / "c1" / "c.bin").unlink()
     outage, counting = Outage(), []
-    with reader(tmp_path, outage, counting, stale_ttl="1h") as wd:
-        # A new process answers with the cached version while one listing revalidates it...
+    with reader(tmp_path, outage, counting, stale_ttl="1s") as wd:
+        # A new process answers with the cached version (fresh for stale_ttl after the backend
+        # last showed it, then while one listing revalidates it)...
         assert wd.read("/s/train/c1/c.bin") == FILES["train/c1/c.bin"]
         deadline = time.monotonic() + 10
         while True:  # ...and once that listing showed it gone, the backend is asked
@@ -215,6 +216,35 @@ def test_an_object_a_listing_no_longer_shows_is_not_answered_from_the_index(
                 break
             assert time.monotonic() < deadline, "still answered from the index"
             time.sleep(0.05)
+
+
+def test_a_new_process_asks_nothing_within_stale_ttl_of_the_last_confirmation(
+    tmp_path: Path, source: Path
+) -> None:
+    """A version the index holds is as fresh as when a backend last showed it: a DataLoader
+    worker started right after its parent cached the files reads them without one request
+    (not even the client's import); once stale_ttl has passed since, one listing revalidates."""
+    warm(tmp_path)
+    outage, counting = Outage(), []
+    with reader(tmp_path, outage, counting, stale_ttl="3s") as wd:
+        assert wd.read("/s/train/c0/a.bin") == FILES["train/c0/a.bin"]
+        assert wd.read("/s/top.bin") == FILES["top.bin"]
+        assert not wd._core.namespace._relisting, "a revalidation was asked for"
+        assert sum(counting[0].calls.values()) == 0, counting[0].calls
+    with Admin(wd.config) as admin:
+        record = admin.index.newest("s", "train/c0/a.bin")
+    assert record is not None
+    wait = record.confirmed_at + 3.1 - time.time()
+    if wait > 0:
+        time.sleep(wait)  # the contract under test is a time: past stale_ttl since confirmed
+    outage, counting = Outage(), []
+    with reader(tmp_path, outage, counting, stale_ttl="3s") as wd:
+        assert wd.read("/s/train/c0/a.bin") == FILES["train/c0/a.bin"]  # stale: served
+        deadline = time.monotonic() + 10
+        while counting[0].calls["list"] == 0:
+            assert time.monotonic() < deadline, "no revalidating listing"
+            time.sleep(0.02)
+        assert counting[0].calls["stat"] == 0
 
 
 def test_the_backend_knows_when_it_cannot_be_reached() -> None:

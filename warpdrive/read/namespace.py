@@ -322,6 +322,8 @@ class Namespace:
         if self.stale_ttl > 0:  # 0: every open asks the backend (strict)
             known = cached if cached is not None else self._from_index(backend, key, now)
         if known is not None:
+            if known.until > now:
+                return known.meta  # from the index, confirmed within stale_ttl
             if self._immutable_key(backend.name, key):
                 return known.meta  # never changes: never asked about again
             if self._servable(known.confirmed):
@@ -353,8 +355,9 @@ class Namespace:
         return time.time() - confirmed <= self.offline_max_age and self.offline_max_age > 0
 
     def _from_index(self, backend: Backend, key: str, now: float) -> _Known | None:
-        """The version of ``key`` the cache index holds, remembered as stale (or, under an
-        immutable prefix, as fresh for good); None for one a listing showed gone."""
+        """The version of ``key`` the cache index holds, remembered as a backend confirmed it
+        then (see :meth:`_remember`; under an immutable prefix, as fresh for good); None for
+        one a listing showed gone."""
         if self._index is None or (backend.name, key) in self._gone:
             return None
         found = self._index.known(backend.name, key)
@@ -364,14 +367,19 @@ class Namespace:
         self, backend: str, meta: ObjectMeta, now: float, confirmed: float | None = None
     ) -> _Known:
         """Remember ``meta``: the backend's answer just now (``confirmed`` None: fresh for
-        ``stale_ttl``), or a version a backend showed at ``confirmed`` (stale)."""
+        ``stale_ttl``), or a version a backend showed at ``confirmed`` (wall clock): fresh
+        until ``stale_ttl`` (and ``offline_max_age``) after that, as if this process had asked
+        then (a new DataLoader worker reading what its parent cached a moment ago asks
+        nothing; its client library is not even imported), then stale."""
         if len(self._meta) >= MAX_META_ENTRIES:
             self._meta.clear()  # crude but bounded; entries are cheap to fetch again
         if confirmed is None:
             confirmed, until = time.time(), now + self.stale_ttl
             self._confirmed(backend, meta, confirmed)
         else:
-            until = now
+            # within offline_max_age too: a version is never fresher than it is servable
+            window = min(self.stale_ttl, self.offline_max_age) - (time.time() - confirmed)
+            until = now + min(window, self.stale_ttl) if window > 0 else now
         if self._immutable_key(backend, meta.key):
             until = float("inf")  # never changes: never asked for again
         known = _Known(until, confirmed, meta)
