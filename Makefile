@@ -28,6 +28,7 @@ bench: deps
 	$(PYTHON) bench/cluster.py
 	$(PYTHON) bench/small_files.py
 	$(PYTHON) bench/warm_layout.py
+	$(PYTHON) bench/small_file_phases.py
 
 # The long reliability runs (docs/reliability.md; not part of `make test`, which runs the same tests
 # small): 16 readers for 10 minutes, 50 rounds of SIGKILLs, 2,500 fuzz examples a test (11,250
