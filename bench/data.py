@@ -1,4 +1,5 @@
-"""What several benchmarks need: dropping the page cache, and WebDataset-shaped shards."""
+"""What several benchmarks need: dropping the page cache, WebDataset-shaped shards, a mount's
+config."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import io
 import os
 import random
 import tarfile
+from pathlib import Path
+
+from warpdrive.testing.servers import free_port
 
 SAMPLES = 100  # ~114 KB images: ~11.4 MB shards, the size the targets are stated for
 
@@ -30,3 +34,18 @@ def make_shard(index: int, samples: int = SAMPLES) -> bytes:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def mount_config(work: Path, cache: str, backends: str) -> tuple[Path, Path, int]:
+    """A warpdrive-mount config written in ``work``, mounting at ``work/wd`` (made) with its
+    metrics on a free port: (config file, mount point, metrics port). ``cache``: the cache
+    mapping's settings after its path (``max_size: 8GB, …``); ``backends``: the YAML list's
+    items."""
+    port, point = free_port(), work / "wd"
+    point.mkdir()
+    config = work / "config.yaml"
+    config.write_text(
+        f"mount_point: {point}\nmetrics: {{addr: '127.0.0.1:{port}'}}\n"
+        f"cache: {{path: {work / 'cache'}, {cache}}}\nbackends:\n{backends}"
+    )
+    return config, point, port

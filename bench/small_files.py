@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch.utils.data import DataLoader, Dataset
 
-from bench.data import drop_caches
+from bench.data import drop_caches, mount_config
 from bench.fuse_read import rclone_mount, rclone_remotes
 from bench.report import print_table, write_json
 from warpdrive import WarpDrive, parse_config
 from warpdrive.admin import cache_counters
 from warpdrive.testing.mounts import start_mount
-from warpdrive.testing.servers import AZURITE_KEY, free_port, start_azurite, start_wan_proxy
+from warpdrive.testing.servers import AZURITE_KEY, start_azurite, start_wan_proxy
 from warpdrive.testing.wanproxy import parse_bandwidth
 from warpdrive_torch import FileDataset
 
@@ -200,20 +200,16 @@ def main() -> int:
             total += len(data)
         bound = total / sum(parse_bandwidth(b) for b in (args.bw_a, args.bw_b))  # seconds
         os.environ["WD_BENCH_KEY"] = AZURITE_KEY
-        port, point = free_port(), work / "wd"
-        point.mkdir()
-        config = work / "config.yaml"
-        config.write_text(
-            f"mount_point: {point}\nmetrics: {{addr: '127.0.0.1:{port}'}}\n"
-            f"cache: {{path: {work / 'cache'}, max_size: 8GB, stale_ttl: 2s, list_ttl: 2s}}\n"
-            "backends:\n"
-            + "".join(
+        config, point, port = mount_config(
+            work,
+            "max_size: 8GB, stale_ttl: 2s, list_ttl: 2s",
+            "".join(
                 f"  - name: {r}\n    type: azureblob\n"
                 f"    config: {{account: devstoreaccount1, container: {r}, "
                 f"endpoint: 'http://127.0.0.1:{proxy.port}/devstoreaccount1'}}\n"
                 "    auth: {method: account_key, account_key_env: WD_BENCH_KEY}\n"
                 for r, proxy in zip(REGIONS, proxies, strict=True)
-            )
+            ),
         )
         local = sorted((work / "local").glob("*/train/*/*.JPEG"), key=lambda q: q.name)
         results["client_ceiling"] = client_ceiling(
