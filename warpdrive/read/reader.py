@@ -188,6 +188,10 @@ class _Core:
             data = stream.read(offset, n)
         finally:
             stream.close()
+        if len(data) != n:  # never a short answer taken for the object's end
+            raise BackendError(
+                f"{obj.backend}: {obj.key!r}: a read of {n} bytes at {offset} gave {len(data)}"
+            )
         return data if type(data) is bytes else bytes(data)
 
     def read_into(self, obj: ObjectVersion, offset: int, dst: memoryview) -> None:
