@@ -21,7 +21,7 @@ import pytest
 from torch.utils.data import DataLoader, Dataset
 
 from warpdrive import WarpDrive, parse_config
-from warpdrive.admin import cache_counters
+from warpdrive.admin import Admin, cache_counters
 from warpdrive.testing.faultproxy import Fault, FaultProxy, Request
 from warpdrive.testing.mounts import Mount, start_mount
 from warpdrive.testing.servers import AZURITE_KEY, Server, free_port
@@ -300,6 +300,36 @@ def test_filedataset_hints_the_next_batches_before_they_are_read(
         second = ds.__getitems__(batches[1])
         assert [s["jpg"] for s in second] == [files[ds.paths(i)["jpg"][7:]] for i in batches[1]]
         assert all(reads[k] == before[k] for k in keys(batches[1]))  # read from the cache
+
+
+def test_the_next_epoch_reads_a_directory_through_again(
+    folder: tuple[str, dict[str, bytes], FaultProxy], tmp_path: Path
+) -> None:
+    # A dataset larger than the cache: between epochs a directory's files left it. The second
+    # epoch's reader opens two of them; the others are fetched ahead of it again, as in the
+    # first epoch (before, a directory read through once was never read through again).
+    container, files, proxy = folder
+    keys = sorted(k for k in files if k.startswith("train/c0/"))
+    with WarpDrive(parse_config(config_text(container, proxy, tmp_path / "cache"))) as wd:
+        for key in keys:  # epoch 1, in name order: read through, every file cached
+            with wd.open(f"/small/{key}") as f:
+                assert f.read() == files[key]
+        oids = [wd.version(f"/small/{key}").oid for key in keys]
+        with Admin(wd.config) as admin:
+            assert admin.evict(oids) == len(keys)  # all gone: the next epoch is cold
+        reads = block_reads(proxy)
+        for key in keys[:2]:  # epoch 2 begins
+            with wd.open(f"/small/{key}") as f:
+                assert f.read() == files[key]
+        ahead = set(keys[2:])
+        deadline = time.monotonic() + 10
+        while not ahead <= set(reads) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ahead <= set(reads), sorted(ahead - set(reads))  # fetched before being opened
+        for key in keys[2:]:
+            with wd.open(f"/small/{key}") as f:
+                assert f.read() == files[key]
+        assert all(reads[key] == 1 for key in keys), reads  # each once, then from the cache
 
 
 def mount_folder(

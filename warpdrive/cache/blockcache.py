@@ -506,8 +506,7 @@ class BlockCache:
             if not self._unpinning:
                 return
             token = holders.me()
-            for oid in self._unpinning:
-                dead += self.index.unpin(oid, token)
+            dead = self.index.unpin_many(self._unpinning, token)  # one write: an epoch's closes
             self._unpinning.clear()
         self.metrics.cache_evictions.inc(len(dead))
         self._free(dead)

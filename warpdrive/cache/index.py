@@ -44,7 +44,7 @@ import json
 import os
 import struct
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -425,17 +425,25 @@ class CacheIndex:
         """Drop ``holder``'s pin of ``oid``. A version no longer the newest of its name (a new
         etag was cached while it was pinned) whom no live holder pins now goes, as it would
         have when the new version came. Returns the ranges to free."""
+        return self.unpin_many([oid], holder)
+
+    def unpin_many(self, oids: Iterable[bytes], holder: bytes) -> Dead:
+        """:meth:`unpin` each of ``oids``, in one write."""
         dead: Dead = []
+        alive: dict[bytes, bool] = {}  # holder → alive, asked once per write
         with _txn(self.env, write=True) as txn:
-            txn.delete(oid + holder, db=self.pins)
-            value = txn.get(oid, db=self.objects)
-            if value is None or self._pinned(txn, oid, {}):
-                return dead
-            record = _obj(oid, value)
-            if txn.get(_name_key(record.backend, record.key), db=self.names) != oid:
-                self._drop_object_blocks(txn, oid, dead)
-                self._drop_object_if_empty(txn, oid)
-                self._count_evictions(txn, len(dead))
+            for oid in oids:
+                txn.delete(oid + holder, db=self.pins)
+                value = txn.get(oid, db=self.objects)
+                if value is None or self._pinned(txn, oid, alive):
+                    continue
+                record = _obj(oid, value)
+                if txn.get(_name_key(record.backend, record.key), db=self.names) != oid:
+                    gone: Dead = []
+                    self._drop_object_blocks(txn, oid, gone)
+                    self._drop_object_if_empty(txn, oid)
+                    self._count_evictions(txn, len(gone))
+                    dead += gone
         return dead
 
     def pinned(self) -> dict[bytes, int]:

@@ -5,8 +5,9 @@ once, so that a link's delay × bandwidth is filled with requests.
 Lifecycle of one directory (:class:`_Dir`)::
 
     SEEN (one file opened) ──its first name, or a second file──▶ ACTIVE ──all requested──▶ DONE
-      ▲                                                            │
-      └─────────── idle READ_THROUGH_IDLE s: unread bytes given back (wasted) ◀───────────┘
+      ▲ ▲                                                          │                       │
+      │ └─────────── idle READ_THROUGH_IDLE s: unread bytes given back (wasted) ◀──────────┤
+      └───────────── a file of this pass opened again: the next pass (epoch) ◀─────────────┘
 
 An ACTIVE directory hands its files (from the listing, after the highest name opened, wrapping
 around) to the fetcher one whole object per request at SCAN priority, behind demand reads,
@@ -159,7 +160,14 @@ class ReadThrough:
                 if self._unread + got >= self.budget:
                     self._wake.notify_all()
             if name in d.opened:
-                return
+                if d.state is not DirState.DONE:
+                    return
+                # Every file was handed out and one is opened again: the reader's next pass
+                # (epoch) over the directory, read through as the first was (what left the
+                # cache since is fetched ahead again; cached files cost an index read each).
+                self._forget_locked(d)
+                d.opened.clear()
+                d.state = DirState.SEEN
             d.opened.add(name)
             if d.state is DirState.SEEN and not d.queued and (len(d.opened) >= 2 or not d.listed):
                 d.queued = True  # the listing says whether the first open was its first file
