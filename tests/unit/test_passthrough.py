@@ -1,7 +1,8 @@
 """Passthrough opens (#20, the cache side): a fully cached, verified object's cache file handed
-out as a descriptor, the object pinned against every eviction — in-process watermarks, quotas,
+out as a descriptor, an object of several blocks pinned against every eviction — in-process watermarks, quotas,
 ``Admin.evict``, a new version, and evictions in other processes — until release; a pin of a
-killed process pins nothing."""
+killed process pins nothing; an object of one block needs no pin (its eviction unlinks the
+file the kernel reads, never punches it)."""
 
 from __future__ import annotations
 
@@ -379,3 +380,34 @@ def test_a_pin_held_by_another_process_holds_until_it_is_released_or_killed(
         with Admin(small.config) as admin:
             assert admin.evict_unpinned([oid]) == (4, [])
         assert not list(index.iter_blocks(oid))
+
+
+def test_an_object_of_one_block_is_handed_out_unpinned_and_stays_exact_once_evicted(
+    setup: Setup,
+) -> None:
+    # No pin (no index write at open): its eviction unlinks the cache file, never punches it,
+    # so the descriptor the kernel reads keeps the bytes; the next read fetches a new file.
+    data = os.urandom(BS // 5)
+    (setup.tmp / "src" / "one.jpg").write_bytes(data)
+    with WarpDrive(setup.config, observers=[]) as wd:
+        handle = wd.open_handle("/s/one.jpg")
+        assert handle.read() == data
+        obj, cache = handle.obj, wd._core.cache
+        path = cache.store.path(obj.oid)
+        fd = handle.backing_fd()
+        assert fd is not None
+        try:
+            assert cache.index.pinned() == {}
+            with Admin(setup.config) as admin:
+                assert admin.evict_unpinned([obj.oid]) == (1, [])
+            assert not os.path.exists(path) and not _blocks(cache.index, obj)
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")  # the bytes below come from the disk
+            assert _pread_all(fd, len(data)) == data
+            assert os.fstat(fd).st_nlink == 0  # the unlinked inode, whole
+        finally:
+            os.close(fd)
+            handle.close()
+        assert wd.read("/s/one.jpg") == data  # fetched again, into a new file
+        assert os.path.exists(path) and _blocks(cache.index, obj) == [0]

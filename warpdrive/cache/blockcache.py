@@ -33,9 +33,14 @@ files instead of 0.95–1.00× (docs/read-path.md). A reader's own reads bring i
 **Passthrough** (:meth:`BlockCache.open_backing`): a whole object's cache file is handed out
 for the kernel to read directly, which this process then never verifies; so it is handed out
 only once every block is verified by this process (those that are not are verified then,
-read in long runs), and the object is pinned in the index (:mod:`warpdrive.cache.pins`) until
-:meth:`BlockCache.unpin`, so no process evicts a range the kernel may read. Pins are counted per
-process (every handle): only the first pin and the last unpin write to the index.
+read in long runs), and an object of several blocks is pinned in the index
+(:mod:`warpdrive.cache.pins`) until :meth:`BlockCache.unpin`, so no process evicts a range the
+kernel may read (eviction frees one block of it by punching its range). Pins are counted per
+process (every handle): only the first pin and the last unpin write to the index. An object of
+one block is not pinned: its block goes only with its object, and then its file is unlinked,
+never punched (:meth:`BlockCache._free`), so a descriptor handed out keeps reading its bytes from
+the unlinked inode; that file's disk space comes back when the kernel closes it. (The pin, one
+index write per open, was the costliest part of a small file's passthrough open.)
 
 Last-access times, counters and the versions backends confirmed (stats and listings, for the
 offline staleness bound) are batched in memory and flushed to the index every couple of seconds
@@ -437,8 +442,9 @@ class BlockCache:
 
     def open_backing(self, obj: ObjectVersion) -> int | None:
         """A new read-only descriptor of ``obj``'s cache file, the caller's to close, if every
-        block is cached and verified by this process; the object is then pinned (no process
-        evicts its blocks) until :meth:`unpin`. None otherwise, pinning nothing: zero-size
+        block is cached and verified by this process; an object of several blocks is then
+        pinned (no process evicts its blocks) until :meth:`unpin`, one of one block needs no
+        pin (see the module doc). None otherwise, pinning nothing: zero-size
         objects (no cache file: nothing to read), objects not cached whole, and those with a
         block that fails verification (discarded and counted, as any read would: the caller
         reads through user space, which fetches it again).
@@ -450,25 +456,11 @@ class BlockCache:
         in a process adds one index write that reads every block's record."""
         if obj.size == 0:
             return None
-        holders = self.index.holders
-        with holders.lock:
-            if obj.oid in self._unpinning:  # closed lately: the index pins it still
-                self._unpinning.discard(obj.oid)
-            elif holders.count(obj.oid) == 0:
-                # Cheap refusal of objects being cached (sequential readers fill the last
-                # block last) before the write, which may wait for another process's writer.
-                if not self.index.contains(obj.block_key(obj.nblocks - 1)):
-                    return None
-                try:
-                    token = holders.me()
-                except OSError as exc:  # passthrough is a speed-up: read in user space
-                    self._warn_once("pins", f"cannot pin cached objects: {exc}")
-                    return None
-                if not self.index.pin(obj, token):
-                    return None
-            holders.add(obj.oid, 1)
+        if obj.nblocks > 1 and not self._pin(obj):
+            return None
         answer: int | None = None
-        file = self.store.open(obj.oid)  # pinned: this is the file the index's blocks are in
+        # Pinned (or of one block, unlinked if evicted): the file the index's blocks are in.
+        file = self.store.open(obj.oid)
         try:
             whole = file is not None and (
                 self.whole(obj, file) or (self._verify_whole(obj, file) and self.whole(obj, file))
@@ -485,11 +477,35 @@ class BlockCache:
                 self.unpin(obj, at_once=True)
         return answer
 
+    def _pin(self, obj: ObjectVersion) -> bool:
+        """Count one more passthrough handle of ``obj``; the first one pins it in the index
+        (False, pinning nothing, if not every block is cached or pins cannot be recorded)."""
+        holders = self.index.holders
+        with holders.lock:
+            if obj.oid in self._unpinning:  # closed lately: the index pins it still
+                self._unpinning.discard(obj.oid)
+            elif holders.count(obj.oid) == 0:
+                # Cheap refusal of objects being cached (sequential readers fill the last
+                # block last) before the write, which may wait for another process's writer.
+                if not self.index.contains(obj.block_key(obj.nblocks - 1)):
+                    return False
+                try:
+                    token = holders.me()
+                except OSError as exc:  # passthrough is a speed-up: read in user space
+                    self._warn_once("pins", f"cannot pin cached objects: {exc}")
+                    return False
+                if not self.index.pin(obj, token):
+                    return False
+            holders.add(obj.oid, 1)
+        return True
+
     def unpin(self, obj: ObjectVersion, at_once: bool = False) -> None:
         """Undo one :meth:`open_backing` that returned a descriptor. The last one of an object
         leaves its pin in the index until the next flush (:meth:`_release_pins`), unless
         ``at_once``: an epoch opens each file once, and a write per close on the request path
         cost as much as the open's own; a file opened again meanwhile needs no write at all."""
+        if obj.nblocks == 1:
+            return  # never pinned (see open_backing)
         holders = self.index.holders
         with holders.lock:
             if holders.count(obj.oid) == 0 or holders.add(obj.oid, -1) > 0:
@@ -714,10 +730,17 @@ class BlockCache:
         for bkey, offset, length in dead:
             oid = bkey[:OID_LEN]
             try:
-                if oid in gone or index.object(oid) is None:
-                    if oid not in gone:
-                        gone.add(oid)
-                        store.remove(oid, partial(self._object_gone, oid))
+                if oid in gone:
+                    continue
+                record = index.object(oid)
+                if record is None:
+                    gone.add(oid)
+                    store.remove(oid, partial(self._object_gone, oid))
+                    continue
+                if record.size <= record.block_size:
+                    # One block, back in the index (fetched again meanwhile): its range is
+                    # being written again with the same bytes. Never punched, so that a file
+                    # handed out unpinned (open_backing) never reads a hole.
                     continue
                 store.punch(oid, offset, length, partial(self._block_gone, bkey))
             except OSError as exc:
