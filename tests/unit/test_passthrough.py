@@ -1,8 +1,8 @@
 """Passthrough opens (#20, the cache side): a fully cached, verified object's cache file handed
-out as a descriptor, an object of several blocks pinned against every eviction — in-process watermarks, quotas,
-``Admin.evict``, a new version, and evictions in other processes — until release; a pin of a
-killed process pins nothing; an object of one block needs no pin (its eviction unlinks the
-file the kernel reads, never punches it)."""
+out as a descriptor, an object of several blocks pinned against every eviction — in-process
+watermarks, quotas, ``Admin.evict``, a new version, and evictions in other processes — until
+release; a pin of a killed process pins nothing; an object of one block needs no pin (its
+eviction unlinks the file the kernel reads, never punches it)."""
 
 from __future__ import annotations
 
