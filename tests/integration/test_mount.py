@@ -181,6 +181,7 @@ def test_metrics_move_for_a_cold_then_a_warm_read(
     misses0 = mounted.metric("warpdrive_cache_miss_total")
     fetched0 = mounted.metric("warpdrive_backend_bytes_read_total")
     assert path.read_bytes() == shards["train/shard-000003.tar"]
+    mounted.wait_released()  # a handle's counts are complete once its RELEASE is answered
     misses1 = mounted.metric("warpdrive_cache_miss_total")
     fetched1 = mounted.metric("warpdrive_backend_bytes_read_total")
     assert misses1 > misses0

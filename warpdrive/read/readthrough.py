@@ -57,7 +57,7 @@ Tracker = Callable[[Iterable[bytes], str], None]
 
 
 class Lister(Protocol):
-    def listdir(self, path: str) -> list[FileInfo]: ...  # sorted by name
+    def listdir(self, path: str, stale_ok: bool = False) -> list[FileInfo]: ...  # by name
 
     def mirrors(self, path: str) -> list[str]: ...  # the same directory in the other regions
 
@@ -248,7 +248,10 @@ class ReadThrough:
         return None
 
     def _list(self, d: _Dir) -> None:
-        files = [info for info in d.dirs.listdir(d.path) if not info.is_dir]
+        # A listing past list_ttl will do (revalidated in the background, never under an
+        # immutable prefix): what to fetch ahead is advice, and a warm epoch's next pass
+        # must not list every directory again.
+        files = [info for info in d.dirs.listdir(d.path, stale_ok=True) if not info.is_dir]
         with self._wake:
             d.listed, d.queued = True, False
             if d.state is not DirState.SEEN:
