@@ -184,7 +184,16 @@ def test_metrics_move_for_a_cold_then_a_warm_read(
     mounted.wait_released()  # a handle's counts are complete once its RELEASE is answered
     misses1 = mounted.metric("warpdrive_cache_miss_total")
     fetched1 = mounted.metric("warpdrive_backend_bytes_read_total")
-    assert misses1 > misses0
+    assert misses1 > misses0, (
+        misses0,
+        misses1,
+        fetched0,
+        fetched1,
+        mounted.metric("warpdrive_cache_hit_total"),
+        mounted.proc.pid,
+        mounted.metrics_port,
+        mounted.log.read_text()[-3000:],
+    )
     assert fetched1 - fetched0 >= len(shards["train/shard-000003.tar"])
     assert mounted.metric("warpdrive_fuse_operations_total", operation="read") > 0
     assert mounted.metric("warpdrive_fuse_operation_duration_seconds_count", operation="read") > 0
